@@ -1,0 +1,37 @@
+# sunday-release: `make demo` runs CI on the sample app; `make test` runs the test suite.
+# Both set the machine up first (idempotent): apt packages, dockerd, the local registry, the base image.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export SUNDAY_HOME ?= $(HOME)/.sunday-release
+
+.PHONY: demo test setup venv lint typecheck server-stop clean
+
+$(BIN)/sunday-release: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/sunday-release
+
+setup: venv
+	bash infra/local/setup.sh all
+
+demo: setup
+	bash infra/local/demo.sh
+
+lint: venv
+	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local
+	$(BIN)/mypy
+
+test: setup
+	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+server-stop: venv
+	$(BIN)/sunday-release server stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+CREATE INDEX IF NOT EXISTS items_board_id_idx ON items (board_id, id);

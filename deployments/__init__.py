@@ -1,0 +1,1 @@
+"""Deployment helpers of sunday-release (the deployments themselves are declared in prefect.yaml)."""

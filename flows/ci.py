@@ -1,0 +1,92 @@
+"""The CI flow: check out a ref, then per service in parallel build the test image and run its checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+
+from sunday_release.ci_report import StepResult, ci_summary, failure_lines
+from sunday_release.errors import CheckFailed, GateFailed, StageFailed
+from sunday_release.findings import ScanReport
+from sunday_release.refs import short_ref, validate_ref, validate_repo
+from sunday_release.settings import Settings
+from tasks.checks import build_check_image, run_check
+from tasks.reports import publish_ci_reports
+from tasks.scan import scan_repository
+from tasks.source import clone_repo, load_pipeline_config
+
+__all__ = ["ci"]
+
+
+def _outcome(future: PrefectFuture[Any], service: str, step: str) -> StepResult:
+    """The StepResult of a finished check future, whether it passed or failed."""
+    state = future.state
+    if state.is_completed():
+        value = future.result()
+        return value if isinstance(value, StepResult) else StepResult(service, step, "passed")
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, CheckFailed) and isinstance(exc.result, StepResult):
+        return exc.result
+    return StepResult(service, step, "failed", detail=str(exc))
+
+
+@flow(name="ci", flow_run_name="ci-{ref}", persist_result=True, log_prints=True)
+def ci(repo: str, ref: str = "main") -> dict[str, Any]:
+    """Check out `ref` of `repo`; build and check every service in parallel; scan the repository.
+
+    Args:
+        repo: a local git repository or a git URL.
+        ref: branch, tag, full ref (refs/heads/main) or commit SHA.
+
+    Returns:
+        The run summary (see `sunday_release.ci_report.ci_summary`). Raises StageFailed with the
+        same summary attached when a check or the repository scan fails.
+    """
+    repo, ref = validate_repo(repo), short_ref(validate_ref(ref))
+    run_id = str(flow_run.get_id() or "local")
+    settings = Settings.from_env()
+    checkout = clone_repo(repo, ref, workspace=str(settings.workspaces / run_id))
+    config = load_pipeline_config(checkout)
+
+    scan_future = scan_repository.submit(checkout, config.scan)
+    checks: list[tuple[str, str, PrefectFuture[Any]]] = []
+    builds: dict[str, Any] = {}  # futures of image ids, passed on as inputs
+    for name, spec in config.services.items():
+        if not spec.checks.steps():
+            continue
+        builds[name] = build_check_image.submit(config.project, name, spec, checkout, config.base_image)
+    for name, image in builds.items():
+        spec = config.services[name]
+        for step, argv in spec.checks.steps().items():
+            reports = settings.home / "runs" / run_id / "reports" / f"{name}-{step}"
+            checks.append((name, step, run_check.submit(name, step, argv, image, str(reports),
+                                                        spec.checks.timeout)))
+
+    results: list[StepResult] = []
+    for name, future in builds.items():
+        future.wait()
+        if not future.state.is_completed():
+            results.append(_outcome(future, name, "build"))
+    for name, step, future in checks:
+        future.wait()
+        if any(r.service == name and r.step == "build" for r in results):
+            results.append(StepResult(name, step, "not run", detail="the check image did not build"))
+        else:
+            results.append(_outcome(future, name, step))
+    scan_future.wait()
+    scan_exc = scan_future.state.result(raise_on_failure=False)
+    scan: ScanReport | None = scan_future.result() if scan_future.state.is_completed() else (
+        scan_exc.report if isinstance(scan_exc, GateFailed) and isinstance(scan_exc.report, ScanReport) else None)
+
+    publish_ci_reports(config.project, checkout.commit, results, scan)
+    failures = failure_lines(results, scan)
+    if scan is None and not scan_future.state.is_completed():
+        failures.append(f"repository scan did not run: {scan_exc}")
+    summary = ci_summary(run_id, "FAILED" if failures else "COMPLETED", checkout.commit, list(config.services),
+                         results, scan)
+    if failures:
+        raise StageFailed("\n".join(failures), summary)
+    return summary

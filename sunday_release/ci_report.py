@@ -1,0 +1,125 @@
+"""The CI run's results as plain values, and their renderings (table rows, markdown, terminal, JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sunday_release.findings import ScanReport
+from sunday_release.junit import TestCounts
+
+__all__ = ["StepResult", "ci_summary", "failure_lines", "scan_markdown", "terminal_summary", "tests_rows"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The outcome of one check step of one service."""
+
+    service: str
+    step: str  # "build", "test", "lint", "typecheck"
+    outcome: str  # "passed", "failed" or "not run"
+    seconds: float = 0.0
+    tests: TestCounts | None = None
+    detail: str = ""  # why it failed: failing tests, or the tail of the command's output
+
+
+def tests_rows(results: list[StepResult]) -> list[dict[str, Any]]:
+    """One row per service and step, for the test-summary table artifact."""
+    rows = []
+    for r in sorted(results, key=lambda r: (r.service, r.step)):
+        t = r.tests
+        rows.append({
+            "service": r.service, "step": r.step, "outcome": r.outcome,
+            "passed": t.passed if t else "", "failed": t.failed if t else "", "skipped": t.skipped if t else "",
+            "seconds": round(r.seconds, 1),
+            "failing": "; ".join(f"{c.classname}::{c.name}" if c.classname else c.name
+                                  for c in t.failures) if t else "",
+        })
+    return rows
+
+
+def scan_markdown(title: str, report: ScanReport) -> str:
+    """A readable markdown report of a scan: counts, verdict, then one row per finding."""
+    verdict = "**passed**" if report.passed else f"**failed**: {len(report.blocking)} blocking finding(s)"
+    counts = " · ".join(f"{sev} {n}" for sev, n in report.counts.items())
+    lines = [f"# {title}", "", f"Verdict: {verdict}", "", f"Findings: {counts}", ""]
+    lines += [f"> {note}" for note in report.notes]
+    if report.findings:
+        blocking, allowed = set(report.blocking), set(report.allowed)
+        lines += ["| severity | kind | id | where | what | gate |", "|---|---|---|---|---|---|"]
+        for f in report.findings:
+            where = f"{f.target}:{f.line}" if f.line else f.target
+            if f.package:
+                where += f" ({f.package} {f.installed} → {f.fixed or 'no fix'})"
+            gate = "blocks" if f in blocking else ("allowed" if f in allowed else "")
+            what = f.title.replace("|", "\\|")
+            lines.append(f"| {f.severity} | {f.kind} | {f.id} | `{where}` | {what} | {gate} |")
+    else:
+        lines.append("No findings.")
+    return "\n".join(lines) + "\n"
+
+
+def ci_summary(flow_run_id: str, state: str, commit: str, services: list[str], results: list[StepResult],
+               scan: ScanReport | None) -> dict[str, Any]:
+    """The object `sunday-release ci --json` prints."""
+    by_service: dict[str, dict[str, Any]] = {}
+    for name in services:
+        steps = {r.step: r for r in results if r.service == name}
+        test = steps.get("test")
+        counts = test.tests if test and test.tests else None
+        by_service[name] = {
+            "tests": {"passed": counts.passed, "failed": counts.failed, "skipped": counts.skipped}
+            if counts else None,
+            "test": test.outcome if test else "not configured",
+            "lint": steps["lint"].outcome if "lint" in steps else "not configured",
+            "typecheck": steps["typecheck"].outcome if "typecheck" in steps else "not configured",
+            "build": steps["build"].outcome if "build" in steps else "not run",
+        }
+    return {
+        "flow_run_id": flow_run_id,
+        "state": state,
+        "commit": commit,
+        "services": by_service,
+        "scan": None if scan is None else {
+            "findings": scan.counts, "blocking": len(scan.blocking), "passed": scan.passed,
+        },
+    }
+
+
+def _telling_line(output: str) -> str:
+    """The line of a failed command's output most likely to say why: the last one naming an error."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower()]
+    return (errors or lines or ["non-zero exit"])[-1][:300]
+
+
+def failure_lines(results: list[StepResult], scan: ScanReport | None) -> list[str]:
+    """One line per failed step (service, step, why) for stderr."""
+    lines = []
+    for r in sorted(results, key=lambda r: (r.service, r.step)):
+        if r.outcome != "failed":
+            continue
+        if r.tests and r.tests.failures:
+            names = ", ".join(f"{c.classname}::{c.name}" if c.classname else c.name for c in r.tests.failures[:5])
+            lines.append(f"{r.service}: {r.step} failed: {r.tests.failed} failing test(s): {names}")
+        else:
+            first = _telling_line(r.detail)
+            lines.append(f"{r.service}: {r.step} failed: {first}")
+    if scan is not None and not scan.passed:
+        ids = ", ".join(f"{f.id} ({f.target})" for f in scan.blocking[:5])
+        lines.append(f"repository scan failed: {len(scan.blocking)} blocking finding(s): {ids}")
+    return lines
+
+
+def terminal_summary(summary: dict[str, Any]) -> str:
+    """A few aligned lines a person reads at the end of `sunday-release ci`."""
+    out = [f"CI {summary['state']} for commit {summary['commit'][:12]} (flow run {summary['flow_run_id']})"]
+    for name, svc in summary["services"].items():
+        t = svc["tests"]
+        tests = f"{t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped" if t else svc["test"]
+        out.append(f"  {name:<12} tests: {tests:<34} lint: {svc['lint']:<15} typecheck: {svc['typecheck']}")
+    scan = summary.get("scan")
+    if scan:
+        counts = ", ".join(f"{n} {sev.lower()}" for sev, n in scan["findings"].items() if n) or "no findings"
+        out.append(f"  {'repo scan':<12} {counts}; {'passed' if scan['passed'] else 'failed'}")
+    return "\n".join(out)

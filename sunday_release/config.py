@@ -1,0 +1,269 @@
+"""The pipeline config, `sunday-release.yaml` at the root of an application repository.
+
+Loaded and validated once at the entry point (`load_config`), then passed down as a frozen
+pydantic model. Every key is documented in docs/config.md.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sunday_release.errors import ConfigError
+
+__all__ = [
+    "CONFIG_FILE",
+    "Checks",
+    "Environment",
+    "PipelineConfig",
+    "ScanPolicy",
+    "Service",
+    "SmokeCheck",
+    "check_paths",
+    "load_config",
+    "parse_config",
+]
+
+CONFIG_FILE = "sunday-release.yaml"
+STEPS = ("test", "lint", "typecheck")
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+Severity = Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
+Platform = Literal["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le", "linux/s390x"]
+_DEFAULT_PLATFORMS: tuple[Platform, ...] = ("linux/amd64", "linux/arm64")
+_BLOCKING: tuple[Severity, ...] = ("CRITICAL", "HIGH")
+Argv = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
+
+def _relative_path(value: str) -> str:
+    if not value or value.startswith("/") or ".." in value.split("/"):
+        raise ValueError(f"expected a path relative to the repository root, without '..'; got {value!r}")
+    return value
+
+
+RelativePath = Annotated[str, AfterValidator(_relative_path)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Checks(_Model):
+    """What CI runs inside the image built from the Dockerfile's `stage`."""
+
+    stage: str = Field("test", min_length=1)
+    test: Argv | None = None
+    lint: Argv | None = None
+    typecheck: Argv | None = None
+    timeout: int = Field(900, ge=10, le=7200)
+
+    def steps(self) -> dict[str, list[str]]:
+        """The configured steps, in pipeline order, with their argv."""
+        return {step: argv for step in STEPS if (argv := getattr(self, step)) is not None}
+
+
+class Service(_Model):
+    """One deployable service: where it is built from and how it is checked and probed."""
+
+    context: RelativePath
+    dockerfile: RelativePath = "Dockerfile"
+    port: int = Field(ge=1, le=65535)
+    health_path: str = Field("/healthz", pattern=r"^/")
+    platforms: list[Platform] = Field(default_factory=lambda: list(_DEFAULT_PLATFORMS), min_length=1)
+    build_args: dict[str, str] = Field(default_factory=dict)
+    checks: Checks = Field(default_factory=Checks)
+
+    @field_validator("platforms")
+    @classmethod
+    def _unique_platforms(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("platforms must not repeat")
+        return value
+
+
+class Environment(_Model):
+    """A place the pipeline deploys to."""
+
+    target: Literal["docker", "kubernetes"] = "docker"
+    approval: bool = False
+    replicas: dict[Name, Annotated[int, Field(ge=0, le=100)]] = Field(default_factory=dict)
+    port: int | None = Field(None, ge=1, le=65535)
+    backup: bool | None = None
+    kube_context: str | None = None
+
+
+class AllowedFinding(_Model):
+    """A finding the team accepted, with why and until when."""
+
+    id: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    expires: date
+
+
+class ScanPolicy(_Model):
+    """What makes the Trivy gates fail."""
+
+    fail_on: list[Severity] = Field(default_factory=lambda: list(_BLOCKING))
+    misconfig_fail_on: list[Severity] = Field(default_factory=lambda: list(_BLOCKING[:1]))
+    ignore_unfixed: bool = False
+    allow: list[AllowedFinding] = Field(default_factory=list)
+    skip_dirs: list[str] = Field(default_factory=list)
+
+
+class SmokeCheck(_Model):
+    """One HTTP probe run against a fresh color before and after traffic moves to it."""
+
+    service: Name
+    path: str = Field(pattern=r"^/")
+    status: int = Field(200, ge=100, le=599)
+    json_field: str | None = None
+    equals: str | int | bool | None = None
+    budget_ms: int = Field(1000, ge=1)
+
+
+class PipelineConfig(_Model):
+    """The whole of sunday-release.yaml."""
+
+    project: Name
+    registry: str = Field("localhost:5000", min_length=1)
+    base_image: str = Field("localhost:5000/base/debian:bookworm", min_length=1)
+    default_branch: str = Field("main", min_length=1)
+    release_tags: str = Field(r"^v\d+\.\d+\.\d+$", min_length=1)
+    services: dict[Name, Service] = Field(min_length=1)
+    environments: dict[Name, Environment] = Field(
+        default_factory=lambda: {"staging": Environment(), "production": Environment(approval=True)}
+    )
+    scan: ScanPolicy = Field(default_factory=ScanPolicy)
+    smoke: list[SmokeCheck] = Field(default_factory=list)
+
+    @field_validator("release_tags")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _known_services(self) -> PipelineConfig:
+        for i, check in enumerate(self.smoke):
+            if check.service not in self.services:
+                raise ValueError(f"smoke[{i}].service: {check.service!r} is not one of the services "
+                                 f"({', '.join(self.services)})")
+        for env_name, env in self.environments.items():
+            for svc in env.replicas:
+                if svc not in self.services:
+                    raise ValueError(f"environments.{env_name}.replicas: {svc!r} is not one of the "
+                                     f"services ({', '.join(self.services)})")
+        return self
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _expected(err: Any) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = _parent_model(loc[:-1])
+        if parent is not None:
+            return f"unknown key {loc[-1]!r}; expected one of: {', '.join(parent.model_fields)}"
+        return f"unknown key {loc[-1]!r}"
+    if err["type"] == "missing":
+        return "required key is missing"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{msg} (got {shown})"
+
+
+def _parent_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    model: Any = PipelineConfig
+    i = 0
+    while i < len(loc):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(loc[i]))
+        if field is None:
+            return None
+        ann = field.annotation
+        origin = getattr(ann, "__origin__", None)
+        if origin in (dict, list):
+            model = ann.__args__[-1]  # type: ignore[union-attr]
+            i += 2  # skip the key or the index
+            continue
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = args[0] if args else ann
+        i += 1
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def parse_config(data: Any, file: str = CONFIG_FILE) -> PipelineConfig:
+    """Validate already-parsed YAML; raise ConfigError naming every problem found."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", f"expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        lines = [f"{_format_loc(tuple(e['loc'])) or '(top level)'}: {_expected(e)}" for e in errors]
+        first = errors[0]
+        path = _format_loc(tuple(first["loc"]))
+        if len(lines) == 1:
+            raise ConfigError(file, path, _expected(first)) from None
+        raise ConfigError(file, path, f"{len(lines)} problems:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(repo_root: str | Path, *, check_files: bool = True) -> PipelineConfig:
+    """Read and validate `sunday-release.yaml` of the repository at `repo_root`.
+
+    Args:
+        repo_root: the checked-out application repository.
+        check_files: also check that each service's build context and Dockerfile exist.
+    """
+    path = Path(repo_root) / CONFIG_FILE
+    file = str(path)
+    if not path.is_file():
+        raise ConfigError(file, "", f"no {CONFIG_FILE} at the root of the repository")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(file, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(file, "", "not UTF-8 text") from None
+    config = parse_config(data, file)
+    if check_files:
+        check_paths(config, repo_root, file)
+    return config
+
+
+def check_paths(config: PipelineConfig, repo_root: str | Path, file: str = CONFIG_FILE) -> None:
+    """Raise ConfigError for a service whose build context or Dockerfile is not in the repository."""
+    root = Path(repo_root).resolve()
+    for name, svc in config.services.items():
+        context = (root / svc.context).resolve()
+        if not context.is_relative_to(root):
+            raise ConfigError(file, f"services.{name}.context", f"{svc.context!r} leaves the repository")
+        if not context.is_dir():
+            raise ConfigError(file, f"services.{name}.context",
+                              f"expected a directory in the repository; {svc.context!r} does not exist")
+        dockerfile = context / svc.dockerfile
+        if not dockerfile.is_file():
+            raise ConfigError(file, f"services.{name}.dockerfile",
+                              f"expected a Dockerfile at {svc.context}/{svc.dockerfile}; it does not exist")
+        stages = re.findall(r"(?im)^\s*FROM\s+\S+\s+AS\s+(\S+)", dockerfile.read_text(errors="replace"))
+        if svc.checks.steps() and svc.checks.stage not in stages:
+            raise ConfigError(file, f"services.{name}.checks.stage",
+                              f"expected a stage of {svc.context}/{svc.dockerfile} "
+                              f"({', '.join(stages) or 'it names none'}); got {svc.checks.stage!r}")

@@ -1,0 +1,1 @@
+"""Prefect tasks of sunday-release: one module per pipeline stage."""

@@ -1,0 +1,83 @@
+"""Getting the code: clone one ref of a repository into a fresh workspace."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+
+from sunday_release.config import PipelineConfig, load_config
+from sunday_release.errors import CommandFailed, InputError
+from sunday_release.refs import is_sha
+from sunday_release.runner import run
+from tasks._common import ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress
+
+__all__ = ["Checkout", "clone_repo", "load_pipeline_config"]
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A ref of a repository checked out at `path`."""
+
+    repo: str
+    ref: str
+    path: str
+    commit: str
+    committed_at: str  # ISO 8601, the commit's committer date
+
+
+def _fetch(repo: str, ref: str, dest: Path) -> None:
+    run(["git", "init", "-q", str(dest)])
+    candidates = [ref] if is_sha(ref) or ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}", ref]
+    for candidate in candidates:
+        fetched = run(["git", "-C", str(dest), "fetch", "-q", "--depth", "1", "--no-tags", repo, candidate],
+                      timeout=600, check=False)
+        if fetched.ok:
+            return
+        err = fetched.stderr.lower()
+        if not any(s in err for s in ("couldn't find remote ref", "not our ref", "no such remote ref",
+                                      "unadvertised object", "invalid refspec", "not a valid object")):
+            fetched.check_returncode()  # a network or server problem: CommandFailed, retried
+    if is_sha(ref) and len(ref) < 40:
+        run(["git", "-C", str(dest), "fetch", "-q", repo, "+refs/heads/*:refs/remotes/origin/*",
+             "+refs/tags/*:refs/tags/*"], timeout=600)
+        resolved = run(["git", "-C", str(dest), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], check=False)
+        if resolved.ok:
+            run(["git", "-C", str(dest), "update-ref", "FETCH_HEAD", resolved.stdout.strip()])
+            return
+    raise InputError(f"--ref: {ref!r} was not found in {repo}")
+
+
+@task(name="clone", task_run_name="clone", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5,
+      retry_condition_fn=is_transient, cache_policy=ON_THIS_MACHINE, persist_result=True)
+def clone_repo(repo: str, ref: str, workspace: str) -> Checkout:
+    """Check out `ref` of `repo` (path or URL) into `workspace`, replacing what was there.
+
+    Args:
+        repo: a local git repository or a git URL.
+        ref: branch, tag, full ref or commit SHA.
+        workspace: the directory to create; removed first if it exists.
+    """
+    dest = Path(workspace)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch(repo, ref, dest)
+        run(["git", "-C", str(dest), "checkout", "-q", "--detach", "FETCH_HEAD"])
+    except CommandFailed:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    show = run(["git", "-C", str(dest), "show", "-s", "--format=%H %cI", "HEAD"]).stdout.split()
+    progress(f"checked out {ref} at {show[0][:12]}")
+    return Checkout(repo=repo, ref=ref, path=str(dest), commit=show[0], committed_at=show[1])
+
+
+@task(name="load-config", task_run_name="load-config", persist_result=True)
+def load_pipeline_config(checkout: Checkout) -> PipelineConfig:
+    """Read and validate the checkout's sunday-release.yaml (ConfigError: nothing gets built)."""
+    config = load_config(checkout.path)
+    progress(f"config valid: project {config.project}, services {', '.join(config.services)}")
+    return config

@@ -1,0 +1,96 @@
+"""Shared fixtures: a private SUNDAY_HOME/PREFECT_HOME, a real Prefect server, git repositories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+_HOME = Path(tempfile.mkdtemp(prefix="sunday-tests-"))
+# Before anything imports Prefect: results, settings and workspaces of the tests stay in _HOME.
+os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
+os.environ["SUNDAY_HOME"] = str(_HOME / "sunday")
+os.environ["SUNDAY_TRIVY_CACHE"] = str(Path.home() / ".cache" / "sunday-release-tests" / "trivy")
+os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+os.environ.pop("PREFECT_API_URL", None)
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DOCKER = "/usr/bin/docker"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real `prefect server start` on a free port (SQLite in a temp dir), stopped afterwards."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sunday_release.server import LocalServer
+
+    server = LocalServer(_HOME / "server-home", port=free_port())
+    url = server.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # send the tests' run logs before the server goes away
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """The Docker engine, the local registry and the base image (`make test` sets them up)."""
+    info = subprocess.run([DOCKER, "image", "inspect", "localhost:5000/base/debian:bookworm"],
+                          capture_output=True, text=True, check=False)
+    if info.returncode != 0:
+        pytest.fail("no Docker engine or base image: run `make setup` (bash infra/local/setup.sh all) first")
+    return DOCKER
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[..., Path]:
+    """make_repo(source_dir, edit=fn) → a git repository (branch main, one commit) of a copy of source_dir."""
+
+    def make(source: Path, edit: Callable[[Path], None] | None = None, name: str = "repo") -> Path:
+        repo = tmp_path / name
+        shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__", ".mypy_cache", ".pytest_cache"))
+        if edit:
+            edit(repo)
+        _git(repo, "init", "-q", "-b", "main")
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", "initial")
+        return repo
+
+    return make
+
+
+@pytest.fixture
+def git() -> Callable[..., str]:
+    return _git
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_HOME, ignore_errors=True)

@@ -1,0 +1,176 @@
+"""The CI flow end to end against the real Docker engine, Trivy and a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import APP, DOCKER, FIXTURES, ROOT
+
+pytestmark = pytest.mark.docker
+CLI = [sys.executable, "-m", "sunday_release.cli"]
+
+
+def sunday(*args: str, api: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    if api:
+        full_env["PREFECT_API_URL"] = api
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=1500,
+                          check=False)
+
+
+def images_for(commit: str) -> list[str]:
+    out = subprocess.run([DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}", "sunday-ci/*"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return [i for i in out if i.endswith(commit[:12])]
+
+
+def test_sample_app_goes_green(prefect_api: str, docker_engine: str, make_repo: Callable[..., Path],
+                               git: Callable[..., str]) -> None:
+    repo = make_repo(APP)
+    done = sunday("ci", "--repo", str(repo), "--ref", "main", "--json", api=prefect_api)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["state"] == "COMPLETED"
+    assert summary["commit"] == git(repo, "rev-parse", "HEAD")
+    backend, frontend = summary["services"]["backend"], summary["services"]["frontend"]
+    assert backend["tests"]["passed"] > 10 and backend["tests"]["failed"] == 0
+    assert (backend["lint"], backend["typecheck"]) == ("passed", "passed")
+    assert frontend["tests"]["passed"] > 5 and frontend["lint"] == "passed"
+    assert frontend["typecheck"] == "not configured"
+    assert summary["scan"]["passed"] is True and summary["scan"]["blocking"] == 0
+    # progress a person can follow: service, step, elapsed time
+    assert "test[backend]" in done.stderr and "s]" in done.stderr
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"ci-tests-sunday", "ci-repo-scan-sunday"} <= keys
+
+
+def _break_a_backend_test(repo: Path) -> None:
+    (repo / "backend" / "tests" / "test_broken.py").write_text(
+        "def test_board_names_are_trimmed() -> None:\n    assert ' x '.strip() == ' x '\n")
+
+
+def test_failing_unit_test_fails_ci_naming_service_and_test(prefect_api: str, docker_engine: str,
+                                                            make_repo: Callable[..., Path]) -> None:
+    repo = make_repo(APP, edit=_break_a_backend_test)
+    done = sunday("ci", "--repo", str(repo), "--ref", "main", "--json", api=prefect_api)
+    assert done.returncode == 1, done.stderr
+    assert "backend: test failed" in done.stderr and "test_board_names_are_trimmed" in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["state"] == "FAILED"
+    assert summary["services"]["backend"]["tests"]["failed"] == 1
+    # the other service's checks still completed
+    frontend = summary["services"]["frontend"]
+    assert frontend["test"] == "passed" and frontend["lint"] == "passed"
+    assert summary["services"]["backend"]["lint"] == "passed"
+
+
+def _wrong_key(repo: Path) -> None:
+    text = (repo / "sunday-release.yaml").read_text().replace("health_path:", "healthpath:", 1)
+    (repo / "sunday-release.yaml").write_text(text)
+
+
+def _wrong_type(repo: Path) -> None:
+    text = (repo / "sunday-release.yaml").read_text().replace("port: 8000", "port: eight-thousand", 1)
+    (repo / "sunday-release.yaml").write_text(text)
+
+
+def _missing_path(repo: Path) -> None:
+    text = (repo / "sunday-release.yaml").read_text().replace("context: frontend", "context: web", 1)
+    (repo / "sunday-release.yaml").write_text(text)
+
+
+@pytest.mark.parametrize(("edit", "key", "expected"), [
+    (_wrong_key, "services.backend.healthpath", "unknown key 'healthpath'"),
+    (_wrong_type, "services.backend.port", "valid integer"),
+    (_missing_path, "services.frontend.context", "'web' does not exist"),
+])
+def test_bad_config_exits_2_and_builds_nothing(prefect_api: str, docker_engine: str,
+                                               make_repo: Callable[..., Path], git: Callable[..., str],
+                                               edit: Callable[[Path], None], key: str, expected: str) -> None:
+    repo = make_repo(APP, edit=edit)
+    done = sunday("ci", "--repo", str(repo), "--ref", "main", api=prefect_api)
+    assert done.returncode == 2, done.stderr
+    assert "sunday-release.yaml" in done.stderr and key in done.stderr and expected in done.stderr
+    assert images_for(git(repo, "rev-parse", "HEAD")) == []
+    # the same verdict without any server from `validate`
+    checked = sunday("validate", "--repo", str(repo))
+    assert checked.returncode == 2 and key in checked.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ref", "main..evil"], "--ref"),
+    (["--ref", "-x"], "--ref"),
+    (["--repo", "/nonexistent/repo"], "--repo"),
+])
+def test_bad_arguments_exit_2_before_anything_runs(tmp_path: Path, args: list[str], message: str) -> None:
+    base = {"--repo": str(ROOT), "--ref": "main"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    done = sunday("ci", *[x for kv in base.items() for x in kv], env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_unknown_ref_exits_2(prefect_api: str, docker_engine: str, make_repo: Callable[..., Path]) -> None:
+    repo = make_repo(FIXTURES / "other-app")
+    done = sunday("ci", "--repo", str(repo), "--ref", "no-such-branch", api=prefect_api)
+    assert done.returncode == 2, done.stderr
+    assert "'no-such-branch' was not found" in done.stderr
+
+
+def test_another_language_goes_through_without_code_changes(prefect_api: str, docker_engine: str,
+                                                            make_repo: Callable[..., Path],
+                                                            git: Callable[..., str]) -> None:
+    repo = make_repo(FIXTURES / "other-app")
+    git(repo, "tag", "v0.1.0")
+    done = sunday("ci", "--repo", str(repo), "--ref", "v0.1.0", "--json", api=prefect_api)
+    assert done.returncode == 0, done.stderr
+    tool = json.loads(done.stdout)["services"]["tool"]
+    assert tool["tests"] == {"passed": 4, "failed": 0, "skipped": 0}
+    assert (tool["lint"], tool["typecheck"]) == ("passed", "not configured")
+
+
+def test_retry_reruns_only_the_failed_task(prefect_api: str, docker_engine: str, make_repo: Callable[..., Path],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose repository scan fails (trivy missing) is retried: only the scan and what follows run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.flow_engine import run_flow
+    from prefect.states import AwaitingRetry
+
+    from flows.ci import ci
+
+    repo = make_repo(FIXTURES / "other-app")
+    monkeypatch.setenv("SUNDAY_TRIVY", "/nonexistent/trivy")
+    first = ci(repo=str(repo), ref="main", return_state=True)
+    assert first.is_failed()
+    run_id = first.state_details.flow_run_id
+
+    monkeypatch.delenv("SUNDAY_TRIVY")  # the fault is gone; press Retry
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, AwaitingRetry(), force=True)
+        flow_run = client.read_flow_run(run_id)
+    second = run_flow(ci, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+    assert second.is_completed()
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    by_name: dict[str, list[Any]] = {}
+    for tr in runs:  # default task run names end in "-" and 3 hex digits
+        by_name.setdefault(re.sub(r"-[0-9a-f]{3}$", "", tr.name), []).append(tr)
+    states = {name: sorted(t.state.name for t in trs) for name, trs in by_name.items()}
+    for name in ("clone", "load-config", "build[tool]", "test[tool]", "lint[tool]"):
+        assert "Cached" in states[name], (name, states)  # completed the first time: not run again
+    assert "Completed" in states["scan-repository"] and "Failed" in states["scan-repository"], states
+    assert states["publish-ci-reports"].count("Completed") == 2, states  # follows the scan: ran again
