@@ -86,6 +86,7 @@ _import_rootfs() {
 
 base() {
   if $DOCKER manifest inspect --insecure "$BASE_REF" >/dev/null 2>&1; then
+    $DOCKER image inspect "$BASE_REF" >/dev/null 2>&1 || $DOCKER pull -q "$BASE_REF" >/dev/null
     log "base image $BASE_REF present"; return
   fi
   update-binfmts --enable >/dev/null 2>&1 || true
