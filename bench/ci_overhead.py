@@ -1,5 +1,8 @@
 """CI overhead: `sunday-release ci` on the sample app vs the same container commands run one by one.
 
+The script does what a warm CI run does: build the check images, run every check, scan the
+repository, and scan each published platform image (the images themselves are reused).
+
 Prints both wall times per round and the ratio pipeline/script (target ≤ 1.0: parallelism must pay
 for the orchestration). Rounds alternate the two so a noisy machine hurts both alike. The Prefect
 server is started once before timing (the CLI reuses a running server); its start-up time is
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,34 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sunday_release.config import load_config  # noqa: E402
-from sunday_release.server import LocalServer  # noqa: E402
-from sunday_release.settings import Settings  # noqa: E402
+from _common import git, make_repo, prefect_server, run_ci
 
-
-def make_repo(dest: Path) -> Path:
-    shutil.copytree(ROOT / "app", dest)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b.invalid",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b.invalid"}
-    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
-        subprocess.run(["git", "-C", str(dest), *argv], check=True, env=env)
-    return dest
-
-
-def run_pipeline(repo: Path) -> float:
-    started = time.monotonic()
-    done = subprocess.run([str(ROOT / ".venv/bin/sunday-release"), "ci", "--repo", str(repo), "--ref", "main"],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"pipeline failed:\n{done.stderr[-3000:]}")
-    return time.monotonic() - started
+from sunday_release.config import load_config
+from sunday_release.registry import RegistryClient
+from sunday_release.settings import Settings
+from tasks.scan import image_scan_argv, repo_scan_argv
 
 
 def run_script(repo: Path, work: Path) -> float:
-    """The same work as the checks stage, as a plain script would do it: one command after another."""
+    """The same work as a warm CI run, as a plain script would do it: one command after another."""
     settings = Settings.from_env()
     config = load_config(repo)
     started = time.monotonic()
@@ -64,9 +50,16 @@ def run_script(repo: Path, work: Path) -> float:
             reports.mkdir(parents=True)
             subprocess.run([settings.docker, "run", "--rm", "--network", "none", "-v", f"{reports}:/reports",
                             tag, *argv], check=True, capture_output=True)
-    subprocess.run([settings.trivy, "fs", "--scanners", "misconfig,secret", "--skip-check-update", "--cache-dir",
-                    str(settings.trivy_cache), "--format", "json", "--quiet", str(repo)], check=True,
+    subprocess.run(repo_scan_argv(settings.trivy, str(settings.trivy_cache), str(repo), config.scan), check=True,
                    capture_output=True)
+    # the pipeline's warm run reuses the published images and scans each platform: so does the script
+    commit = git(repo, "rev-parse", "HEAD")
+    with RegistryClient(config.registry) as client:
+        for name in config.services:
+            for platform in client.platforms(f"{config.project}/{name}", f"sha-{commit}"):
+                image = f"{config.registry}/{config.project}/{name}@{platform.digest}"
+                subprocess.run(image_scan_argv(settings.trivy, str(settings.trivy_cache), image, config.scan, True),
+                               check=True, capture_output=True)
     return time.monotonic() - started
 
 
@@ -76,29 +69,21 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sunday-bench-") as tmp:
         work = Path(tmp)
-        os.environ["SUNDAY_HOME"] = str(work / "home")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        server = LocalServer(work / "home", port=port)
-        t0 = time.monotonic()
-        os.environ["PREFECT_API_URL"] = server.start()
-        print(f"prefect server start-up (paid once; the CLI reuses a running server): {time.monotonic() - t0:6.1f} s")
-        try:
+        with prefect_server(work / "home") as startup:
+            print(f"prefect server start-up (paid once; the CLI reuses a running server): {startup:6.1f} s")
             repo = make_repo(work / "repo")
-            run_pipeline(repo)  # warm Docker's build cache for both sides alike
-            pipeline, script = [], []
+            run_ci(repo)  # warm Docker's build cache and the registry for both sides alike
+            pipeline: list[float] = []
+            script: list[float] = []
             for i in range(args.rounds):
-                order = [("pipeline", run_pipeline, (repo,)), ("script", run_script, (repo, work / "reports"))]
-                for label, fn, fn_args in order if i % 2 == 0 else order[::-1]:
-                    (pipeline if label == "pipeline" else script).append(fn(*fn_args))  # type: ignore[operator]
+                sides = [(pipeline, lambda: run_ci(repo)), (script, lambda: run_script(repo, work / "reports"))]
+                for times, fn in sides if i % 2 == 0 else sides[::-1]:
+                    times.append(fn())
                 print(f"round {i + 1}: pipeline {pipeline[-1]:6.1f} s   script {script[-1]:6.1f} s   "
                       f"ratio {pipeline[-1] / script[-1]:.2f}")
             p, s = statistics.median(pipeline), statistics.median(script)
             print(f"median:  pipeline {p:6.1f} s   script {s:6.1f} s   ratio pipeline/script {p / s:.2f} "
                   f"(target <= 1.0)")
-        finally:
-            server.stop()
 
 
 if __name__ == "__main__":

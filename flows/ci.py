@@ -1,7 +1,9 @@
-"""The CI flow: check out a ref, then per service in parallel build the test image and run its checks."""
+"""The CI flow: check out a ref; checks of every service in parallel; then multi-arch images, pushed and scanned."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -9,14 +11,23 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
 from sunday_release.ci_report import StepResult, ci_summary, failure_lines
+from sunday_release.config import PipelineConfig
 from sunday_release.errors import CheckFailed, GateFailed, StageFailed
-from sunday_release.findings import ScanReport
+from sunday_release.findings import ImageScan, ScanReport
 from sunday_release.refs import short_ref, validate_ref, validate_repo
+from sunday_release.registry import PublishedImage, validate_repository
 from sunday_release.settings import Settings
 from tasks.checks import build_check_image, run_check
+from tasks.images import (
+    build_platform_image,
+    find_published,
+    image_content_key,
+    publish_manifest,
+    push_platform_image,
+)
 from tasks.reports import publish_ci_reports
-from tasks.scan import scan_repository
-from tasks.source import clone_repo, load_pipeline_config
+from tasks.scan import scan_image, scan_repository
+from tasks.source import Checkout, clone_repo, load_pipeline_config
 
 __all__ = ["ci"]
 
@@ -81,12 +92,75 @@ def ci(repo: str, ref: str = "main") -> dict[str, Any]:
     scan: ScanReport | None = scan_future.result() if scan_future.state.is_completed() else (
         scan_exc.report if isinstance(scan_exc, GateFailed) and isinstance(scan_exc.report, ScanReport) else None)
 
-    publish_ci_reports(config.project, checkout.commit, results, scan)
     failures = failure_lines(results, scan)
     if scan is None and not scan_future.state.is_completed():
         failures.append(f"repository scan did not run: {scan_exc}")
+    images: dict[str, PublishedImage] = {}
+    scans: list[ImageScan] = []
+    if not failures:  # the images stage runs once the checks stage passed
+        images, scans, image_failures = _images_stage(config, checkout, ref, settings.home / "runs" / run_id)
+        failures += image_failures
+    publish_ci_reports(config.project, checkout.commit, results, scan, list(images.values()), scans)
     summary = ci_summary(run_id, "FAILED" if failures else "COMPLETED", checkout.commit, list(config.services),
-                         results, scan)
+                         results, scan, images, scans)
     if failures:
         raise StageFailed("\n".join(failures), summary)
     return summary
+
+
+def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str,
+                  run_dir: Path) -> tuple[dict[str, PublishedImage], list[ImageScan], list[str]]:
+    """Build (or reuse), push and scan every service's multi-arch image; return what failed too."""
+    tags = [f"sha-{checkout.commit}"] + ([ref] if re.match(config.release_tags, ref) else [])
+    repos = {name: validate_repository(f"{config.project}/{name}") for name in config.services}
+    # futures are passed on as task inputs (Prefect resolves them), hence dict[str, Any]
+    keys: dict[str, Any] = {name: image_content_key.submit(name, spec, checkout, config.base_image)
+            for name, spec in config.services.items()}
+    found = {name: find_published.submit(name, config.registry, repos[name], keys[name]) for name in keys}
+    publish: dict[str, PrefectFuture[Any]] = {}
+    upstream: dict[str, list[PrefectFuture[Any]]] = {name: [] for name in config.services}
+    for name, spec in config.services.items():
+        cached = found[name].result()
+        if cached is not None:
+            publish[name] = publish_manifest.submit(name, config.registry, repos[name], keys[name], [], tags,
+                                                    cached)
+            continue
+        pushed: list[Any] = []
+        for platform in spec.platforms:
+            built: Any = build_platform_image.submit(name, spec, checkout, config, platform, keys[name])
+            pushed.append(push_platform_image.submit(name, built, platform))
+            upstream[name] += [built, pushed[-1]]
+        publish[name] = publish_manifest.submit(name, config.registry, repos[name], keys[name], pushed, tags)
+
+    images: dict[str, PublishedImage] = {}
+    failures: list[str] = []
+    scan_futures = []
+    for name, future in publish.items():
+        future.wait()
+        if not future.state.is_completed():
+            failed = [f for f in [*upstream[name], future] if (f.wait() or f.state.is_failed())]
+            why = failed[0].state.result(raise_on_failure=False) if failed else future.state.message
+            failures.append(f"{name}: image not published: {_first_line(why)}")
+            continue
+        image = future.result()
+        images[name] = image
+        for platform in config.services[name].platforms:
+            scan_futures.append(scan_image.submit(name, platform, image.platform_ref(platform), config.scan,
+                                                  str(run_dir / "sarif")))
+    scans: list[ImageScan] = []
+    for future in scan_futures:
+        future.wait()
+        if future.state.is_completed():
+            scans.append(future.result())
+            continue
+        exc = future.state.result(raise_on_failure=False)
+        if isinstance(exc, GateFailed) and isinstance(exc.report, ImageScan):
+            scans.append(exc.report)
+        failures.append(f"vulnerability scan failed: {_first_line(exc)}")
+    return images, scans, failures
+
+
+def _first_line(exc: object) -> str:
+    """The message of a failed task's exception, as one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

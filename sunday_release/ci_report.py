@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sunday_release.findings import ScanReport
+from sunday_release.findings import SEVERITIES, ImageScan, ScanReport
 from sunday_release.junit import TestCounts
+from sunday_release.registry import PublishedImage
 
-__all__ = ["StepResult", "ci_summary", "failure_lines", "scan_markdown", "terminal_summary", "tests_rows"]
+__all__ = ["StepResult", "ci_summary", "failure_lines", "images_rows", "scan_markdown", "terminal_summary",
+           "tests_rows", "vulnerabilities_markdown", "vulnerability_counts"]
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,45 @@ def scan_markdown(title: str, report: ScanReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def vulnerability_counts(scans: Sequence[ImageScan]) -> dict[str, Any]:
+    """Counts by severity over all platforms of one image (a CVE in both platforms counts once)."""
+    unique = {(f.id, f.package, f.severity) for s in scans for f in s.report.findings}
+    return {"counts": {sev: sum(1 for u in unique if u[2] == sev) for sev in SEVERITIES},
+            "passed": all(s.report.passed for s in scans),
+            "blocking": sorted({f"{f.id} ({f.package})" for s in scans for f in s.report.blocking})}
+
+
+def vulnerabilities_markdown(project: str, scans: Sequence[ImageScan]) -> str:
+    """The vulnerability report of every scanned image: verdict, then findings per image and platform."""
+    parts = [f"# Image vulnerabilities of {project}", ""]
+    for s in sorted(scans, key=lambda s: (s.service, s.platform)):
+        verdict = "passed" if s.report.passed else f"**failed** ({len(s.report.blocking)} blocking)"
+        parts += [f"## {s.service} · {s.platform}", "", f"`{s.image}` — gate {verdict} — SARIF: `{s.sarif}`", ""]
+        parts += [f"> {note}" for note in s.report.notes]
+        vulns = [f for f in s.report.findings if f.kind == "vulnerability"]
+        if not vulns:
+            parts += ["No vulnerabilities found.", ""]
+            continue
+        blocking, allowed = set(s.report.blocking), set(s.report.allowed)
+        parts += ["| severity | id | package | installed → fixed | gate |", "|---|---|---|---|---|"]
+        for f in vulns:
+            gate = "blocks" if f in blocking else ("allowed" if f in allowed else "")
+            parts.append(f"| {f.severity} | {f.id} | {f.package} | {f.installed} → {f.fixed or 'no fix'} | {gate} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def images_rows(images: Sequence[PublishedImage]) -> list[dict[str, Any]]:
+    """One row per published image, for the images table artifact."""
+    return [{"service": i.service, "image": i.ref, "platforms": ", ".join(d.platform or "" for d in i.platforms),
+             "tags": ", ".join(i.tags), "cached": i.cached} for i in sorted(images, key=lambda i: i.service)]
+
+
 def ci_summary(flow_run_id: str, state: str, commit: str, services: list[str], results: list[StepResult],
-               scan: ScanReport | None) -> dict[str, Any]:
+               scan: ScanReport | None, images: Mapping[str, PublishedImage] | None = None,
+               scans: Sequence[ImageScan] = ()) -> dict[str, Any]:
     """The object `sunday-release ci --json` prints."""
+    images = images or {}
     by_service: dict[str, dict[str, Any]] = {}
     for name in services:
         steps = {r.step: r for r in results if r.service == name}
@@ -74,6 +113,12 @@ def ci_summary(flow_run_id: str, state: str, commit: str, services: list[str], r
             "lint": steps["lint"].outcome if "lint" in steps else "not configured",
             "typecheck": steps["typecheck"].outcome if "typecheck" in steps else "not configured",
             "build": steps["build"].outcome if "build" in steps else "not run",
+            "image": images[name].ref if name in images else None,
+            "tags": list(images[name].tags) if name in images else [],
+            "platforms": [d.platform for d in images[name].platforms] if name in images else [],
+            "cached": images[name].cached if name in images else None,
+            "vulnerabilities": vulnerability_counts([s for s in scans if s.service == name])
+            if any(s.service == name for s in scans) else None,
         }
     return {
         "flow_run_id": flow_run_id,
@@ -118,6 +163,12 @@ def terminal_summary(summary: dict[str, Any]) -> str:
         t = svc["tests"]
         tests = f"{t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped" if t else svc["test"]
         out.append(f"  {name:<12} tests: {tests:<34} lint: {svc['lint']:<15} typecheck: {svc['typecheck']}")
+        if svc.get("image"):
+            v = svc.get("vulnerabilities") or {}
+            counts = ", ".join(f"{n} {sev.lower()}" for sev, n in v.get("counts", {}).items() if n) or "none"
+            out.append(f"  {'':<12} image: {svc['image']} ({', '.join(svc['platforms'])}"
+                       f"{'; unchanged, not rebuilt' if svc['cached'] else ''})")
+            out.append(f"  {'':<12} vulnerabilities: {counts}; gate {'passed' if v.get('passed') else 'FAILED'}")
     scan = summary.get("scan")
     if scan:
         counts = ", ".join(f"{n} {sev.lower()}" for sev, n in scan["findings"].items() if n) or "no findings"

@@ -76,6 +76,7 @@ class Service(_Model):
     health_path: str = Field("/healthz", pattern=r"^/")
     platforms: list[Platform] = Field(default_factory=lambda: list(_DEFAULT_PLATFORMS), min_length=1)
     build_args: dict[str, str] = Field(default_factory=dict)
+    target: str | None = Field(None, min_length=1)
     checks: Checks = Field(default_factory=Checks)
 
     @field_validator("platforms")

@@ -6,6 +6,7 @@
     ├── CommandFailed             a subprocess exited non-zero or timed out
     ├── CheckFailed               a service's build, test, lint or type check did not pass
     ├── GateFailed                a gate (scan policy, thresholds) said no
+    ├── TagExists                 an immutable image tag already points at other content
     └── StageFailed               a flow's stage failed; carries the run summary
 
 The CLI maps InputError to exit code 2 and every other PipelineError to exit code 1.
@@ -23,6 +24,7 @@ __all__ = [
     "InputError",
     "PipelineError",
     "StageFailed",
+    "TagExists",
 ]
 
 
@@ -86,6 +88,18 @@ class GateFailed(PipelineError):
 
     def __reduce__(self) -> tuple[type, tuple[str, object]]:
         return (type(self), (str(self), self.report))
+
+
+class TagExists(PipelineError):
+    """An immutable tag already points at different content: it is never overwritten."""
+
+    def __init__(self, ref: str, existing: str, refused: str) -> None:
+        self.ref, self.existing, self.refused = ref, existing, refused
+        super().__init__(f"tag {ref} already points at {existing}; refusing to overwrite it with {refused} "
+                         "(tags are immutable: publish a new version instead)")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.ref, self.existing, self.refused))
 
 
 class StageFailed(PipelineError):

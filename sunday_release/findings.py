@@ -10,7 +10,7 @@ from typing import Any
 
 from sunday_release.config import ScanPolicy
 
-__all__ = ["SEVERITIES", "Finding", "ScanReport", "parse_trivy_json"]
+__all__ = ["SEVERITIES", "Finding", "ImageScan", "ScanReport", "parse_trivy_json"]
 
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
 
@@ -47,6 +47,17 @@ class ScanReport:
     @property
     def passed(self) -> bool:
         return not self.blocking
+
+
+@dataclass(frozen=True)
+class ImageScan:
+    """The vulnerability scan of one platform of one service's image."""
+
+    service: str
+    platform: str
+    image: str
+    report: ScanReport
+    sarif: str  # path of the SARIF file kept with the run
 
 
 def _findings(result: dict[str, Any]) -> list[Finding]:

@@ -28,13 +28,16 @@ class Settings:
 
     Environment variables: SUNDAY_HOME (work directories, default ~/.sunday-release),
     SUNDAY_DOCKER (docker client, default /usr/bin/docker), SUNDAY_TRIVY (trivy binary,
-    default the one installed beside this Python), SUNDAY_TRIVY_CACHE (Trivy cache and DB dir).
+    default the one installed beside this Python), SUNDAY_TRIVY_CACHE (Trivy cache and DB dir:
+    `db/trivy.db` must be there, the pipeline never downloads it), SUNDAY_EXTRA_CA_CERTS (a PEM
+    file or a directory of *.crt given to every image build as the EXTRA_CA_CERTS build argument).
     """
 
     home: Path
     docker: str
     trivy: str
     trivy_cache: Path
+    extra_ca_certs: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,7 +47,17 @@ class Settings:
             docker=_tool("SUNDAY_DOCKER", "/usr/bin/docker", "docker"),
             trivy=_tool("SUNDAY_TRIVY", str(Path(sys.executable).parent / "trivy"), "trivy"),
             trivy_cache=Path(os.environ.get("SUNDAY_TRIVY_CACHE", home / "trivy-cache")),
+            extra_ca_certs=Path(os.environ["SUNDAY_EXTRA_CA_CERTS"]) if os.environ.get("SUNDAY_EXTRA_CA_CERTS")
+            else None,
         )
+
+    def ca_bundle(self) -> str:
+        """The extra CA certificates as one PEM text ("" when none are configured)."""
+        path = self.extra_ca_certs
+        if path is None:
+            return ""
+        files = sorted(path.glob("*.crt")) if path.is_dir() else [path]
+        return "".join(f.read_text() for f in files if f.is_file())
 
     @property
     def workspaces(self) -> Path:

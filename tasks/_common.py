@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
@@ -9,8 +10,10 @@ from prefect import Task, get_run_logger
 from prefect.cache_policies import DEFAULT, CacheKeyFnPolicy
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
+from prefect.exceptions import MissingContextError
 
 from sunday_release.errors import CommandFailed, InputError, PipelineError
+from sunday_release.registry import RegistryUnavailable
 
 __all__ = ["ON_THIS_MACHINE", "RETRY_DELAYS", "is_transient", "progress", "transient_command"]
 
@@ -47,6 +50,8 @@ def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> 
     exc = state.result(raise_on_failure=False)
     if isinstance(exc, InputError):
         return False
+    if isinstance(exc, RegistryUnavailable):
+        return True
     if isinstance(exc, CommandFailed):
         return transient_command(exc)
     return not isinstance(exc, PipelineError)
@@ -54,4 +59,8 @@ def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> 
 
 def progress(message: str, **fields: Any) -> None:
     """Log a progress line to the run (UI) and mark it for the terminal's progress printer."""
-    get_run_logger().info(message, extra={"sunday_progress": True, **fields})
+    try:
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+    except MissingContextError:  # a task body called directly (`.fn()`), outside any run
+        logger = logging.getLogger("sunday_release.tasks")
+    logger.info(message, extra={"sunday_progress": True, **fields})

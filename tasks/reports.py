@@ -5,18 +5,27 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from sunday_release.ci_report import StepResult, scan_markdown, tests_rows
-from sunday_release.findings import ScanReport
+from sunday_release.ci_report import StepResult, images_rows, scan_markdown, tests_rows, vulnerabilities_markdown
+from sunday_release.findings import ImageScan, ScanReport
+from sunday_release.registry import PublishedImage
 
 __all__ = ["publish_ci_reports"]
 
 
 @task(name="publish-ci-reports")
-def publish_ci_reports(project: str, commit: str, results: list[StepResult], scan: ScanReport | None) -> None:
-    """Publish the test table (`ci-tests-PROJECT`) and the repository scan (`ci-repo-scan-PROJECT`)."""
+def publish_ci_reports(project: str, commit: str, results: list[StepResult], scan: ScanReport | None,
+                       images: list[PublishedImage] | None = None, scans: list[ImageScan] | None = None) -> None:
+    """Publish the artifacts: `ci-tests-PROJECT` (table), `ci-repo-scan-PROJECT` (markdown), and once
+    images exist `ci-images-PROJECT` (table) and `ci-vulnerabilities-PROJECT` (markdown)."""
     create_table_artifact(key=f"ci-tests-{project}", table=tests_rows(results),
                           description=f"Checks of {project} at {commit[:12]}")
     if scan is not None:
         create_markdown_artifact(key=f"ci-repo-scan-{project}",
                                  markdown=scan_markdown(f"Repository scan of {project} at {commit[:12]}", scan),
                                  description="trivy fs --scanners misconfig,secret")
+    if images:
+        create_table_artifact(key=f"ci-images-{project}", table=images_rows(images),
+                              description=f"Images of {project} at {commit[:12]}")
+    if scans:
+        create_markdown_artifact(key=f"ci-vulnerabilities-{project}", markdown=vulnerabilities_markdown(project, scans),
+                                 description="trivy image --scanners vuln (offline DB)")

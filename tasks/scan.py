@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 
 from sunday_release.config import ScanPolicy
-from sunday_release.errors import GateFailed
-from sunday_release.findings import ScanReport, parse_trivy_json
+from sunday_release.errors import GateFailed, PipelineError
+from sunday_release.findings import ImageScan, ScanReport, parse_trivy_json
 from sunday_release.runner import run
 from sunday_release.settings import Settings
 from tasks._common import progress
 from tasks.source import Checkout
 
-__all__ = ["scan_repository"]
+__all__ = ["ImageScan", "scan_image", "scan_repository"]
 
 
 def repo_scan_argv(trivy: str, cache_dir: str, path: str, policy: ScanPolicy) -> list[str]:
     """`trivy fs` for misconfigurations and secrets with the embedded checks, no network."""
     skips = [a for d in policy.skip_dirs for a in ("--skip-dirs", d)]
     return [trivy, "fs", "--scanners", "misconfig,secret", "--skip-check-update", "--cache-dir", cache_dir,
+            "--cache-backend", "memory",
             "--format", "json", "--quiet", "--exit-code", "0", *skips, path]
 
 
@@ -40,3 +43,57 @@ def scan_repository(checkout: Checkout, policy: ScanPolicy) -> ScanReport:
     if not report.passed:
         raise GateFailed(f"repository scan: {len(report.blocking)} blocking finding(s)", report)
     return report
+
+
+def image_scan_argv(trivy: str, cache_dir: str, image: str, policy: ScanPolicy, insecure: bool) -> list[str]:
+    """`trivy image` of a pushed image from the registry, vulnerabilities only, against the offline DB.
+
+    The layer cache is kept in memory: scans run side by side, and a shared on-disk cache is locked
+    by one Trivy process at a time.
+    """
+    return [trivy, "image", "--image-src", "remote", *(["--insecure"] if insecure else []),
+            "--scanners", "vuln", "--pkg-types", "os,library", "--skip-db-update", "--skip-java-db-update",
+            "--offline-scan", "--cache-dir", cache_dir, "--cache-backend", "memory", "--format", "json", "--quiet",
+            "--exit-code", "0",
+            *(["--ignore-unfixed"] if policy.ignore_unfixed else []), image]
+
+
+@task(name="scan-image", task_run_name="scan[{service} {platform}]", persist_result=True)
+def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sarif_dir: str) -> ImageScan:
+    """Scan one pushed platform image for OS and language package vulnerabilities.
+
+    Uses the Trivy DB in SUNDAY_TRIVY_CACHE and never downloads one: with no DB there the scan
+    fails (it never reports "0 vulnerabilities" for a scan that did not run). GateFailed when the
+    policy blocks a finding.
+
+    Args:
+        service: the service's name.
+        platform: e.g. "linux/arm64".
+        image: `registry/repo@sha256:…` of that platform's manifest.
+        policy: the config's scan policy.
+        sarif_dir: where the SARIF file is kept.
+    """
+    settings = Settings.from_env()
+    db = settings.trivy_cache / "db" / "trivy.db"
+    if not db.is_file():
+        raise PipelineError(f"no Trivy vulnerability DB at {db}: the image scan cannot run. Put one there "
+                            "(`trivy image --download-db-only --cache-dir DIR` where the network allows) and "
+                            "point SUNDAY_TRIVY_CACHE at DIR")
+    registry = image.split("/", 1)[0]
+    insecure = registry.split(":")[0] in ("localhost", "127.0.0.1")
+    out = run(image_scan_argv(settings.trivy, str(settings.trivy_cache), image, policy, insecure), timeout=1800)
+    report = parse_trivy_json(out.stdout, policy)
+    Path(sarif_dir).mkdir(parents=True, exist_ok=True)
+    sarif = Path(sarif_dir) / f"{service}-{platform.replace('/', '-')}.sarif"
+    raw = sarif.with_suffix(".json")
+    raw.write_text(out.stdout)
+    run([settings.trivy, "convert", "--format", "sarif", "--output", str(sarif), str(raw)], timeout=300)
+    raw.unlink()
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no vulnerabilities"
+    progress(f"{counts}; gate {'passed' if report.passed else 'FAILED'}")
+    scan = ImageScan(service, platform, image, report, str(sarif))
+    if not report.passed:
+        worst = ", ".join(f"{f.id} in {f.package} {f.installed}" for f in report.blocking[:3])
+        raise GateFailed(f"{service} image {image} ({platform}): {len(report.blocking)} blocking "
+                         f"vulnerabilit{'y' if len(report.blocking) == 1 else 'ies'}: {worst}", scan)
+    return scan

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ _HOME = Path(tempfile.mkdtemp(prefix="sunday-tests-"))
 # Before anything imports Prefect: results, settings and workspaces of the tests stay in _HOME.
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
 os.environ["SUNDAY_HOME"] = str(_HOME / "sunday")
-os.environ["SUNDAY_TRIVY_CACHE"] = str(Path.home() / ".cache" / "sunday-release-tests" / "trivy")
+os.environ["SUNDAY_TRIVY_CACHE"] = str(_HOME / "trivy")
 os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
 os.environ.pop("PREFECT_API_URL", None)
 
@@ -61,6 +62,59 @@ def docker_engine() -> str:
     if info.returncode != 0:
         pytest.fail("no Docker engine or base image: run `make setup` (bash infra/local/setup.sh all) first")
     return DOCKER
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_trivy_db() -> Path:
+    """The session's offline Trivy DB: one FAKE advisory, for a package no image has (scans pass)."""
+    from sunday_release.trivydb import Advisory, write_trivy_db
+
+    cache = Path(os.environ["SUNDAY_TRIVY_CACHE"])
+    write_trivy_db(cache, [Advisory("CVE-2099-0999", "debian 12", "no-such-package", "CRITICAL", "FAKE", "1.0")])
+    return cache
+
+
+class Registry:
+    """A real `docker-registry serve` on a free port of 127.0.0.1, with its own storage."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.config = root / "config.yml"
+        root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
+            f"http: {{addr: {self.address}}}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Registry:
+        import httpx
+
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://{self.address}/v2/", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("docker-registry did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """An empty registry of the test's own, torn down afterwards."""
+    reg = Registry(tmp_path / "registry").start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
 
 
 def _git(repo: Path, *args: str) -> str:

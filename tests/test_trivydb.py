@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sunday_release.trivydb import Advisory, read_bbolt, trivy_db_tree, write_bbolt, write_trivy_db
+from sunday_release.trivydb import Advisory, BoltTree, read_bbolt, trivy_db_tree, write_bbolt, write_trivy_db
 
 BASE_IMAGE = "localhost:5000/base/debian:bookworm"
 TRIVY = str(Path(sys.executable).parent / "trivy")
@@ -97,7 +97,7 @@ def test_fnv64a_matches_reference_vectors() -> None:
 
 
 def test_round_trip_nested_inline_and_empty_buckets(tmp_path: Path) -> None:
-    tree = {
+    tree: BoltTree = {
         b"b": {b"k2": b"v2", b"k1": b"", b"nested": {b"deep": {b"x": b"1"}}, b"empty": {}},
         b"a": {},
     }
@@ -223,7 +223,10 @@ def test_trivy_image_scan_finds_planted_critical(docker_engine: str, tmp_path: P
     subprocess.run([docker_engine, "save", "-o", str(tarball), BASE_IMAGE], check=True, timeout=300)
     installed = subprocess.run(
         [docker_engine, "run", "--rm", BASE_IMAGE, "dpkg-query", "-W", "-f", "${Version}", "tar"],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
 
     vulns = trivy_json("image", "--input", str(tarball), "--cache-dir", str(tmp_path / "cache"), *OFFLINE)

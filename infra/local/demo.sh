@@ -8,6 +8,11 @@ cp -a "$top/app/." "$work/"
 git -C "$work" init -q -b main
 git -C "$work" -c user.name=demo -c user.email=demo@sunday.invalid add -A
 git -C "$work" -c user.name=demo -c user.email=demo@sunday.invalid commit -q -m "sample app"
+"$top/.venv/bin/python" "$top/infra/local/demo_trivy_db.py" "${SUNDAY_TRIVY_CACHE:-${SUNDAY_HOME:-$HOME/.sunday-release}/trivy-cache}"
 echo "[demo] sample app committed to $work ($(git -C "$work" rev-parse --short HEAD))"
 "$top/.venv/bin/sunday-release" validate --repo "$work"
 "$top/.venv/bin/sunday-release" ci --repo "$work" --ref main
+registry=localhost:5000
+echo "[demo] published: $(curl -fsS "http://$registry/v2/sunday/backend/tags/list")"
+echo "[demo] arm64 backend image: uname -m = $(/usr/bin/docker run --rm --platform linux/arm64 --entrypoint uname \
+  "$registry/sunday/backend:sha-$(git -C "$work" rev-parse HEAD)" -m)"

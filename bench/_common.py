@@ -1,0 +1,67 @@
+"""What the benchmarks share: a throwaway repository of the sample app, a Prefect server, the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sunday_release.server import LocalServer  # noqa: E402
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b.invalid",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b.invalid"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV}).stdout.strip()
+
+
+def make_repo(dest: Path, config_prefix: str = "") -> Path:
+    """A git repository (branch main) holding a copy of the sample app."""
+    shutil.copytree(ROOT / "app", dest)
+    if config_prefix:
+        config = dest / "sunday-release.yaml"
+        config.write_text(config_prefix + config.read_text())
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "bench")
+    return dest
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[float]:
+    """A Prefect server of the benchmark's own; yields its start-up time in seconds."""
+    os.environ["SUNDAY_HOME"] = str(home)
+    server = LocalServer(home, port=free_port())
+    started = time.monotonic()
+    os.environ["PREFECT_API_URL"] = server.start()
+    try:
+        yield time.monotonic() - started
+    finally:
+        server.stop()
+
+
+def run_ci(repo: Path, ref: str = "main") -> float:
+    """Wall time of `sunday-release ci`; exits the benchmark if CI did not pass."""
+    started = time.monotonic()
+    done = subprocess.run([str(ROOT / ".venv/bin/sunday-release"), "ci", "--repo", str(repo), "--ref", ref],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"CI failed:\n{done.stderr[-3000:]}")
+    return time.monotonic() - started

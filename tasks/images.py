@@ -1,0 +1,188 @@
+"""The images stage: multi-arch builds, immutable publishing, no rebuild of unchanged services."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from prefect import task
+
+from sunday_release.config import PipelineConfig, Service
+from sunday_release.content_key import content_key
+from sunday_release.ecr import EcrClient, ecr_credentials, ensure_repository, is_ecr, region_of
+from sunday_release.errors import CheckFailed, CommandFailed
+from sunday_release.registry import Descriptor, PublishedImage, RegistryClient, RegistryUnavailable, manifest_list
+from sunday_release.runner import run, tail
+from sunday_release.settings import Settings
+from tasks._common import ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
+from tasks.source import Checkout
+
+__all__ = ["build_platform_image", "find_published", "image_content_key",
+           "publish_manifest", "push_platform_image"]
+
+
+def _ecr_client(registry: str) -> EcrClient:
+    """boto3's ECR client. Credentials: the prefect-aws AwsCredentials block named by
+    SUNDAY_AWS_CREDENTIALS_BLOCK, else boto3's default chain (env, profile, instance role)."""
+    block = os.environ.get("SUNDAY_AWS_CREDENTIALS_BLOCK")
+    if block:
+        from prefect_aws import AwsCredentials
+
+        session = AwsCredentials.load(block).get_boto3_session()
+    else:
+        import boto3
+
+        session = boto3.Session()
+    client: EcrClient = session.client("ecr", region_name=region_of(registry))
+    return client
+
+
+def registry_client(registry: str) -> RegistryClient:
+    """A client of `registry`, signed in with an ECR token when it is Amazon ECR."""
+    if is_ecr(registry):
+        return RegistryClient(registry, auth=ecr_credentials(registry, _ecr_client(registry)))
+    return RegistryClient(registry)
+
+
+def _docker_login(registry: str, repository: str) -> None:
+    """For ECR: make sure the repository exists (immutable tags) and log the docker client in."""
+    if not is_ecr(registry):
+        return
+    client = _ecr_client(registry)
+    ensure_repository(client, repository)
+    user, password = ecr_credentials(registry, client)
+    run([Settings.from_env().docker, "login", "--username", user, "--password-stdin", registry], input=password)
+
+
+def key_tag(key: str) -> str:
+    """The tag that records a content key: its presence means "already built"."""
+    return f"ck-{key}"
+
+
+def _arch(platform: str) -> str:
+    return platform.split("/", 1)[1].replace("/", "")
+
+
+def _base_digest(base_image: str) -> str:
+    """The base image's manifest digest when its registry is the local one (so a new base rebuilds)."""
+    registry, _, rest = base_image.partition("/")
+    if "." not in registry and ":" not in registry and registry != "localhost":
+        return base_image  # Docker Hub name: the reference is all we know
+    repo, _, tag = rest.rpartition(":") if ":" in rest.split("/")[-1] else (rest, "", "latest")
+    try:
+        with RegistryClient(registry) as client:
+            found = client.head(repo, tag)
+    except RegistryUnavailable:
+        return base_image
+    return found.digest if found else base_image
+
+
+@task(name="content-key", task_run_name="content-key[{service}]", persist_result=True)
+def image_content_key(service: str, spec: Service, checkout: Checkout, base_image: str) -> str:
+    """The content key of the service's image (see `sunday_release.content_key`)."""
+    settings = Settings.from_env()
+    context = Path(checkout.path) / spec.context
+    ca = settings.ca_bundle()
+    key = content_key(context, context / spec.dockerfile, build_args={"BASE_IMAGE": base_image, **spec.build_args},
+                      platforms=spec.platforms, target=spec.target,
+                      extra=[_base_digest(base_image), hashlib.sha256(ca.encode()).hexdigest()])
+    progress(f"content key {key}")
+    return key
+
+
+@task(name="find-published", task_run_name="lookup[{service}]", retries=2, retry_delay_seconds=RETRY_DELAYS,
+      retry_jitter_factor=0.5)
+def find_published(service: str, registry: str, repository: str, key: str) -> PublishedImage | None:
+    """The manifest list already published for this content key, or None (then it is built)."""
+    with registry_client(registry) as client:
+        found = client.head(repository, key_tag(key))
+        if found is None:
+            return None
+        platforms = client.platforms(repository, key_tag(key))
+    progress(f"unchanged: {registry}/{repository}@{found.digest} is reused, not rebuilt")
+    return PublishedImage(service, registry, repository, found.digest, tuple(platforms), (key_tag(key),),
+                          cached=True, key=key)
+
+
+@task(name="build-image", task_run_name="build[{service} {platform}]", retries=2,
+      retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5, retry_condition_fn=is_transient,
+      cache_policy=ON_THIS_MACHINE, persist_result=True)
+def build_platform_image(service: str, spec: Service, checkout: Checkout, config: PipelineConfig, platform: str,
+                         key: str) -> str:
+    """Build the service's runtime image for one platform (QEMU for foreign ones); return its local tag.
+
+    Labels: org.opencontainers.image.revision (the commit), .source (the repository), .created
+    (the commit time, so the same commit gives the same label).
+    """
+    settings = Settings.from_env()
+    context = Path(checkout.path) / spec.context
+    tag = f"{config.registry}/{config.project}/{service}:{key_tag(key)}-{_arch(platform)}"
+    args = {"BASE_IMAGE": config.base_image, **spec.build_args}
+    if ca := settings.ca_bundle():
+        args["EXTRA_CA_CERTS"] = ca
+    argv = [settings.docker, "build", "--platform", platform, "-f", str(context / spec.dockerfile), "-t", tag,
+            *[a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")],
+            "--label", f"org.opencontainers.image.revision={checkout.commit}",
+            "--label", f"org.opencontainers.image.source={checkout.repo}",
+            "--label", f"org.opencontainers.image.created={checkout.committed_at}",
+            *(["--target", spec.target] if spec.target else []), str(context)]
+    started = time.monotonic()
+    progress(f"building {platform}")
+    built = run(argv, env={"DOCKER_BUILDKIT": "1"}, timeout=3600, check=False)
+    if not built.ok:
+        failure = CommandFailed(argv[:4], built.returncode, tail(built.stderr or built.stdout))
+        if transient_command(failure):
+            raise failure
+        raise CheckFailed(service, f"build {platform}", tail(built.stderr or built.stdout, 8))
+    progress(f"built {platform} in {time.monotonic() - started:.1f}s")
+    return tag
+
+
+@task(name="push-image", task_run_name="push[{service} {platform}]", retries=3,
+      retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5, retry_condition_fn=is_transient,
+      persist_result=True)
+def push_platform_image(service: str, local_tag: str, platform: str) -> Descriptor:
+    """Push one platform's image (retried with backoff and jitter); return its manifest descriptor."""
+    settings = Settings.from_env()
+    registry, _, rest = local_tag.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    _docker_login(registry, repository)
+    pushed = run([settings.docker, "push", local_tag], timeout=1800, check=False)
+    if not pushed.ok:
+        failure = CommandFailed(["docker", "push", local_tag], pushed.returncode,
+                                tail(pushed.stderr or pushed.stdout, 3))
+        if transient_command(failure):
+            raise RegistryUnavailable(f"could not push {local_tag} to {registry}: "
+                                      f"{failure.stderr_tail.splitlines()[-1] if failure.stderr_tail else 'no answer'}")
+        raise failure
+    with registry_client(registry) as client:
+        found = client.head(repository, tag)
+    if found is None:
+        raise RegistryUnavailable(f"{local_tag} was pushed but the registry does not list it")
+    progress(f"pushed {platform}: {found.digest[:19]}")
+    return Descriptor(found.media_type, found.digest, found.size, platform)
+
+
+@task(name="publish-manifest", task_run_name="publish[{service}]", retries=3, retry_delay_seconds=RETRY_DELAYS,
+      retry_jitter_factor=0.5, retry_condition_fn=is_transient, persist_result=True)
+def publish_manifest(service: str, registry: str, repository: str, key: str, platforms: list[Descriptor],
+                     tags: list[str], cached: PublishedImage | None = None) -> PublishedImage:
+    """Point the content-key tag and the immutable release tags (commit, version) at one manifest list.
+
+    For an unchanged service (`cached`), the existing manifest list is tagged again: no build.
+    A tag that already points at other content is refused (TagExists), never overwritten.
+    """
+    with registry_client(registry) as client:
+        if cached is not None:
+            body, media_type = client.get(repository, cached.digest)
+            platforms = list(cached.platforms)
+        else:
+            body, media_type = manifest_list(platforms)
+        digest = client.put_tag(repository, key_tag(key), body, media_type)
+        for tag in tags:
+            client.put_tag(repository, tag, body, media_type)
+    progress(f"published {registry}/{repository}@{digest[:19]} as {', '.join(tags)}")
+    return PublishedImage(service, registry, repository, digest, tuple(platforms), (key_tag(key), *tags),
+                          cached=cached is not None, key=key)
