@@ -1,6 +1,7 @@
 # sunday-release: `make demo` runs CI on the sample app; `make test` runs the test suite.
 # Both set the machine up first (idempotent): apt packages, dockerd, the local registry, the base image.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ export SUNDAY_HOME ?= $(HOME)/.sunday-release
 
 $(BIN)/sunday-release: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $@
 
 venv: $(BIN)/sunday-release
