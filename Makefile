@@ -7,11 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SUNDAY_HOME ?= $(HOME)/.sunday-release
 
-.PHONY: demo test setup venv lint typecheck server-stop clean
+.PHONY: demo test setup venv lint lock server-stop clean
 
-$(BIN)/sunday-release: pyproject.toml
+# requirements.lock pins every dependency (made by `make lock`): pip resolves nothing, so it is fast
+$(BIN)/sunday-release: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $@
 
 venv: $(BIN)/sunday-release
@@ -30,6 +31,9 @@ test: setup
 	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+lock: venv
+	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
 server-stop: venv
 	$(BIN)/sunday-release server stop
