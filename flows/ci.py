@@ -24,6 +24,7 @@ from tasks.images import (
     image_content_key,
     publish_manifest,
     push_platform_image,
+    tag_release,
 )
 from tasks.reports import publish_ci_reports
 from tasks.scan import scan_image, scan_repository
@@ -122,19 +123,18 @@ def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str,
     for name, spec in config.services.items():
         cached = found[name].result()
         if cached is not None:
-            publish[name] = publish_manifest.submit(name, config.registry, repos[name], keys[name], [], tags,
-                                                    cached)
+            publish[name] = publish_manifest.submit(name, config.registry, repos[name], keys[name], [], [], cached)
             continue
         pushed: list[Any] = []
         for platform in spec.platforms:
             built: Any = build_platform_image.submit(name, spec, checkout, config, platform, keys[name])
             pushed.append(push_platform_image.submit(name, built, platform))
             upstream[name] += [built, pushed[-1]]
-        publish[name] = publish_manifest.submit(name, config.registry, repos[name], keys[name], pushed, tags)
+        publish[name] = publish_manifest.submit(name, config.registry, repos[name], keys[name], pushed, [])
 
     images: dict[str, PublishedImage] = {}
     failures: list[str] = []
-    scan_futures = []
+    scan_futures: list[tuple[str, PrefectFuture[Any]]] = []
     for name, future in publish.items():
         future.wait()
         if not future.state.is_completed():
@@ -145,18 +145,28 @@ def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str,
         image = future.result()
         images[name] = image
         for platform in config.services[name].platforms:
-            scan_futures.append(scan_image.submit(name, platform, image.platform_ref(platform), config.scan,
-                                                  str(run_dir / "sarif")))
+            scan_futures.append((name, scan_image.submit(name, platform, image.platform_ref(platform), config.scan,
+                                                         str(run_dir / "sarif"))))
     scans: list[ImageScan] = []
-    for future in scan_futures:
+    gated: dict[str, bool] = {name: True for name in images}
+    for name, future in scan_futures:
         future.wait()
         if future.state.is_completed():
             scans.append(future.result())
             continue
+        gated[name] = False
         exc = future.state.result(raise_on_failure=False)
         if isinstance(exc, GateFailed) and isinstance(exc.report, ImageScan):
             scans.append(exc.report)
         failures.append(f"vulnerability scan failed: {_first_line(exc)}")
+    # release tags only for images that passed: CD deploys nothing else
+    tagged = {name: tag_release.submit(name, image, tags) for name, image in images.items() if gated[name]}
+    for name, future in tagged.items():
+        future.wait()
+        if future.state.is_completed():
+            images[name] = future.result()
+        else:
+            failures.append(f"{name}: release tags not set: {_first_line(future.state.result(raise_on_failure=False))}")
     return images, scans, failures
 
 

@@ -71,36 +71,78 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int, dict[str, Any] | None, str]:
+    """Run flow `name` of the flows package in this process; return (exit code, result, error text)."""
+    api = _connect(verbose)
+    import flows  # importing Prefect configures its logging: attach the printer after
+
+    module, _, attr = {"ci": "flows.ci:ci", "cd": "flows.cd:cd", "rollback": "flows.cd:rollback",
+                       "scale": "flows.cd:scale"}[name].partition(":")
+    flow_fn = getattr(__import__(module, fromlist=[attr]), attr)
+    del flows
+    logging.getLogger("prefect").addHandler(_Progress())
+    sys.stderr.write(f"{banner} (Prefect API {api})\n")
+    state = flow_fn(**params, return_state=True)
+    if state.is_completed():
+        return EXIT_OK, state.result(), ""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, InputError):
+        raise exc
+    summary = exc.summary if isinstance(exc, StageFailed) and isinstance(exc.summary, dict) else None
+    return EXIT_FAILED, summary, str(exc) or type(exc).__name__
+
+
 def cmd_ci(args: argparse.Namespace) -> int:
     repo, ref = validate_repo(args.repo), validate_ref(args.ref)
-    api = _connect(args.verbose)
-    from flows.ci import ci  # importing Prefect configures its logging: attach the printer after
-
-    logging.getLogger("prefect").addHandler(_Progress())
-    sys.stderr.write(f"CI of {repo} at {ref} (Prefect API {api})\n")
-
-    state = ci(repo=repo, ref=ref, return_state=True)
-    summary: dict[str, Any] | None
-    if state.is_completed():
-        summary = state.result()
-        code = EXIT_OK
-    else:
-        exc = state.result(raise_on_failure=False)
-        if isinstance(exc, InputError):
-            raise exc
-        summary = exc.summary if isinstance(exc, StageFailed) and isinstance(exc.summary, dict) else None
-        sys.stderr.write(f"CI failed:\n{exc}\n")
-        code = EXIT_FAILED
-        if summary is None:
-            summary = {"flow_run_id": str(state.state_details.flow_run_id), "state": "FAILED",
-                       "error": str(exc)}
+    code, summary, error = _run_flow("ci", args.verbose, f"CI of {repo} at {ref}", repo=repo, ref=ref)
+    if error:
+        sys.stderr.write(f"CI failed:\n{error}\n")
     if args.json:
-        _print_json(summary)
+        _print_json(summary or {"state": "FAILED", "error": error})
     elif summary and "services" in summary:
         from sunday_release.ci_report import terminal_summary
 
         print(terminal_summary(summary))
     return code
+
+
+def _finish(code: int, result: dict[str, Any] | None, error: str, as_json: bool, what: str) -> int:
+    if error:
+        sys.stderr.write(f"{what} failed: {error}\n")
+    if as_json:
+        _print_json(result or {"state": "FAILED", "error": error})
+    elif result:
+        print("  ".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, dict)))
+    return code
+
+
+def cmd_cd(args: argparse.Namespace) -> int:
+    repo, version = validate_repo(args.repo), validate_ref(args.version)
+    code, result, error = _run_flow("cd", args.verbose, f"CD of {version} to {args.env}", env=args.env,
+                                    version=version, repo=repo)
+    return _finish(code, result, error, args.json, "CD")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    code, result, error = _run_flow("rollback", args.verbose, f"rollback of {args.env}", env=args.env, to=args.to)
+    return _finish(code, result, error, args.json, "rollback")
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    code, result, error = _run_flow("scale", args.verbose, f"scale {args.service} of {args.env}", env=args.env,
+                                    service=args.service, replicas=args.replicas)
+    return _finish(code, result, error, args.json, "scale")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sunday_release.status import environment_status, render_status
+
+    status = environment_status(args.env)
+    if args.json:
+        _print_json(status)
+    else:
+        print(render_status(status))
+    return EXIT_OK if status["serving"] else EXIT_FAILED
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -131,6 +173,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True, help="branch, tag or commit SHA")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.set_defaults(func=cmd_ci)
+
+    p = sub.add_parser("cd", help="deploy a version that passed CI to an environment (blue-green)")
+    p.add_argument("--env", required=True, help="environment name from the config")
+    p.add_argument("--version", required=True, help="full commit SHA or release tag")
+    p.add_argument("--repo", default=".", help="the application repository (its config at that version)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cd)
+
+    p = sub.add_parser("status", help="live color, revision, version and health of an environment")
+    p.add_argument("--env", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rollback", help="emergency rollback to the previous or a named kept revision")
+    p.add_argument("--env", required=True)
+    p.add_argument("--to", type=int, default=None, metavar="REVISION")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("scale", help="set the replicas of a service in the live color")
+    p.add_argument("--env", required=True)
+    p.add_argument("--service", required=True)
+    p.add_argument("--replicas", type=int, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("server", help="the local Prefect server used when PREFECT_API_URL is not set")
     p.add_argument("action", choices=["start", "stop", "status"])

@@ -77,6 +77,9 @@ class Service(_Model):
     platforms: list[Platform] = Field(default_factory=lambda: list(_DEFAULT_PLATFORMS), min_length=1)
     build_args: dict[str, str] = Field(default_factory=dict)
     target: str | None = Field(None, min_length=1)
+    route: str | None = Field(None, pattern=r"^/")
+    migrate: Argv | None = None
+    env: dict[str, str] = Field(default_factory=dict)
     checks: Checks = Field(default_factory=Checks)
 
     @field_validator("platforms")
@@ -94,8 +97,20 @@ class Environment(_Model):
     approval: bool = False
     replicas: dict[Name, Annotated[int, Field(ge=0, le=100)]] = Field(default_factory=dict)
     port: int | None = Field(None, ge=1, le=65535)
+    db_port: int | None = Field(None, ge=1, le=65535)
     backup: bool | None = None
+    backup_keep: int = Field(7, ge=1, le=1000)
+    health_timeout: int = Field(120, ge=1, le=3600)
+    watch_seconds: float = Field(10, ge=0, le=3600)
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    drain_seconds: float = Field(2, ge=0, le=600)
+    keep_previous_hours: float = Field(24, ge=0)
+    approval_timeout: int = Field(3600, ge=10)
     kube_context: str | None = None
+
+    def needs_backup(self, name: str) -> bool:
+        """Production backs up unless told not to; other environments only when told to."""
+        return self.backup if self.backup is not None else name == "production"
 
 
 class AllowedFinding(_Model):

@@ -7,6 +7,7 @@
     ├── CheckFailed               a service's build, test, lint or type check did not pass
     ├── GateFailed                a gate (scan policy, thresholds) said no
     ├── TagExists                 an immutable image tag already points at other content
+    ├── RolloutAborted            a deploy stopped (unhealthy, smoke, watch, rejected): traffic stays or goes back
     └── StageFailed               a flow's stage failed; carries the run summary
 
 The CLI maps InputError to exit code 2 and every other PipelineError to exit code 1.
@@ -23,6 +24,7 @@ __all__ = [
     "GateFailed",
     "InputError",
     "PipelineError",
+    "RolloutAborted",
     "StageFailed",
     "TagExists",
 ]
@@ -100,6 +102,10 @@ class TagExists(PipelineError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
         return (type(self), (self.ref, self.existing, self.refused))
+
+
+class RolloutAborted(PipelineError):
+    """A rollout could not go on; the previous color keeps (or gets back) the traffic."""
 
 
 class StageFailed(PipelineError):

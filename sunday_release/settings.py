@@ -30,7 +30,9 @@ class Settings:
     SUNDAY_DOCKER (docker client, default /usr/bin/docker), SUNDAY_TRIVY (trivy binary,
     default the one installed beside this Python), SUNDAY_TRIVY_CACHE (Trivy cache and DB dir:
     `db/trivy.db` must be there, the pipeline never downloads it), SUNDAY_EXTRA_CA_CERTS (a PEM
-    file or a directory of *.crt given to every image build as the EXTRA_CA_CERTS build argument).
+    file or a directory of *.crt given to every image build as the EXTRA_CA_CERTS build argument),
+    SUNDAY_DB_ROOT (where the docker target keeps each environment's PostgreSQL cluster; it must be
+    reachable by the `postgres` OS user, default /var/lib/sunday-release/postgres).
     """
 
     home: Path
@@ -38,6 +40,7 @@ class Settings:
     trivy: str
     trivy_cache: Path
     extra_ca_certs: Path | None = None
+    db_root: Path = Path("/var/lib/sunday-release/postgres")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -49,6 +52,7 @@ class Settings:
             trivy_cache=Path(os.environ.get("SUNDAY_TRIVY_CACHE", home / "trivy-cache")),
             extra_ca_certs=Path(os.environ["SUNDAY_EXTRA_CA_CERTS"]) if os.environ.get("SUNDAY_EXTRA_CA_CERTS")
             else None,
+            db_root=Path(os.environ.get("SUNDAY_DB_ROOT", "/var/lib/sunday-release/postgres")),
         )
 
     def ca_bundle(self) -> str:

@@ -19,7 +19,7 @@ from sunday_release.settings import Settings
 from tasks._common import ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
 from tasks.source import Checkout
 
-__all__ = ["build_platform_image", "find_published", "image_content_key",
+__all__ = ["build_platform_image", "tag_release", "find_published", "image_content_key",
            "publish_manifest", "push_platform_image"]
 
 
@@ -186,3 +186,19 @@ def publish_manifest(service: str, registry: str, repository: str, key: str, pla
     progress(f"published {registry}/{repository}@{digest[:19]} as {', '.join(tags)}")
     return PublishedImage(service, registry, repository, digest, tuple(platforms), (key_tag(key), *tags),
                           cached=cached is not None, key=key)
+
+
+@task(name="tag-release", task_run_name="tag[{service}]", retries=3, retry_delay_seconds=RETRY_DELAYS,
+      retry_jitter_factor=0.5, retry_condition_fn=is_transient, persist_result=True)
+def tag_release(service: str, image: PublishedImage, tags: list[str]) -> PublishedImage:
+    """Give an image that passed every gate its immutable release tags (`sha-COMMIT`, the version).
+
+    CD deploys only what carries these tags: a version CI did not pass has none.
+    """
+    with registry_client(image.registry) as client:
+        body, media_type = client.get(image.repository, image.digest)
+        for tag in tags:
+            client.put_tag(image.repository, tag, body, media_type)
+    progress(f"tagged {image.registry}/{image.repository}@{image.digest[:19]} as {', '.join(tags)}")
+    return PublishedImage(image.service, image.registry, image.repository, image.digest, image.platforms,
+                          (*image.tags, *tags), image.cached, image.key)

@@ -40,7 +40,7 @@ def _fetch(repo: str, ref: str, dest: Path) -> None:
         if not any(s in err for s in ("couldn't find remote ref", "not our ref", "no such remote ref",
                                       "unadvertised object", "invalid refspec", "not a valid object")):
             fetched.check_returncode()  # a network or server problem: CommandFailed, retried
-    if is_sha(ref) and len(ref) < 40:
+    if is_sha(ref):  # a commit that no branch or tag names directly: fetch all, then look it up
         run(["git", "-C", str(dest), "fetch", "-q", repo, "+refs/heads/*:refs/remotes/origin/*",
              "+refs/tags/*:refs/tags/*"], timeout=600)
         resolved = run(["git", "-C", str(dest), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], check=False)

@@ -1,0 +1,50 @@
+"""`sunday-release status`: what an environment runs, read from its state, the engine and the router."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from sunday_release.config import PipelineConfig
+from sunday_release.errors import InputError
+from sunday_release.settings import Settings
+from sunday_release.targets.docker import DockerTarget
+
+__all__ = ["environment_status", "render_status"]
+
+
+def environment_status(env: str) -> dict[str, Any]:
+    """Live color, revision, version, per-replica health and whether the URL answers."""
+    settings = Settings.from_env()
+    path = settings.home / "envs" / env / "config.json"
+    if not path.exists():
+        raise InputError(f"--env: {env!r} has never been deployed on this machine")
+    config = PipelineConfig.model_validate_json(path.read_text())
+    target = DockerTarget(config, env, config.environments[env], settings.home, settings.docker, settings.db_root)
+    state = target.load_state()
+    live = target.live_color()
+    release = state.live_release()
+    replicas = [{"name": r.name, "service": r.service, "health": r.health, "endpoint": r.endpoint}
+                for r in (target.replicas(live) if live else [])]
+    try:
+        answered = httpx.get(f"{target.url}/", timeout=3).status_code < 500
+    except httpx.HTTPError:
+        answered = False
+    return {
+        "env": env, "url": target.url, "live_color": live, "revision": state.revision,
+        "version": release.version if release else None,
+        "serving": answered and bool(replicas) and all(r["health"] == "healthy" for r in replicas),
+        "replicas": replicas,
+        "history": [json.loads(r.model_dump_json()) for r in state.history[-10:]],
+    }
+
+
+def render_status(status: dict[str, Any]) -> str:
+    lines = [f"{status['env']}: {'serving' if status['serving'] else 'NOT SERVING'} at {status['url']}",
+             f"  live color {status['live_color']}, revision {status['revision']}, version {status['version']}"]
+    lines += [f"  {r['name']:<40} {r['health']:<10} {r['endpoint']}" for r in status["replicas"]]
+    lines += ["  history:"] + [f"    r{h['revision']:<3} {h['version'][:12]:<12} {h['color']:<5} {h['outcome']:<12} "
+                               f"{h['reason']}" for h in status["history"]]
+    return "\n".join(lines)

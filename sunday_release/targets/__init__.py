@@ -1,0 +1,1 @@
+"""Deploy targets: two implementations of one blue-green protocol (`docker`, `kubernetes`)."""

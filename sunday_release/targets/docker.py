@@ -1,0 +1,255 @@
+"""The `docker` target: blue and green containers on one Docker engine behind a host nginx router.
+
+Per environment, under SUNDAY_HOME/envs/ENV: `state.json` (release history), `router/` (nginx
+config, pid, access log), `db/` (the PostgreSQL cluster), `secrets/` (0600 env files given to
+containers with --env-file: secrets never appear in argv). Containers are named
+`sunday-ENV-SERVICE-COLOR-N` and publish their port on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sunday_release.bluegreen import Color, EnvState, render_router_config
+from sunday_release.config import Environment, PipelineConfig
+from sunday_release.errors import ConfigError, PipelineError, RolloutAborted
+from sunday_release.runner import run, tail
+from sunday_release.targets.local_db import LocalDatabase
+
+__all__ = ["DockerTarget"]
+
+NGINX = "/usr/sbin/nginx"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One running container of a color."""
+
+    service: str
+    name: str
+    endpoint: str  # 127.0.0.1:PORT
+    health: str  # healthy, unhealthy, starting, none, exited
+
+
+class DockerTarget:
+    """Blue-green on one Docker engine; the router's config file says which color is live."""
+
+    def __init__(self, config: PipelineConfig, env_name: str, env: Environment, home: Path, docker: str,
+                 db_root: Path) -> None:
+        if env.port is None:
+            raise ConfigError("sunday-release.yaml", f"environments.{env_name}.port",
+                              "the docker target needs the port of the environment's entry point")
+        self.config, self.env_name, self.env, self.docker = config, env_name, env, docker
+        self.root = home / "envs" / env_name
+        self.router_dir = self.root / "router"
+        self.state_path = self.root / "state.json"
+        self.db = LocalDatabase(db_root / env_name, env.db_port or env.port + 1000)
+
+    # ---------------------------------------------------------------- state
+    def load_state(self) -> EnvState:
+        return EnvState.load(self.state_path, self.env_name)
+
+    def save_state(self, state: EnvState) -> None:
+        state.save(self.state_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env.port}"
+
+    # ---------------------------------------------------------------- database
+    def bridge_ip(self) -> str:
+        out = run([self.docker, "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"])
+        return out.stdout.strip() or "172.17.0.1"
+
+    def ensure_database(self) -> None:
+        """Start (creating once) the environment's PostgreSQL."""
+        self.db.ensure(self.bridge_ip())
+
+    def _env_file(self, service: str, version: str, color: Color) -> Path:
+        secrets = self.root / "secrets"
+        secrets.mkdir(parents=True, exist_ok=True)
+        secrets.chmod(0o700)
+        path = secrets / f"{service}-{color}.env"
+        values = {**self.config.services[service].env, "APP_VERSION": version,
+                  "SUNDAY_ENV": self.env_name, "SUNDAY_COLOR": color}
+        if self.db.data.exists():
+            values["DATABASE_URL"] = self.db.dsn(host="sunday-db")
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        path.chmod(0o600)
+        return path
+
+    # ---------------------------------------------------------------- containers
+    def container_name(self, service: str, color: Color, index: int) -> str:
+        return f"sunday-{self.env_name}-{service}-{color}-{index}"
+
+    def replicas_of(self, service: str, state: EnvState | None = None) -> int:
+        if state is not None and service in state.replicas:
+            return state.replicas[service]
+        return self.env.replicas.get(service, 1)
+
+    def start_color(self, color: Color, images: Mapping[str, str], version: str, state: EnvState) -> None:
+        """Replace the containers of `color` by fresh ones of `images` (service → image ref)."""
+        self.remove_color(color)
+        for service, image in images.items():
+            spec = self.config.services[service]
+            env_file = self._env_file(service, version, color)
+            for i in range(self.replicas_of(service, state)):
+                self._run_replica(service, color, i, image, version, env_file, spec.port)
+
+    def _run_replica(self, service: str, color: Color, index: int, image: str, version: str, env_file: Path,
+                     port: int) -> None:
+        run([self.docker, "run", "-d", "--name", self.container_name(service, color, index),
+             "--label", f"sunday.env={self.env_name}", "--label", f"sunday.color={color}",
+             "--label", f"sunday.service={service}", "--label", f"sunday.version={version}",
+             "--env-file", str(env_file), "--add-host", "sunday-db:host-gateway",
+             "--restart", "unless-stopped", "--health-interval", "2s", "--health-timeout", "5s",
+             "--health-retries", "5", "-p", f"127.0.0.1::{port}", image], timeout=300)
+
+    def replicas(self, color: Color, include_stopped: bool = False) -> list[Replica]:
+        """The containers of `color`, with their health and published endpoint."""
+        argv = [self.docker, "ps", "-q", "--filter", f"label=sunday.env={self.env_name}",
+                "--filter", f"label=sunday.color={color}"]
+        ids = run([*argv, *(["-a"] if include_stopped else [])]).stdout.split()
+        if not ids:
+            return []
+        out = []
+        for c in json.loads(run([self.docker, "inspect", *ids]).stdout):
+            service = c["Config"]["Labels"]["sunday.service"]
+            port = self.config.services[service].port if service in self.config.services else 0
+            bindings = (c["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
+            endpoint = f"127.0.0.1:{bindings[0]['HostPort']}" if bindings else ""
+            state = c["State"]
+            health = state.get("Health", {}).get("Status", "none") if state["Running"] else "exited"
+            out.append(Replica(service, c["Name"].lstrip("/"), endpoint, health))
+        return sorted(out, key=lambda r: r.name)
+
+    def scale_service(self, color: Color, service: str, image: str, version: str, replicas: int) -> None:
+        """Add or remove containers of `service` in `color` until `replicas` run."""
+        running = [r for r in self.replicas(color, include_stopped=True) if r.service == service]
+        spec = self.config.services[service]
+        env_file = self._env_file(service, version, color)
+        for index in range(len(running), replicas):
+            self._run_replica(service, color, index, image, version, env_file, spec.port)
+        surplus = [self.container_name(service, color, i) for i in range(replicas, len(running))]
+        if surplus:
+            run([self.docker, "rm", "-f", *surplus], timeout=120)
+
+    def wait_healthy(self, color: Color, timeout: float) -> list[Replica]:
+        """Wait until every container of `color` is healthy; RolloutAborted with their logs if not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reps = self.replicas(color, include_stopped=True)
+            if reps and all(r.health == "healthy" for r in reps):
+                return reps
+            bad = [r for r in reps if r.health == "exited"]  # unhealthy may still recover: wait for it
+            if bad or time.monotonic() > deadline:
+                culprit = bad[0] if bad else next((r for r in reps if r.health != "healthy"), None)
+                logs = tail(run([self.docker, "logs", "--tail", "20", culprit.name], check=False).stderr, 8) \
+                    if culprit else "no containers"
+                why = f"{culprit.name} is {culprit.health}" if culprit else "no containers started"
+                raise RolloutAborted(f"{color} did not become healthy within {timeout:.0f}s: {why}\n{logs}")
+            time.sleep(0.5)
+
+    def stop_color(self, color: Color) -> None:
+        """Stop (keep) the containers of `color`: a later rollback can start them again."""
+        names = [r.name for r in self.replicas(color)]
+        if names:
+            run([self.docker, "update", "--restart", "no", *names], check=False)
+            run([self.docker, "stop", "-t", "10", *names], timeout=120)
+
+    def restart_color(self, color: Color) -> None:
+        """Start the kept (stopped) containers of `color` again."""
+        names = [r.name for r in self.replicas(color, include_stopped=True)]
+        if not names:
+            raise RolloutAborted(f"no kept containers of {color} in {self.env_name}")
+        run([self.docker, "start", *names], timeout=120)
+        run([self.docker, "update", "--restart", "unless-stopped", *names], check=False)
+
+    def remove_color(self, color: Color) -> None:
+        names = [r.name for r in self.replicas(color, include_stopped=True)]
+        if names:
+            run([self.docker, "rm", "-f", *names], timeout=120)
+
+    def run_once(self, image: str, argv: list[str], service: str, version: str) -> str:
+        """Run a one-off command (migrations) in a container of `image` with the service's environment."""
+        env_file = self._env_file(service, version, "blue")
+        out = run([self.docker, "run", "--rm", "--env-file", str(env_file), "--add-host", "sunday-db:host-gateway",
+                   image, *argv], timeout=600, check=False)
+        if not out.ok:
+            raise RolloutAborted(f"migration failed (exit {out.returncode}): {tail(out.stderr or out.stdout, 5)}")
+        return out.stdout
+
+    # ---------------------------------------------------------------- router
+    @property
+    def router_conf(self) -> Path:
+        return self.router_dir / "nginx.conf"
+
+    def live_color(self) -> Color | None:
+        """The color the router sends traffic to (its config file is the truth), None before the first."""
+        if not self.router_conf.exists():
+            return None
+        first = self.router_conf.read_text().split("\n", 1)[0]
+        return "green" if first.endswith("live color green. Written by the pipeline.") else "blue"
+
+    def _router_pid(self) -> int | None:
+        try:
+            pid = int((self.router_dir / "nginx.pid").read_text())
+            Path(f"/proc/{pid}").stat()
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def switch(self, color: Color) -> None:
+        """Point the router at `color`: write the config, validate it, reload gracefully (atomic)."""
+        routes = {spec.route: name for name, spec in self.config.services.items() if spec.route}
+        if not routes:
+            raise ConfigError("sunday-release.yaml", "services.*.route",
+                              "no service has a route: the router would send traffic nowhere")
+        upstreams = {name: [r.endpoint for r in self.replicas(color) if r.service == name and r.endpoint]
+                     for name in set(routes.values())}
+        if any(not eps for eps in upstreams.values()):
+            empty = [n for n, eps in upstreams.items() if not eps]
+            raise RolloutAborted(f"refusing to switch to {color}: no running replica of {', '.join(empty)}")
+        (self.router_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.router_dir / "tmp").chmod(0o777)
+        text = render_router_config(self.env_name, self.env.port or 0, routes, upstreams, color, self.router_dir)
+        candidate = self.router_dir / "nginx.conf.new"
+        candidate.write_text(text)
+        checked = run([NGINX, "-t", "-q", "-c", str(candidate)], check=False)
+        if not checked.ok:
+            raise PipelineError(f"router config for {color} is invalid, traffic not moved: {tail(checked.stderr, 3)}")
+        candidate.replace(self.router_conf)
+        if self._router_pid() is None:
+            run([NGINX, "-c", str(self.router_conf)])
+        else:
+            run([NGINX, "-s", "reload", "-c", str(self.router_conf)])
+
+    def access_log_size(self) -> int:
+        log = self.router_dir / "access.log"
+        return log.stat().st_size if log.exists() else 0
+
+    def statuses_since(self, offset: int, color: Color) -> list[int]:
+        """HTTP statuses the router logged for `color` since byte `offset` of its access log."""
+        log = self.router_dir / "access.log"
+        if not log.exists():
+            return []
+        with open(log, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        return [int(parts[1]) for parts in (line.split() for line in lines)
+                if len(parts) > 5 and parts[-1] == color and parts[1].isdigit() and "/router/" not in parts[4]]
+
+    def stop_router(self) -> None:
+        if self._router_pid() is not None:
+            run([NGINX, "-s", "quit", "-c", str(self.router_conf)], check=False)
+
+    def teardown(self) -> None:
+        """Remove everything of the environment (containers, router, database): for tests and demos."""
+        for color in ("blue", "green"):
+            self.remove_color(color)  # type: ignore[arg-type]
+        self.stop_router()
+        self.db.stop()

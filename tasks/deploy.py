@@ -1,0 +1,152 @@
+"""The deploy stage on a target: resolve a version, start the idle color, smoke, switch, watch, roll back."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import httpx
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from sunday_release.bluegreen import Color, SmokeResult, WatchVerdict, evaluate_smoke, watch_verdict
+from sunday_release.config import PipelineConfig, SmokeCheck
+from sunday_release.errors import InputError, RolloutAborted
+from sunday_release.refs import is_sha
+from sunday_release.targets.docker import DockerTarget
+from tasks._common import RETRY_DELAYS, progress
+from tasks.images import registry_client
+
+__all__ = ["resolve_version", "run_migrations", "smoke_test", "start_color", "switch_traffic", "watch_live"]
+
+
+@task(name="resolve-version", task_run_name="resolve[{version}]", retries=2, retry_delay_seconds=RETRY_DELAYS,
+      persist_result=True)
+def resolve_version(config: PipelineConfig, version: str) -> dict[str, str]:
+    """The image (`registry/name@sha256:…`) of every service for `version`: a commit SHA or a release tag.
+
+    Only images that passed CI carry the `sha-COMMIT` / version tags, so a version CI did not
+    pass is refused (InputError).
+    """
+    if is_sha(version) and len(version) == 40:
+        tag = f"sha-{version}"
+    elif re.match(config.release_tags, version):
+        tag = version
+    else:
+        raise InputError(f"--version: {version!r} is neither a full commit SHA nor a release tag "
+                         f"(release_tags: {config.release_tags})")
+    images: dict[str, str] = {}
+    with registry_client(config.registry) as client:
+        for service in config.services:
+            repository = f"{config.project}/{service}"
+            found = client.head(repository, tag)
+            if found is None:
+                raise InputError(f"--version: {version} has no image of {service} that passed CI "
+                                 f"({config.registry}/{repository}:{tag} does not exist)")
+            images[service] = f"{config.registry}/{repository}@{found.digest}"
+    progress(f"{version}: " + ", ".join(f"{s} {ref.split('@')[1][:19]}" for s, ref in images.items()))
+    return images
+
+
+@task(name="migrate", task_run_name="migrate[{service}]", cache_policy=NO_CACHE)
+def run_migrations(target: DockerTarget, service: str, image: str, argv: list[str], version: str) -> str:
+    """Run the service's schema migration command in a one-off container of the new image."""
+    out = target.run_once(image, argv, service, version)
+    progress(f"migrations done: {out.strip().splitlines()[-1] if out.strip() else 'nothing to do'}")
+    return out
+
+
+@task(name="start-color", task_run_name="start[{color}]", cache_policy=NO_CACHE)
+def start_color(target: DockerTarget, color: Color, images: dict[str, str], version: str,
+                timeout: float) -> list[str]:
+    """Start `color` with the new images and wait until every replica is healthy."""
+    started = time.monotonic()
+    target.start_color(color, images, version, target.load_state())
+    replicas = target.wait_healthy(color, timeout)
+    progress(f"{color}: {len(replicas)} replica(s) healthy in {time.monotonic() - started:.1f}s")
+    return [r.name for r in replicas]
+
+
+def _probe(client: httpx.Client, check: SmokeCheck, endpoint: str) -> SmokeResult:
+    """One smoke request; an idempotent GET is retried once on a connection reset."""
+    for attempt in (1, 2):
+        started = time.monotonic()
+        try:
+            response = client.get(f"http://{endpoint}{check.path}")
+            elapsed = (time.monotonic() - started) * 1000
+            return evaluate_smoke(check, endpoint, response.status_code, response.content, elapsed)
+        except httpx.TransportError as exc:
+            if attempt == 2:
+                return evaluate_smoke(check, endpoint, None, b"", (time.monotonic() - started) * 1000, str(exc))
+    raise AssertionError("unreachable")
+
+
+def route_of(routes: dict[str, str], path: str) -> str | None:
+    """The service the router sends `path` to (longest matching prefix)."""
+    matches = [prefix for prefix in routes if path.startswith(prefix)]
+    return routes[max(matches, key=len)] if matches else None
+
+
+def run_smoke(target: DockerTarget, color: Color, checks: list[SmokeCheck], via_router: bool) -> list[SmokeResult]:
+    """Every smoke check against every replica of `color` (or once through the router)."""
+    results = []
+    routes = {spec.route: name for name, spec in target.config.services.items() if spec.route}
+    with httpx.Client(timeout=10) as client:
+        for check in checks:
+            if via_router:
+                if route_of(routes, check.path) == check.service:  # only what the router sends there
+                    results.append(_probe(client, check, target.url.removeprefix("http://")))
+                continue
+            for replica in target.replicas(color):
+                if replica.service == check.service:
+                    results.append(_probe(client, check, replica.endpoint))
+    return results
+
+
+@task(name="smoke-test", task_run_name="smoke[{color}]", cache_policy=NO_CACHE)
+def smoke_test(target: DockerTarget, color: Color, checks: list[SmokeCheck]) -> list[SmokeResult]:
+    """Run the smoke suite against the idle color directly; RolloutAborted on any failure."""
+    results = run_smoke(target, color, checks, via_router=False)
+    failed = [r for r in results if not r.passed]
+    progress(f"smoke {color}: {len(results) - len(failed)}/{len(results)} passed")
+    if failed:
+        f = failed[0]
+        raise RolloutAborted(f"smoke check failed on {color}: {f.service} {f.path} at {f.endpoint}: {f.reason}")
+    return results
+
+
+@task(name="switch-traffic", task_run_name="switch[{color}]", cache_policy=NO_CACHE)
+def switch_traffic(target: DockerTarget, color: Color) -> float:
+    """Point the environment's router at `color` (validated config, graceful reload); return seconds taken."""
+    started = time.monotonic()
+    target.switch(color)
+    took = time.monotonic() - started
+    progress(f"traffic switched to {color} in {took * 1000:.0f} ms")
+    return took
+
+
+@task(name="watch", task_run_name="watch[{color}]", cache_policy=NO_CACHE)
+def watch_live(target: DockerTarget, color: Color, checks: list[SmokeCheck], seconds: float,
+               max_error_rate: float) -> WatchVerdict:
+    """Watch the live color for `seconds`: smoke through the router and the router's 5xx rate."""
+    offset = target.access_log_size()
+    deadline = time.monotonic() + seconds
+    smoke: list[SmokeResult] = []
+    while True:
+        smoke = run_smoke(target, color, checks, via_router=True)
+        if any(not s.passed for s in smoke) or time.monotonic() >= deadline:
+            break
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    verdict = watch_verdict(target.statuses_since(offset, color), smoke, max_error_rate)
+    progress(f"watch {color}: {verdict.requests} request(s), {verdict.errors} error(s): "
+             f"{'healthy' if verdict.passed else verdict.reason}")
+    if not verdict.passed:
+        raise RolloutAborted(f"watch window failed on {color}: {verdict.reason}")
+    return verdict
+
+
+def describe(value: Any) -> str:
+    """One line for a failure reason."""
+    text = str(value).strip()
+    return text.splitlines()[0] if text else type(value).__name__

@@ -1,0 +1,184 @@
+"""CD on the docker target, for real: containers, the nginx router, PostgreSQL, rollbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import APP, DOCKER, free_port
+from tests.test_ci_flow import sunday
+
+pytestmark = pytest.mark.docker
+
+
+class Env:
+    """A throwaway environment of the sample app: its own name, ports and database root."""
+
+    def __init__(self, backup: bool = False) -> None:
+        self.name = f"t-{secrets.token_hex(3)}"
+        self.port, self.db_port = free_port(), free_port()
+        self.backup = backup
+        self.db_root = Path(tempfile.mkdtemp(prefix="sunday-db-", dir="/tmp"))
+        self.db_root.chmod(0o755)  # the postgres OS user must reach it
+        self.env = {"SUNDAY_DB_ROOT": str(self.db_root)}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def edit(self, repo: Path) -> None:
+        """Add the environment to the config; build amd64 only (the tests need no second platform)."""
+        config = repo / "sunday-release.yaml"
+        text = config.read_text().replace("    route: /", "    platforms: [linux/amd64]\n    route: /")
+        text = text.replace("environments:\n", f"environments:\n  {self.name}: {{port: {self.port}, "
+                            f"db_port: {self.db_port}, watch_seconds: 2, drain_seconds: 1, health_timeout: 90, "
+                            f"backup: {str(self.backup).lower()}}}\n", 1)
+        config.write_text(text)
+
+    def teardown(self) -> None:
+        ids = subprocess.run([DOCKER, "ps", "-aq", "--filter", f"label=sunday.env={self.name}"],
+                             capture_output=True, text=True, check=False).stdout.split()
+        if ids:
+            subprocess.run([DOCKER, "rm", "-f", *ids], capture_output=True, check=False)
+        conf = Path(os.environ["SUNDAY_HOME"]) / "envs" / self.name / "router" / "nginx.conf"
+        if conf.exists():
+            subprocess.run(["nginx", "-s", "quit", "-c", str(conf)], capture_output=True, check=False)
+        data = self.db_root / self.name / "data"
+        if data.exists():
+            subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "stop", "-m",
+                            "immediate", "-D", str(data)], capture_output=True, check=False)
+        shutil.rmtree(self.db_root, ignore_errors=True)
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    e = Env()
+    try:
+        yield e
+    finally:
+        e.teardown()
+
+
+def ci_passed(repo: Path, api: str, git: Callable[..., str]) -> str:
+    done = sunday("ci", "--repo", str(repo), "--ref", "main", api=api)
+    assert done.returncode == 0, done.stderr
+    return git(repo, "rev-parse", "HEAD")
+
+
+def deploy(env: Env, repo: Path, version: str, api: str) -> subprocess.CompletedProcess[str]:
+    return sunday("cd", "--env", env.name, "--version", version, "--repo", str(repo), "--json", api=api, env=env.env)
+
+
+def status(env: Env) -> dict[str, object]:
+    done = sunday("status", "--env", env.name, "--json", env=env.env)
+    return dict(json.loads(done.stdout))
+
+
+def test_deploy_switch_rollback_and_scale(prefect_api: str, docker_engine: str, make_repo: Callable[..., Path],
+                                          git: Callable[..., str], env: Env) -> None:
+    repo = make_repo(APP, edit=env.edit)
+    v1 = ci_passed(repo, prefect_api, git)
+    first = deploy(env, repo, v1, prefect_api)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["color"] == "blue"
+    page = httpx.get(f"{env.url}/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    board = httpx.post(f"{env.url}/api/boards", json={"name": "launch"})
+    assert board.status_code == 201, board.text
+    st = status(env)
+    assert st["serving"] is True and st["revision"] == 1 and st["version"] == v1 and st["live_color"] == "blue"
+
+    index = repo / "frontend" / "public" / "index.html"
+    index.write_text(index.read_text().replace("</title>", " v2</title>", 1))
+    git(repo, "commit", "-qam", "v2")
+    v2 = ci_passed(repo, prefect_api, git)
+    second = deploy(env, repo, v2, prefect_api)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["color"] == "green"
+    assert "v2</title>" in httpx.get(f"{env.url}/").text
+    assert httpx.get(f"{env.url}/api/boards").json()["boards"][0]["name"] == "launch"  # the data outlived it
+
+    back = sunday("rollback", "--env", env.name, "--json", api=prefect_api, env=env.env)
+    assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout) | {"env": env.name} == {"env": env.name, "revision": 3, "version": v1,
+                                                           "color": "blue"}
+    assert "v2</title>" not in httpx.get(f"{env.url}/").text
+    st = status(env)
+    assert st["serving"] is True and st["version"] == v1 and st["revision"] == 3
+
+    scaled = sunday("scale", "--env", env.name, "--service", "backend", "--replicas", "3", api=prefect_api,
+                    env=env.env)
+    assert scaled.returncode == 0, scaled.stderr
+    backends = [r for r in status(env)["replicas"] if r["service"] == "backend"]  # type: ignore[union-attr,index]
+    assert len(backends) == 3 and all(r["health"] == "healthy" for r in backends)
+
+    missing = sunday("rollback", "--env", env.name, "--to", "99", api=prefect_api, env=env.env)
+    assert missing.returncode == 2 and "revision 99 is not kept" in missing.stderr
+
+
+def _break_readyz(repo: Path) -> None:
+    store = repo / "backend" / "sunday_api" / "store.py"
+    store.write_text(store.read_text().replace('cur.execute("SELECT 1")', 'cur.execute("SELECT 1/0")', 1))
+
+
+def test_a_release_failing_its_smoke_check_is_rolled_back(prefect_api: str, docker_engine: str,
+                                                          make_repo: Callable[..., Path], git: Callable[..., str],
+                                                          env: Env) -> None:
+    repo = make_repo(APP, edit=env.edit)
+    good = ci_passed(repo, prefect_api, git)
+    assert deploy(env, repo, good, prefect_api).returncode == 0
+    _break_readyz(repo)
+    git(repo, "commit", "-qam", "readyz now fails")
+    bad = ci_passed(repo, prefect_api, git)  # unit tests use the in-memory store: CI is green
+    done = deploy(env, repo, bad, prefect_api)
+    assert done.returncode == 1
+    assert "smoke check failed on green: backend /readyz" in done.stderr and "status 503" in done.stderr
+    st = status(env)
+    assert st["serving"] is True and st["live_color"] == "blue" and st["version"] == good
+    history = st["history"]
+    assert [h["outcome"] for h in history] == ["live", "rolled-back"]  # type: ignore[union-attr,index]
+    assert httpx.get(f"{env.url}/api/boards").status_code == 200
+    stopped = subprocess.run([DOCKER, "ps", "-q", "--filter", f"label=sunday.env={env.name}",
+                              "--filter", "label=sunday.color=green"], capture_output=True, text=True, check=True)
+    assert stopped.stdout.strip() == ""  # the new color is stopped
+
+
+def test_bad_input_is_refused_before_anything_runs(prefect_api: str, docker_engine: str,
+                                                   make_repo: Callable[..., Path], git: Callable[..., str],
+                                                   env: Env) -> None:
+    repo = make_repo(APP, edit=env.edit)
+    never_built = git(repo, "rev-parse", "HEAD")
+    done = deploy(env, repo, never_built, prefect_api)
+    assert done.returncode == 2 and "has no image of backend that passed CI" in done.stderr
+    unknown = sunday("cd", "--env", "nowhere", "--version", never_built, "--repo", str(repo), api=prefect_api)
+    assert unknown.returncode == 2 and "'nowhere' is not an environment" in unknown.stderr
+    assert sunday("cd", "--env", env.name, "--version", "x..y", "--repo", str(repo)).returncode == 2
+    assert sunday("status", "--env", "never-deployed").returncode == 2
+
+
+def test_backup_failure_stops_the_deploy_before_any_container_starts(
+        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], git: Callable[..., str]) -> None:
+    env = Env(backup=True)
+    try:
+        repo = make_repo(APP, edit=env.edit)
+        version = ci_passed(repo, prefect_api, git)
+        closed = free_port()
+        env.env |= {"SUNDAY_BACKUP_BUCKET": "backups", "SUNDAY_S3_ENDPOINT": f"http://127.0.0.1:{closed}",
+                    "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+        done = deploy(env, repo, version, prefect_api)
+        assert done.returncode == 1
+        assert f"S3 endpoint http://127.0.0.1:{closed} unreachable" in done.stderr
+        running = subprocess.run([DOCKER, "ps", "-aq", "--filter", f"label=sunday.env={env.name}"],
+                                 capture_output=True, text=True, check=True)
+        assert running.stdout.strip() == ""  # no container was started
+    finally:
+        env.teardown()

@@ -1,0 +1,436 @@
+"""infra/k8s: every overlay renders, validates strictly, follows the pod/RBAC policy and passes trivy config."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.infra_checks import (
+    K8S,
+    K8S_VERSION,
+    TERRAFORM,
+    TRIVYIGNORE,
+    Manifest,
+    find,
+    live_color,
+    parse_tf,
+    policy_violations,
+    rbac_violations,
+    render_kustomize,
+    schema_violations,
+    trivy_config,
+    trivyignore_violations,
+    write_manifests,
+)
+
+OVERLAYS = ("staging", "production", "monitoring", "prefect")
+NAMESPACES = {
+    "staging": "sunday-staging",
+    "production": "sunday-production",
+    "monitoring": "monitoring",
+    "prefect": "prefect",
+}
+APP_OVERLAYS = ("staging", "production")
+SERVICES = ("backend", "frontend")
+CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding"})
+
+
+@functools.cache
+def _rendered(overlay: str) -> tuple[Manifest, ...]:
+    return tuple(render_kustomize(K8S / overlay))
+
+
+def rendered(overlay: str) -> list[Manifest]:
+    """A private copy of an overlay's rendered objects (rendered once per test session)."""
+    return copy.deepcopy(list(_rendered(overlay)))
+
+
+def of_kind(objects: list[Manifest], kind: str) -> list[Manifest]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def _deployment() -> Manifest:
+    """A compliant backend Deployment taken from the production render, to break in negative tests."""
+    return find(rendered("production"), "Deployment", "backend-blue")
+
+
+# --- every overlay ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_into_its_namespace(overlay: str) -> None:
+    objects = rendered(overlay)
+    assert objects, f"{overlay} rendered nothing"
+    for obj in objects:
+        if obj["kind"] in CLUSTER_SCOPED:
+            continue
+        assert obj["metadata"].get("namespace") == NAMESPACES[overlay], f"{obj['kind']}/{obj['metadata']['name']}"
+    namespace = find(objects, "Namespace", NAMESPACES[overlay])
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_strictly(overlay: str) -> None:
+    problems = [msg for obj in rendered(overlay) for msg in schema_violations(obj, K8S_VERSION)]
+    assert problems == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_workload_follows_the_pod_policy(overlay: str) -> None:
+    objects = rendered(overlay)
+    problems = [msg for obj in objects for msg in policy_violations(obj)]
+    assert problems == []
+    if overlay in APP_OVERLAYS:  # the policy really looked at the workloads
+        workloads = {f"{o['kind']}/{o['metadata']['name']}" for o in objects if o["kind"] in ("Deployment", "CronJob")}
+        assert {"Deployment/backend-blue", "Deployment/frontend-green", "CronJob/database-backup"} <= workloads
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_is_namespaced_and_least_privilege(overlay: str) -> None:
+    objects = rendered(overlay)
+    assert [msg for obj in objects for msg in rbac_violations(obj)] == []
+    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trivy_config_finds_no_high_or_critical(overlay: str, tmp_path: Path) -> None:
+    directory = write_manifests(rendered(overlay), tmp_path / overlay)
+    assert trivy_config(directory) == []
+
+
+def test_trivyignore_entries_are_commented() -> None:
+    assert trivyignore_violations(TRIVYIGNORE) == []
+
+
+# --- blue-green wiring (staging and production) -------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", APP_OVERLAYS)
+def test_live_service_selects_a_color_and_preview_services_each_color(overlay: str) -> None:
+    objects = rendered(overlay)
+    for service in SERVICES:
+        color = live_color(objects, service)
+        assert color in ("blue", "green")
+        for each in ("blue", "green"):
+            deployment = find(objects, "Deployment", f"{service}-{each}")
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            assert labels["app"] == service and labels["color"] == each
+            assert deployment["spec"]["selector"]["matchLabels"] == {"app": service, "color": each}
+            preview = find(objects, "Service", f"{service}-{each}")
+            assert preview["spec"]["selector"] == {"app": service, "color": each}
+        live = find(objects, "Service", service)
+        assert live["spec"]["selector"] == {"app": service, "color": color}
+        hpa = find(objects, "HorizontalPodAutoscaler", service)
+        assert hpa["spec"]["scaleTargetRef"]["name"] == f"{service}-{color}"
+
+
+@pytest.mark.parametrize("overlay", APP_OVERLAYS)
+def test_ingress_routes_hosts_and_same_origin_api(overlay: str) -> None:
+    ingress = find(rendered(overlay), "Ingress", "sunday")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    prefix = "" if overlay == "production" else "staging."
+    routes = {
+        (rule["host"], path["path"]): path["backend"]["service"]["name"]
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert routes == {
+        (f"{prefix}sunday.com", "/"): "frontend",
+        (f"{prefix}sunday.com", "/api"): "backend",
+        (f"api.{prefix}sunday.com", "/"): "backend",
+    }
+
+
+@pytest.mark.parametrize("overlay", APP_OVERLAYS)
+def test_default_deny_and_allow_policies(overlay: str) -> None:
+    policies = {p["metadata"]["name"]: p for p in of_kind(rendered(overlay), "NetworkPolicy")}
+    deny = policies["default-deny-all"]["spec"]
+    assert deny["podSelector"] == {} and sorted(deny["policyTypes"]) == ["Egress", "Ingress"]
+    assert "ingress" not in deny and "egress" not in deny
+    assert {"allow-dns-egress", "allow-ingress-nginx-to-frontend", "allow-ingress-nginx-to-backend",
+            "allow-prometheus-scrape", "allow-backend-to-datastores"} <= policies.keys()
+    ports = {p["port"] for rule in policies["allow-backend-to-datastores"]["spec"]["egress"] for p in rule["ports"]}
+    assert ports == {5432, 6379}
+
+
+@pytest.mark.parametrize("overlay", APP_OVERLAYS)
+def test_app_pods_do_not_mount_api_tokens_and_have_probes(overlay: str) -> None:
+    for obj in of_kind(rendered(overlay), "Deployment"):
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        main = pod["containers"][0]
+        assert {"startupProbe", "livenessProbe", "readinessProbe"} <= main.keys()
+        assert any(m["mountPath"] == "/tmp" for m in main["volumeMounts"])
+    backend = find(rendered(overlay), "Deployment", "backend-blue")["spec"]["template"]["spec"]
+    assert backend["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert backend["initContainers"][0]["command"] == ["python3", "-m", "sunday_api.migrate"]
+
+
+@pytest.mark.parametrize("overlay", APP_OVERLAYS)
+def test_pipeline_role_grants_exactly_the_blue_green_operations(overlay: str) -> None:
+    objects = rendered(overlay)
+    role = find(objects, "Role", "sunday-release")
+    grants = {
+        (group, resource, verb, tuple(rule.get("resourceNames", [])))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    for verb in ("get", "list", "watch", "create", "patch"):
+        assert ("apps", "deployments", verb, ()) in grants
+    assert ("", "services", "patch", ("backend", "frontend")) in grants
+    assert {("", "pods", "get", ()), ("", "pods", "list", ()), ("", "events", "list", ())} <= grants
+    assert not any(verb in ("delete", "deletecollection", "update") for _, _, verb, _ in grants)
+    binding = find(objects, "RoleBinding", "sunday-release")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sunday-release"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sunday-release", "namespace": "prefect"}]
+    assert find(rendered("prefect"), "ServiceAccount", "sunday-release")
+
+
+def test_pipeline_can_replace_the_placeholder_images(tmp_path: Path) -> None:
+    """The pipeline's kustomization on top of an overlay sets every app image by digest."""
+    digest = "sha256:" + "a" * 64
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "production", tmp_path)],  # kustomize refuses absolute paths
+        "images": [
+            {"name": f"sunday/{name}", "newName": f"registry.example.com/sunday/{name}", "digest": digest}
+            for name in ("backend", "frontend", "db-backup")
+        ],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    images = set()
+    for obj in render_kustomize(tmp_path):
+        pod = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else None
+        if obj["kind"] == "CronJob":
+            pod = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        for container in (pod or {}).get("initContainers", []) + (pod or {}).get("containers", []):
+            images.add(container["image"])
+    assert images == {f"registry.example.com/sunday/{n}@{digest}" for n in ("backend", "frontend", "db-backup")}
+    placeholders = {c["image"] for obj in rendered("production") if obj["kind"] == "Deployment"
+                    for c in obj["spec"]["template"]["spec"]["containers"]}
+    assert placeholders == {"sunday/backend:placeholder", "sunday/frontend:placeholder"}
+
+
+# --- production ---------------------------------------------------------------------------------
+
+
+def test_production_replicas_autoscaling_and_disruption_budgets() -> None:
+    objects = rendered("production")
+    expected = {"backend": 5, "frontend": 3}
+    for service, replicas in expected.items():
+        color = live_color(objects, service)
+        idle = "green" if color == "blue" else "blue"
+        assert find(objects, "Deployment", f"{service}-{color}")["spec"]["replicas"] == replicas
+        assert find(objects, "Deployment", f"{service}-{idle}")["spec"]["replicas"] == 0
+        hpa = find(objects, "HorizontalPodAutoscaler", service)
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["minReplicas"] == replicas and hpa["spec"]["maxReplicas"] > replicas
+        pdb = find(objects, "PodDisruptionBudget", service)["spec"]
+        assert "maxUnavailable" not in pdb and 0 < pdb["minAvailable"] < replicas
+    assert len(of_kind(objects, "HorizontalPodAutoscaler")) == len(SERVICES)
+
+
+def test_production_spreads_pods_and_runs_no_database() -> None:
+    objects = rendered("production")
+    assert of_kind(objects, "StatefulSet") == []
+    assert of_kind(objects, "PersistentVolumeClaim") == []
+    for obj in of_kind(objects, "Deployment"):
+        pod = obj["spec"]["template"]["spec"]
+        zone = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"]
+        assert zone and zone[0]["whenUnsatisfiable"] == "DoNotSchedule"
+        assert pod["affinity"]["podAntiAffinity"]
+
+
+def test_production_limits_are_higher_than_staging() -> None:
+    def limits(overlay: str, name: str) -> dict[str, Any]:
+        container = find(rendered(overlay), "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        return dict(container["resources"]["limits"])
+
+    assert limits("production", "backend-blue") == {"cpu": "1", "memory": "512Mi"}
+    assert limits("staging", "backend-blue") == {"cpu": "250m", "memory": "192Mi"}
+    assert limits("production", "frontend-blue") == {"cpu": "500m", "memory": "256Mi"}
+    assert limits("staging", "frontend-blue") == {"cpu": "100m", "memory": "64Mi"}
+
+
+def test_production_datastore_egress_covers_the_terraform_database_subnets() -> None:
+    """The NetworkPolicy ipBlock and infra/terraform (vpc_cidr, database subnets x.y.20-22.0/24) agree."""
+    tfvars = parse_tf(TERRAFORM / "environments" / "production" / "terraform.tfvars")
+    vpc = ipaddress.IPv4Network(str(tfvars["vpc_cidr"]).strip('"'))
+    database_subnets = [list(vpc.subnets(new_prefix=24))[20 + i] for i in range(len(tfvars["azs"]))]
+    policy = find(rendered("production"), "NetworkPolicy", "allow-backend-to-datastores")
+    blocks = [ipaddress.IPv4Network(peer["ipBlock"]["cidr"])
+              for rule in policy["spec"]["egress"] for peer in rule["to"]]
+    assert blocks and all(not block.is_global for block in blocks)
+    for subnet in database_subnets:
+        assert any(subnet.subnet_of(block) for block in blocks), subnet
+
+
+def test_backup_cronjob_is_configured_per_environment() -> None:
+    for overlay, bucket in (("staging", "sunday-staging-db-backups"), ("production", "sunday-production-db-backups")):
+        objects = rendered(overlay)
+        cron = find(objects, "CronJob", "database-backup")
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        config_name = container["envFrom"][0]["configMapRef"]["name"]
+        config = find(objects, "ConfigMap", config_name)
+        assert config["data"]["BACKUP_BUCKET"] == bucket
+        assert "pg_dump" in container["args"][0] and "aws s3 cp" in container["args"][0]
+        account = find(objects, "ServiceAccount", "database-backup")
+        assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(
+            f"role/sunday-{overlay}-database-backup")
+    assert (find(rendered("staging"), "CronJob", "database-backup")["spec"]["schedule"]
+            != find(rendered("production"), "CronJob", "database-backup")["spec"]["schedule"])
+
+
+# --- staging ------------------------------------------------------------------------------------
+
+
+def test_staging_replicas_datastores_and_basic_auth() -> None:
+    objects = rendered("staging")
+    assert find(objects, "Deployment", f"backend-{live_color(objects, 'backend')}")["spec"]["replicas"] == 2
+    assert find(objects, "Deployment", f"frontend-{live_color(objects, 'frontend')}")["spec"]["replicas"] == 1
+    statefulsets = {s["metadata"]["name"]: s for s in of_kind(objects, "StatefulSet")}
+    assert statefulsets.keys() == {"postgres", "redis"}
+    for name, sts in statefulsets.items():
+        assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        assert find(objects, "Service", name)["spec"]["clusterIP"] == "None"
+    annotations = find(objects, "Ingress", "sunday")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "basic-auth"
+    policies = {p["metadata"]["name"] for p in of_kind(objects, "NetworkPolicy")}
+    assert {"allow-postgres-ingress", "allow-redis-ingress"} <= policies
+
+
+# --- monitoring ---------------------------------------------------------------------------------
+
+
+def test_monitoring_config_alert_rules_and_dashboard() -> None:
+    objects = rendered("monitoring")
+    prometheus = yaml.safe_load(find(objects, "ConfigMap", "prometheus-config")["data"]["prometheus.yml"])
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    assert {"ingress-nginx", "kube-state-metrics", "sunday-pods"} <= jobs
+    assert prometheus["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+
+    rules = yaml.safe_load(find(objects, "ConfigMap", "prometheus-rules")["data"]["sunday.rules.yml"])
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    assert {"SundayHighErrorRate", "SundayHighLatencyP95", "SundayPodRestarting", "SundayDeploymentFailed"} <= (
+        alerts.keys())
+    for name, rule in alerts.items():
+        assert rule["expr"].strip() and rule["for"], name
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"], name
+    assert "histogram_quantile(0.95" in alerts["SundayHighLatencyP95"]["expr"]
+    assert "kube_pod_container_status_restarts_total" in alerts["SundayPodRestarting"]["expr"]
+
+    dashboard_map = find(objects, "ConfigMap", "grafana-dashboard-sunday")
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["sunday.json"])
+    assert dashboard["uid"] == "sunday-overview"
+    assert all(panel["targets"][0]["expr"] for panel in dashboard["panels"])
+    assert len(dashboard["panels"]) >= 4
+
+
+# --- the checks catch broken manifests ----------------------------------------------------------
+
+
+def test_missing_limits_are_reported_with_object_and_field() -> None:
+    deployment = _deployment()
+    del deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert policy_violations(deployment) == [
+        "Deployment/backend-blue: spec.template.spec.containers[0].resources.limits missing"
+    ]
+
+
+def test_wrong_field_name_is_caught_by_strict_schema_validation() -> None:
+    deployment = _deployment()
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["resource"] = container.pop("resources")  # a typo the API server would silently drop
+    problems = schema_violations(deployment)
+    assert len(problems) == 1
+    assert problems[0].startswith("Deployment/backend-blue: spec.template.spec.containers[0]: ")
+    assert "'resource'" in problems[0]
+
+
+def test_wrong_type_is_caught_by_schema_validation() -> None:
+    deployment = _deployment()
+    deployment["spec"]["replicas"] = "five"
+    problems = schema_violations(deployment)
+    assert len(problems) == 1 and problems[0].startswith("Deployment/backend-blue: spec.replicas: ")
+
+
+def test_privileged_container_is_reported() -> None:
+    deployment = _deployment()
+    deployment["spec"]["template"]["spec"]["initContainers"][0]["securityContext"]["privileged"] = True
+    assert policy_violations(deployment) == [
+        "Deployment/backend-blue: spec.template.spec.initContainers[0].securityContext.privileged must not be true"
+    ]
+
+
+def test_host_access_and_root_are_reported() -> None:
+    cron = find(rendered("production"), "CronJob", "database-backup")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod["hostNetwork"] = True
+    pod["volumes"].append({"name": "docker", "hostPath": {"path": "/var/run/docker.sock"}})
+    container = pod["containers"][0]
+    container["securityContext"].update(runAsUser=0, readOnlyRootFilesystem=False, allowPrivilegeEscalation=True)
+    container["securityContext"]["capabilities"] = {"add": ["NET_ADMIN"]}
+    del container["resources"]["requests"]["memory"]
+    base = "CronJob/database-backup: spec.jobTemplate.spec.template.spec"
+    assert policy_violations(cron) == [
+        f"{base}.hostNetwork must not be true",
+        f"{base}.volumes[1].hostPath is not allowed",
+        f"{base}.containers[0].resources.requests.memory missing",
+        f"{base}.containers[0].securityContext.runAsUser must not be 0",
+        f"{base}.containers[0].securityContext.readOnlyRootFilesystem must be true",
+        f"{base}.containers[0].securityContext.allowPrivilegeEscalation must be false",
+        f"{base}.containers[0].securityContext.capabilities.drop must contain ALL",
+        f"{base}.containers[0].securityContext.capabilities.add must be empty",
+    ]
+
+
+def test_missing_probe_and_seccomp_are_reported() -> None:
+    statefulset = find(rendered("staging"), "StatefulSet", "postgres")
+    pod = statefulset["spec"]["template"]["spec"]
+    del pod["containers"][0]["readinessProbe"]
+    del pod["securityContext"]["seccompProfile"]
+    del pod["containers"][0]["securityContext"]["seccompProfile"]
+    assert policy_violations(statefulset) == [
+        "StatefulSet/postgres: spec.template.spec.securityContext.seccompProfile.type must be RuntimeDefault",
+        "StatefulSet/postgres: spec.template.spec.containers[0].securityContext.seccompProfile.type must be "
+        "RuntimeDefault",
+        "StatefulSet/postgres: spec.template.spec.containers[0].readinessProbe missing",
+    ]
+
+
+def test_wide_rbac_is_reported() -> None:
+    role = find(rendered("production"), "Role", "sunday-release")
+    role["rules"].append({"apiGroups": ["*"], "resources": ["secrets"], "verbs": ["get", "delete"]})
+    role["rules"].append({"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["patch"]})
+    index = len(role["rules"]) - 2
+    assert rbac_violations(role) == [
+        f"Role/sunday-release: rules[{index}].apiGroups contains the wildcard '*'",
+        f"Role/sunday-release: rules[{index}].resources grants access to secrets",
+        f"Role/sunday-release: rules[{index}].verbs grants delete",
+        f"Role/sunday-release: rules[{index + 1}].resourceNames missing: writes ['ingresses'] without naming them",
+    ]
+    cluster_role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": {"name": "sunday-release"}, "rules": []}
+    assert rbac_violations(cluster_role) == ["ClusterRole/sunday-release: kind is cluster-wide"]
+
+
+def test_trivy_reports_a_privileged_container(tmp_path: Path) -> None:
+    deployment = _deployment()
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    findings = trivy_config(write_manifests([deployment], tmp_path))
+    assert any("KSV-0017" in finding and "deployment-backend-blue.yaml" in finding for finding in findings), findings

@@ -1,0 +1,237 @@
+"""infra/terraform: every file parses, module calls match module variables, variables are typed and
+described, the security-relevant settings are in place, and trivy config finds no HIGH/CRITICAL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra_checks import (
+    TERRAFORM,
+    TRIVYIGNORE,
+    module_call_violations,
+    module_variables,
+    parse_tf,
+    trivy_config,
+    variable_violations,
+)
+
+MODULES = TERRAFORM / "modules"
+ENVIRONMENTS = TERRAFORM / "environments"
+MODULE_NAMES = ("vpc", "eks", "rds", "elasticache", "s3", "monitoring", "ecr", "pipeline_iam")
+ENV_NAMES = ("staging", "production")
+TF_FILES = sorted(TERRAFORM.rglob("*.tf"))
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(TERRAFORM))
+
+
+def _value(raw: Any) -> Any:
+    """An HCL literal as python-hcl2 returns it, without the quotes of strings."""
+    return raw.strip('"') if isinstance(raw, str) else raw
+
+
+def module_block(env: str, name: str) -> dict[str, Any]:
+    """The arguments of `module "name"` in environments/ENV/main.tf."""
+    for block in parse_tf(ENVIRONMENTS / env / "main.tf").get("module") or []:
+        for label, body in block.items():
+            if _value(label) == name:
+                return {key: _value(value) for key, value in body.items()}
+    raise KeyError(f"environments/{env}/main.tf has no module {name!r}")
+
+
+def resource(module: str, kind: str, name: str) -> dict[str, Any]:
+    """The body of `resource "kind" "name"` in modules/MODULE/main.tf."""
+    for block in parse_tf(MODULES / module / "main.tf").get("resource") or []:
+        for kind_label, named in block.items():
+            for name_label, body in named.items():
+                if _value(kind_label) == kind and _value(name_label) == name:
+                    return dict(body)
+    raise KeyError(f"modules/{module}/main.tf has no resource {kind}.{name}")
+
+
+# --- structure ----------------------------------------------------------------------------------
+
+
+def test_the_expected_tree_exists() -> None:
+    assert len(TF_FILES) > 30
+    assert sorted(p.name for p in MODULES.iterdir()) == sorted(MODULE_NAMES)
+    for env in ENV_NAMES:
+        for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "backend.tf", "terraform.tfvars"):
+            assert (ENVIRONMENTS / env / name).is_file(), f"environments/{env}/{name}"
+
+
+@pytest.mark.parametrize("path", TF_FILES, ids=_id)
+def test_every_tf_file_parses(path: Path) -> None:
+    parsed = parse_tf(path)
+    assert parsed, f"{path} is empty"
+
+
+@pytest.mark.parametrize("module", MODULE_NAMES)
+def test_every_module_has_its_files_and_pins_aws_5(module: str) -> None:
+    directory = MODULES / module
+    for name in ("variables.tf", "main.tf", "outputs.tf", "versions.tf"):
+        assert (directory / name).is_file(), f"modules/{module}/{name}"
+    terraform = parse_tf(directory / "versions.tf")["terraform"][0]
+    aws = terraform["required_providers"][0]["aws"]
+    assert (_value(aws["source"]), _value(aws["version"])) == ("hashicorp/aws", "~> 5.0")
+    outputs = parse_tf(directory / "outputs.tf")["output"]
+    assert outputs and all(_value(body.get("description", "")) for block in outputs for body in block.values())
+
+
+@pytest.mark.parametrize("path", sorted(TERRAFORM.rglob("variables.tf")), ids=_id)
+def test_every_variable_is_typed_and_described(path: Path) -> None:
+    assert parse_tf(path).get("variable"), f"{path} declares no variable"
+    assert variable_violations(path) == []
+
+
+@pytest.mark.parametrize("env", ENV_NAMES)
+def test_module_calls_match_the_module_variables(env: str) -> None:
+    main = ENVIRONMENTS / env / "main.tf"
+    assert module_call_violations(main) == []
+    called = {_value(label) for block in parse_tf(main)["module"] for label in block}
+    expected = {"vpc", "eks", "s3", "monitoring", "pipeline_iam"}
+    if env == "production":
+        expected |= {"rds", "elasticache", "ecr"}
+    assert called == expected
+
+
+@pytest.mark.parametrize("env", ENV_NAMES)
+def test_tfvars_set_exactly_declared_variables(env: str) -> None:
+    declared = module_variables(ENVIRONMENTS / env)
+    tfvars = {key: value for key, value in parse_tf(ENVIRONMENTS / env / "terraform.tfvars").items()
+              if not key.startswith("__")}  # python-hcl2 metadata such as __comments__
+    assert sorted(tfvars.keys() - declared.keys()) == []
+    required = {name for name, body in declared.items() if "default" not in body}
+    assert sorted(required - tfvars.keys()) == []
+    assert _value(tfvars["environment"]) == env
+
+
+@pytest.mark.parametrize("env", ENV_NAMES)
+def test_remote_state_backend(env: str) -> None:
+    backend = parse_tf(ENVIRONMENTS / env / "backend.tf")["terraform"][0]["backend"][0]['"s3"']
+    settings = {key: _value(value) for key, value in backend.items() if not key.startswith("__")}
+    bootstrap = {name: _value(body["default"]) for name, body in module_variables(TERRAFORM / "bootstrap").items()}
+    assert settings == {
+        "bucket": bootstrap["state_bucket"],
+        "key": f"{env}/terraform.tfstate",
+        "region": bootstrap["region"],
+        "dynamodb_table": bootstrap["lock_table"],
+    }
+
+
+# --- security-relevant settings -----------------------------------------------------------------
+
+
+def test_production_database_is_multi_az_protected_and_encrypted() -> None:
+    call = module_block("production", "rds")
+    assert call["multi_az"] is True and call["deletion_protection"] is True
+    db = resource("rds", "aws_db_instance", "this")
+    assert db["storage_encrypted"] is True and db["publicly_accessible"] is False
+    assert db["manage_master_user_password"] is True and "password" not in db
+    assert db["backup_retention_period"] == "${var.backup_retention_days}"
+    assert _value(db["kms_key_id"]) == "${aws_kms_key.this.arn}"
+
+
+def test_cache_is_encrypted_in_transit_and_at_rest() -> None:
+    cache = resource("elasticache", "aws_elasticache_replication_group", "this")
+    assert cache["at_rest_encryption_enabled"] is True and cache["transit_encryption_enabled"] is True
+    assert _value(cache["transit_encryption_mode"]) == "required"
+
+
+def test_buckets_are_private_versioned_encrypted_and_expire() -> None:
+    block = resource("s3", "aws_s3_bucket_public_access_block", "this")
+    assert all(block[key] is True for key in (
+        "block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"))
+    versioning = resource("s3", "aws_s3_bucket_versioning", "this")
+    assert _value(versioning["versioning_configuration"][0]["status"]) == "Enabled"
+    sse = resource("s3", "aws_s3_bucket_server_side_encryption_configuration", "this")
+    assert _value(sse["rule"][0]["apply_server_side_encryption_by_default"][0]["sse_algorithm"]) == "aws:kms"
+    lifecycle = resource("s3", "aws_s3_bucket_lifecycle_configuration", "this")["rule"][0]
+    assert {"expiration", "noncurrent_version_expiration", "abort_incomplete_multipart_upload"} <= lifecycle.keys()
+
+
+def test_eks_cluster_is_private_by_default_and_encrypts_secrets() -> None:
+    variables = module_variables(MODULES / "eks")
+    assert variables["endpoint_public_access"]["default"] is False
+    cluster = resource("eks", "aws_eks_cluster", "this")
+    assert cluster["vpc_config"][0]["endpoint_private_access"] is True
+    assert [_value(r) for r in cluster["encryption_config"][0]["resources"]] == ["secrets"]
+    template = resource("eks", "aws_launch_template", "node")
+    assert _value(template["metadata_options"][0]["http_tokens"]) == "required"
+
+
+def test_pipeline_role_is_assumed_through_oidc_only() -> None:
+    main = parse_tf(MODULES / "pipeline_iam" / "main.tf")
+    documents = {_value(label): body for block in main["data"] for kind, named in block.items()
+                 for label, body in named.items() if _value(kind) == "aws_iam_policy_document"}
+    trust = documents["pipeline_trust"]["statement"][0]
+    assert [_value(a) for a in trust["actions"]] == ["sts:AssumeRoleWithWebIdentity"]
+    assert [_value(i) for i in trust["principals"][0]["identifiers"]] == ["${var.eks_oidc_provider_arn}"]
+    # Only ecr:GetAuthorizationToken (no resource-level permissions in AWS) may use Resource "*".
+    for statement in documents["pipeline"]["statement"] + documents["backup"]["statement"]:
+        actions = [_value(a) for a in statement["actions"]]
+        resources = statement["resources"] if isinstance(statement["resources"], list) else [statement["resources"]]
+        assert all("*" not in action for action in actions), actions
+        if any(_value(r) == "*" for r in resources):
+            assert actions == ["ecr:GetAuthorizationToken"], statement
+
+
+def test_trivy_config_finds_no_high_or_critical() -> None:
+    assert trivy_config(TERRAFORM, TRIVYIGNORE) == []
+
+
+# --- the checks catch broken configurations -----------------------------------------------------
+
+
+def _write_env(tmp_path: Path, body: str) -> Path:
+    env = tmp_path / "environments" / "broken"
+    env.mkdir(parents=True)
+    main = env / "main.tf"
+    main.write_text(body, encoding="utf-8")
+    return main
+
+
+def test_unknown_module_argument_is_reported_with_file_module_and_variable(tmp_path: Path) -> None:
+    source = os.path.relpath(MODULES / "s3", tmp_path / "environments" / "broken")
+    main = _write_env(tmp_path, f'module "s3" {{\n  source = "{source}"\n  name_prefix = "x"\n  colour = "blue"\n}}\n')
+    assert module_call_violations(main) == [f"{main}: module.s3: argument 'colour' is not a variable of {source}"]
+
+
+def test_missing_required_variable_and_missing_source_are_reported(tmp_path: Path) -> None:
+    source = os.path.relpath(MODULES / "s3", tmp_path / "environments" / "broken")
+    main = _write_env(tmp_path, (
+        f'module "s3" {{\n  source = "{source}"\n}}\n'
+        'module "gone" {\n  source = "../../modules/gone"\n}\n'
+    ))
+    problems = module_call_violations(main)
+    assert problems[0] == f"{main}: module.s3: required variable 'name_prefix' of {source} is not passed"
+    assert problems[1].startswith(f"{main}: module.gone: source '../../modules/gone' does not exist")
+    assert len(problems) == 2
+
+
+def test_untyped_or_undescribed_variable_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "variables.tf"
+    path.write_text('variable "region" {\n  default = "us-east-1"\n}\n', encoding="utf-8")
+    assert variable_violations(path) == [
+        f"{path}: variable.region.type missing",
+        f"{path}: variable.region.description missing",
+    ]
+
+
+def test_trivy_reports_a_public_unencrypted_database(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(
+        'resource "aws_db_instance" "bad" {\n'
+        '  engine              = "postgres"\n'
+        '  instance_class      = "db.t4g.micro"\n'
+        '  storage_encrypted   = false\n'
+        '  publicly_accessible = true\n'
+        '}\n',
+        encoding="utf-8",
+    )
+    findings = trivy_config(tmp_path)
+    assert any("AWS-0080" in finding and "aws_db_instance.bad" in finding for finding in findings), findings
