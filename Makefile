@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SUNDAY_HOME ?= $(HOME)/.sunday-release
 
-.PHONY: demo test setup venv lint lock server-stop clean
+.PHONY: demo test setup venv lint lock server server-stop clean
 
 # requirements.lock pins every dependency (made by `make lock`): pip resolves nothing, so it is fast
 $(BIN)/sunday-release: pyproject.toml requirements.lock
@@ -35,8 +35,11 @@ test: setup
 lock: venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
-server-stop: venv
-	$(BIN)/sunday-release server stop
+server: setup
+	bash infra/local/server.sh start
+
+server-stop:
+	bash infra/local/server.sh stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -52,14 +52,16 @@ def env_lock(target: DockerTarget) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def target_for(config: PipelineConfig, env: str) -> DockerTarget:
-    """The environment's deploy target from the config (ConfigError/InputError on a bad name)."""
+def target_for(config: PipelineConfig, env: str) -> Any:
+    """The environment's deploy target (DockerTarget or KubernetesTarget: one protocol, two implementations)."""
     if env not in config.environments:
         raise InputError(f"--env: {env!r} is not an environment of the config ({', '.join(config.environments)})")
     environment = config.environments[env]
-    if environment.target != "docker":
-        raise InputError(f"--env {env}: target {environment.target!r} is not available on this worker yet")
     settings = Settings.from_env()
+    if environment.target == "kubernetes":
+        from sunday_release.targets.kubernetes import KubernetesTarget
+
+        return KubernetesTarget(config, env, environment, settings.home)
     return DockerTarget(config, env, environment, settings.home, settings.docker, settings.db_root)
 
 
@@ -159,16 +161,19 @@ def cd(env: str, version: str, repo: str) -> dict[str, Any]:
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")
             took = switch_traffic(target, idle)
             switched = True
-            evidence.append(f"traffic switched {time.monotonic() - healthy_at:.2f}s after healthy "
+            release.timings |= {"healthy_to_switch": time.monotonic() - healthy_at, "switched_at": time.time()}
+            evidence.append(f"traffic switched {release.timings['healthy_to_switch']:.2f}s after healthy "
                             f"(reload {took * 1000:.0f} ms)")
             verdict = watch_live(target, idle, list(config.smoke), environment.watch_seconds,
                                  environment.max_error_rate)
             evidence.append(f"watch: {verdict.requests} requests, {verdict.errors} errors")
         except BaseException as exc:
             failed_at = time.monotonic()
+            release.timings["failed_at"] = time.time()
             if switched and live is not None:
                 target.switch(live)
             target.stop_color(idle)
+            release.timings["rollback_seconds"] = time.monotonic() - failed_at
             release.outcome = "rolled-back" if live is not None else "failed"
             release.reason, release.finished = describe(exc), now_iso()
             evidence.append(f"rolled back in {time.monotonic() - failed_at:.1f}s: {release.reason}")
@@ -191,7 +196,7 @@ def cd(env: str, version: str, repo: str) -> dict[str, Any]:
         notify(env, "success", f"{version} is live on {env} (revision {release.revision}) at {target.url}")
         progress(f"{env}: revision {release.revision} ({version}) live on {idle} at {target.url}")
         return {"env": env, "revision": release.revision, "version": version, "color": idle, "url": target.url,
-                "images": images, "flow_run_id": run_id}
+                "images": images, "flow_run_id": run_id, "committed_at": checkout.committed_at}
 
 
 @flow(name="rollback", flow_run_name="rollback-{env}", persist_result=True)
@@ -213,8 +218,7 @@ def rollback(env: str, to: int | None = None) -> dict[str, Any]:
                              f"(kept revisions: {kept})")
         idle = other(live)
         kept_there = [r for r in target.replicas(idle, include_stopped=True)]
-        if wanted.color == idle and kept_there and all(
-                r.name for r in kept_there) and _version_of(target, idle) == wanted.version:
+        if wanted.color == idle and kept_there and target.version_of(idle) == wanted.version:
             target.restart_color(idle)
             target.wait_healthy(idle, environment.health_timeout)
         else:
@@ -236,16 +240,6 @@ def rollback(env: str, to: int | None = None) -> dict[str, Any]:
         _artifact(env, release, [f"rolled back from revision {state.history[-2].revision} to {wanted.revision}"])
         notify(env, "rollback", f"{env} rolled back to revision {wanted.revision} ({wanted.version})")
         return {"env": env, "revision": release.revision, "version": wanted.version, "color": idle}
-
-
-def _version_of(target: DockerTarget, color: Color) -> str:
-    from sunday_release.runner import run
-
-    names = [r.name for r in target.replicas(color, include_stopped=True)]
-    if not names:
-        return ""
-    out = run([target.docker, "inspect", "-f", '{{index .Config.Labels "sunday.version"}}', names[0]], check=False)
-    return out.stdout.strip()
 
 
 @flow(name="scale", flow_run_name="scale-{env}-{service}-{replicas}", persist_result=True)

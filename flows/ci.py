@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.events import emit_event
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
@@ -106,7 +107,24 @@ def ci(repo: str, ref: str = "main") -> dict[str, Any]:
                          results, scan, images, scans)
     if failures:
         raise StageFailed("\n".join(failures), summary)
+    _announce_pass(config, checkout, ref)
     return summary
+
+
+def deploy_target_of(config: PipelineConfig, ref: str) -> str:
+    """Where green CI of `ref` deploys: `staging` (default branch), `production` (release tag), or `none`."""
+    if ref == config.default_branch:
+        return "staging"
+    return "production" if re.match(config.release_tags, ref) else "none"
+
+
+def _announce_pass(config: PipelineConfig, checkout: Checkout, ref: str) -> None:
+    """Emit `sunday.ci.passed`: the cd-staging / cd-production deployment triggers listen for it."""
+    emit_event(event="sunday.ci.passed",
+               resource={"prefect.resource.id": f"sunday.project.{config.project}",
+                         "sunday.project": config.project, "sunday.deploy-to": deploy_target_of(config, ref)},
+               payload={"sha": checkout.commit, "ref": ref, "repo": checkout.repo, "version":
+                        ref if re.match(config.release_tags, ref) else checkout.commit})
 
 
 def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str,

@@ -59,6 +59,8 @@ class Release(BaseModel):
     reason: str = ""
     commit: str = ""
     committed_at: str = ""
+    # healthy_to_switch (s), switched_at (epoch s), rollback_seconds (s), failed_at (epoch s)
+    timings: dict[str, float] = Field(default_factory=dict)
 
 
 class EnvState(BaseModel):

@@ -77,7 +77,7 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
     import flows  # importing Prefect configures its logging: attach the printer after
 
     module, _, attr = {"ci": "flows.ci:ci", "cd": "flows.cd:cd", "rollback": "flows.cd:rollback",
-                       "scale": "flows.cd:scale"}[name].partition(":")
+                       "scale": "flows.cd:scale", "e2e": "flows.e2e:e2e"}[name].partition(":")
     flow_fn = getattr(__import__(module, fromlist=[attr]), attr)
     del flows
     logging.getLogger("prefect").addHandler(_Progress())
@@ -132,6 +132,65 @@ def cmd_scale(args: argparse.Namespace) -> int:
     code, result, error = _run_flow("scale", args.verbose, f"scale {args.service} of {args.env}", env=args.env,
                                     service=args.service, replicas=args.replicas)
     return _finish(code, result, error, args.json, "scale")
+
+
+def cmd_e2e(args: argparse.Namespace) -> int:
+    if args.history:
+        from sunday_release.e2e import history, render_history
+
+        records = history(args.history, env=args.env)
+        if args.json:
+            _print_json(records)
+        else:
+            print(render_history(records))
+        return EXIT_OK
+    code, result, error = _run_flow("e2e", args.verbose, f"E2E of {args.env}", env=args.env,
+                                    update_baselines=args.update_baselines)
+    return _finish(code, result, error, args.json, "E2E")
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    _connect(args.verbose)  # the events go to the same Prefect server as the runs
+    from sunday_release.webhook import serve
+
+    serve(args.port, host=args.host, config_path=Path(args.repo) if args.repo else None)
+    return EXIT_OK
+
+
+def cmd_dora(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from sunday_release.dora import dora, records_from_flow_runs, render, to_json
+
+    if args.days < 1:
+        raise InputError(f"--days: {args.days} is not a positive number of days")
+    _connect(args.verbose)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    until = datetime.now(UTC)
+    since = until - timedelta(days=args.days)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["cd", "rollback"])), limit=200)
+        flows = {f.id: f.name for f in client.read_flows(limit=200)}
+        plain = []
+        for r in runs:
+            result = None
+            if r.state is not None and r.state.is_completed():
+                try:
+                    result = r.state.result(raise_on_failure=False)
+                except Exception:  # a result that cannot be read here (other machine's storage)
+                    result = None
+            plain.append({"name": r.name, "flow_name": flows.get(r.flow_id), "state_type": r.state_type.value
+                          if r.state_type else None, "start_time": r.start_time, "end_time": r.end_time,
+                          "parameters": r.parameters, "state_message": r.state.message if r.state else None,
+                          "result": result if isinstance(result, dict) else None})
+    report = dora(records_from_flow_runs(plain), args.env, since, until)
+    if args.json:
+        _print_json(to_json(report))
+    else:
+        print(render(report))
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -198,6 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("e2e", help="Playwright journeys, visual regression and k6 against an environment")
+    p.add_argument("--env", required=True)
+    p.add_argument("--update-baselines", action="store_true", help="rewrite the visual baselines deliberately")
+    p.add_argument("--history", type=int, nargs="?", const=10, default=0, metavar="N",
+                   help="show the last N runs side by side instead of running")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_e2e)
+
+    p = sub.add_parser("webhook", help="serve the git-push receiver (HMAC-verified) that emits git.push events")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--repo", default=None, help="repository (or its sunday-release.yaml) for the refs to build")
+    p.set_defaults(func=cmd_webhook)
+
+    p = sub.add_parser("dora", help="DORA metrics from the server's deploy history")
+    p.add_argument("--env", default="production")
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dora)
 
     p = sub.add_parser("server", help="the local Prefect server used when PREFECT_API_URL is not set")
     p.add_argument("action", choices=["start", "stop", "status"])

@@ -23,10 +23,10 @@ pytestmark = pytest.mark.docker
 class Env:
     """A throwaway environment of the sample app: its own name, ports and database root."""
 
-    def __init__(self, backup: bool = False) -> None:
+    def __init__(self, backup: bool = False, approval: bool = False) -> None:
         self.name = f"t-{secrets.token_hex(3)}"
         self.port, self.db_port = free_port(), free_port()
-        self.backup = backup
+        self.backup, self.approval = backup, approval
         self.db_root = Path(tempfile.mkdtemp(prefix="sunday-db-", dir="/tmp"))
         self.db_root.chmod(0o755)  # the postgres OS user must reach it
         self.env = {"SUNDAY_DB_ROOT": str(self.db_root)}
@@ -41,7 +41,7 @@ class Env:
         text = config.read_text().replace("    route: /", "    platforms: [linux/amd64]\n    route: /")
         text = text.replace("environments:\n", f"environments:\n  {self.name}: {{port: {self.port}, "
                             f"db_port: {self.db_port}, watch_seconds: 2, drain_seconds: 1, health_timeout: 90, "
-                            f"backup: {str(self.backup).lower()}}}\n", 1)
+                            f"backup: {str(self.backup).lower()}, approval: {str(self.approval).lower()}}}\n", 1)
         config.write_text(text)
 
     def teardown(self) -> None:
@@ -181,4 +181,88 @@ def test_backup_failure_stops_the_deploy_before_any_container_starts(
                                  capture_output=True, text=True, check=True)
         assert running.stdout.strip() == ""  # no container was started
     finally:
+        env.teardown()
+
+
+class Receiver:
+    """A local Slack-compatible webhook receiver that records what it was sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received: list[dict[str, object]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[object]:
+        return [m["event"] for m in self.received]
+
+
+@pytest.mark.parametrize("approve", [True, False], ids=["approved", "rejected"])
+def test_approval_in_the_ui_gates_the_switch_and_notifications_are_sent(
+        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], git: Callable[..., str],
+        monkeypatch: pytest.MonkeyPatch, approve: bool) -> None:
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.cd import cd
+
+    env = Env(approval=True)
+    receiver = Receiver()
+    try:
+        repo = make_repo(APP, edit=env.edit)
+        version = ci_passed(repo, prefect_api, git)
+        monkeypatch.setenv("SUNDAY_DB_ROOT", str(env.db_root))
+        monkeypatch.setenv("SUNDAY_NOTIFY_URL", receiver.url)
+        run_ids: list[object] = []
+        states: list[object] = []
+        flow = cd.with_options(on_running=[lambda f, fr, s: run_ids.append(fr.id)])
+        def deploy_in_thread() -> None:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings(updates={PREFECT_API_URL: prefect_api}):  # settings are per thread
+                states.append(flow(env=env.name, version=version, repo=str(repo), return_state=True))
+
+        worker = threading.Thread(target=deploy_in_thread)
+        worker.start()
+        deadline = time.monotonic() + 240
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                if run_ids:
+                    fr = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_ids[0]])))
+                    if fr and fr[0].state and fr[0].state.is_paused():
+                        break
+                time.sleep(0.5)
+            else:
+                pytest.fail("the deploy never paused for approval")
+        resume_flow_run(run_ids[0], run_input={"approve": approve, "reason": "looks good" if approve else "no"})
+        worker.join(300)
+        state = states[0]
+        assert state.is_completed() is approve  # type: ignore[attr-defined]
+        events = receiver.events()
+        assert events[0] == "start" and events[-1] == ("success" if approve else "rollback")
+        if approve:
+            assert httpx.get(f"{env.url}/api/boards").status_code == 200
+        else:
+            assert "rejected in the UI: no" in str(state.result(raise_on_failure=False))  # type: ignore[attr-defined]
+    finally:
+        receiver.server.shutdown()
         env.teardown()

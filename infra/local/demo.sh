@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: copy the sample app into a throwaway git repository and run CI on it.
+# The demo: copy the sample app into a throwaway git repository, run CI on it, deploy it to staging.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d /tmp/sunday-demo.XXXXXX)
@@ -16,3 +16,9 @@ registry=localhost:5000
 echo "[demo] published: $(curl -fsS "http://$registry/v2/sunday/backend/tags/list")"
 echo "[demo] arm64 backend image: uname -m = $(/usr/bin/docker run --rm --platform linux/arm64 --entrypoint uname \
   "$registry/sunday/backend:sha-$(git -C "$work" rev-parse HEAD)" -m)"
+sha=$(git -C "$work" rev-parse HEAD)
+"$top/.venv/bin/sunday-release" cd --env staging --version "$sha" --repo "$work"
+"$top/.venv/bin/sunday-release" status --env staging
+echo "[demo] GET http://127.0.0.1:8081/api/boards -> $(curl -fsS http://127.0.0.1:8081/api/boards)"
+echo "[demo] GET http://127.0.0.1:8081/ -> $(curl -fsS http://127.0.0.1:8081/ | grep -o '<title>[^<]*</title>')"
+echo "[demo] staging stays up at http://127.0.0.1:8081; the Prefect UI is at http://127.0.0.1:4200"

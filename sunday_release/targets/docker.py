@@ -169,6 +169,14 @@ class DockerTarget:
         run([self.docker, "start", *names], timeout=120)
         run([self.docker, "update", "--restart", "unless-stopped", *names], check=False)
 
+    def version_of(self, color: Color) -> str:
+        """The version the (running or kept) containers of `color` were started with, "" when none."""
+        names = [r.name for r in self.replicas(color, include_stopped=True)]
+        if not names:
+            return ""
+        out = run([self.docker, "inspect", "-f", '{{index .Config.Labels "sunday.version"}}', names[0]], check=False)
+        return out.stdout.strip()
+
     def remove_color(self, color: Color) -> None:
         names = [r.name for r in self.replicas(color, include_stopped=True)]
         if names:

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The local Prefect platform: PostgreSQL, `prefect server start` on it, work pools, deployments, workers.
+#   server.sh start   start what is not running (idempotent), register pools and deployments
+#   server.sh stop    stop workers, then the server, then PostgreSQL (by PID)
+# Env: SUNDAY_APP_REPO (the application repository the deployments build; default: a copy of app/),
+#      SUNDAY_PLATFORM_DIR (default /var/lib/sunday-release/platform), PREFECT_PORT (4200), PREFECT_DB_PORT (5433).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+dir=${SUNDAY_PLATFORM_DIR:-/var/lib/sunday-release/platform}
+port=${PREFECT_PORT:-4200}
+dbport=${PREFECT_DB_PORT:-5433}
+pg=/usr/lib/postgresql/15/bin
+bin=$top/.venv/bin
+pools=(sunday-ci sunday-deploy sunday-e2e)
+log() { printf '[server] %s\n' "$*" >&2; }
+as_pg() { runuser -u postgres -- "$@"; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start() {
+  mkdir -p "$dir/pg" "$dir/pids" "$dir/logs" "$dir/results"
+  chown postgres:postgres "$dir/pg"
+  if [ ! -f "$dir/pg/PG_VERSION" ]; then
+    log "initdb $dir/pg"
+    as_pg "$pg/initdb" -D "$dir/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\n" "$dbport" "$dir/pg" \
+      >> "$dir/pg/postgresql.conf"
+  fi
+  if ! as_pg "$pg/pg_ctl" status -D "$dir/pg" >/dev/null 2>&1; then
+    as_pg "$pg/pg_ctl" start -w -D "$dir/pg" -l "$dir/pg/postgres.log" >/dev/null
+  fi
+  [ -f "$dir/db-password" ] || { head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$dir/db-password"; chmod 600 "$dir/db-password"; }
+  pw=$(cat "$dir/db-password")
+  psql=(as_pg "$pg/psql" -h "$dir/pg" -p "$dbport" -d postgres -qAt)
+  if [ -z "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname='prefect'")" ]; then
+    "${psql[@]}" <<<"CREATE ROLE prefect LOGIN PASSWORD '$pw'; CREATE DATABASE prefect OWNER prefect;"
+    as_pg "$pg/psql" -h "$dir/pg" -p "$dbport" -d prefect -qAt -c "CREATE EXTENSION IF NOT EXISTS pg_trgm"
+  fi
+  export PREFECT_HOME=$dir/prefect PREFECT_API_URL=http://127.0.0.1:$port/api
+  if ! alive "$dir/pids/server"; then
+    log "prefect server on 127.0.0.1:$port (PostgreSQL 127.0.0.1:$dbport)"
+    PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" \
+      nohup "$bin/prefect" server start --host 127.0.0.1 --port "$port" >"$dir/logs/server.log" 2>&1 &
+    echo $! > "$dir/pids/server"
+  fi
+  for _ in $(seq 1 120); do curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1 && break; sleep 1; done
+  curl -fsS "$PREFECT_API_URL/health" >/dev/null || { log "server did not start; see $dir/logs/server.log"; exit 1; }
+  for pool in "${pools[@]}"; do
+    "$bin/prefect" work-pool inspect "$pool" >/dev/null 2>&1 || "$bin/prefect" work-pool create "$pool" --type process >/dev/null
+  done
+  if [ -z "${SUNDAY_APP_REPO:-}" ]; then
+    export SUNDAY_APP_REPO=$dir/app-repo
+    if [ ! -d "$SUNDAY_APP_REPO/.git" ]; then
+      cp -a "$top/app/." "$SUNDAY_APP_REPO/"
+      git -C "$SUNDAY_APP_REPO" init -q -b main
+      git -C "$SUNDAY_APP_REPO" -c user.name=sunday -c user.email=sunday@localhost add -A
+      git -C "$SUNDAY_APP_REPO" -c user.name=sunday -c user.email=sunday@localhost commit -qm "sample app"
+    fi
+  fi
+  export SUNDAY_RELEASE_DIR=$top
+  (cd "$top" && "$bin/prefect" --no-prompt deploy --all >"$dir/logs/deploy.log" 2>&1) \
+    || { log "prefect deploy --all failed; see $dir/logs/deploy.log"; exit 1; }
+  for pool in "${pools[@]}"; do
+    if ! alive "$dir/pids/worker-$pool"; then
+      PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_LOCAL_STORAGE_PATH=$dir/results \
+        nohup "$bin/prefect" worker start --pool "$pool" >"$dir/logs/worker-$pool.log" 2>&1 &
+      echo $! > "$dir/pids/worker-$pool"
+    fi
+  done
+  log "UI http://127.0.0.1:$port — deployments: $("$bin/prefect" deployment ls 2>/dev/null | grep -c '/' || true) registered"
+  log "app repository: $SUNDAY_APP_REPO"
+}
+
+stop() {
+  for pool in "${pools[@]}"; do alive "$dir/pids/worker-$pool" && kill "$(cat "$dir/pids/worker-$pool")" || true; done
+  sleep 1
+  alive "$dir/pids/server" && kill "$(cat "$dir/pids/server")" || true
+  as_pg "$pg/pg_ctl" status -D "$dir/pg" >/dev/null 2>&1 && as_pg "$pg/pg_ctl" stop -m fast -D "$dir/pg" >/dev/null || true
+  rm -f "$dir"/pids/*
+  log "stopped"
+}
+
+case "${1:-start}" in start) start ;; stop) stop ;; *) echo "usage: $0 start|stop" >&2; exit 2 ;; esac

@@ -1,0 +1,519 @@
+"""The kubernetes target: pure decisions, the blue-green protocol against FakeKubernetesApi, one opt-in real read."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from sunday_release.bluegreen import EnvState
+from sunday_release.config import Environment, PipelineConfig, Service
+from sunday_release.errors import PipelineError, RolloutAborted
+from sunday_release.targets.kubernetes import (
+    KubernetesApi,
+    KubernetesTarget,
+    Timing,
+    api_error_message,
+    desired_replicas,
+    hpa_patch,
+    job_name,
+    job_outcome,
+    migration_job,
+    pod_failure,
+    recorded_replicas,
+    rollout_status,
+    scale_patch,
+    selected_color,
+    selector_patch,
+    start_patch,
+    template_version,
+    version_label,
+    warning_events,
+)
+from tests.fake_kube import FakeKubernetesApi, api_error, render_overlay, strategic_merge
+
+REG = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/sunday"
+V1 = {"backend": f"{REG}/backend@sha256:{'1' * 64}", "frontend": f"{REG}/frontend@sha256:{'a' * 64}"}
+V2 = {"backend": f"{REG}/backend@sha256:{'2' * 64}", "frontend": f"{REG}/frontend@sha256:{'b' * 64}"}
+
+
+@pytest.fixture(scope="module")
+def overlay() -> list[dict]:
+    return render_overlay("production")
+
+
+def deployment(overlay: list[dict], name: str) -> dict:
+    return next(o for o in overlay if o["kind"] == "Deployment" and o["metadata"]["name"] == name)
+
+
+def make_config(**env: object) -> PipelineConfig:
+    return PipelineConfig(
+        project="sunday",
+        services={"backend": Service(context="backend", port=8000, route="/api", migrate=["python3", "-m", "migrate"]),
+                  "frontend": Service(context="frontend", port=8080, route="/")},
+        environments={"production": Environment(target="kubernetes", kube_context="sunday-production", **env)},
+    )
+
+
+class Harness:
+    """A target wired to a fake API whose simulated time the target's sleeps advance."""
+
+    def __init__(self, overlay: list[dict], home: Path, **fake: object) -> None:
+        self.api = FakeKubernetesApi(overlay, namespace="sunday-production", **fake)  # type: ignore[arg-type]
+        self.sleeps: list[float] = []
+        config = make_config()
+
+        def sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+            self.api.sleep(seconds)
+
+        self.target = KubernetesTarget(config, "production", config.environments["production"], home, api=self.api,
+                                       timing=Timing(poll_interval=2.0, sleep=sleep, clock=self.api.clock,
+                                                     job_timeout=60, job_suffix=lambda: "x1y2z3"))
+
+    def selectors(self) -> dict[str, dict]:
+        return {s: self.api.obj("Service", s)["spec"]["selector"] for s in ("backend", "frontend")}
+
+    def release(self, color: str, images: dict[str, str], version: str) -> None:
+        t = self.target
+        t.start_color(color, images, version, t.load_state())  # type: ignore[arg-type]
+        t.wait_healthy(color, 120)  # type: ignore[arg-type]
+        t.switch(color)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def h(overlay: list[dict], tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(overlay, tmp_path)
+    yield harness
+    harness.target.teardown()
+    assert harness.api.closed
+
+
+# ============================================================== pure decisions
+def dep(desired: int = 3, generation: int = 2, **status: object) -> dict:
+    return {"metadata": {"name": "backend-green", "generation": generation}, "spec": {"replicas": desired},
+            "status": status}
+
+
+def test_rollout_status_judges_like_kubectl() -> None:
+    ok = {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 3}
+    assert rollout_status(dep(**ok)).health == "healthy"
+    assert rollout_status(dep(**{**ok, "observedGeneration": 1})).reason == \
+        "the controller has not seen the latest spec yet"
+    assert rollout_status(dep(**{**ok, "updatedReplicas": 1})).reason == "1 of 3 pods updated"
+    assert rollout_status(dep(**{**ok, "replicas": 5})).reason == "2 old pods terminating"
+    assert rollout_status(dep(**{**ok, "readyReplicas": 2})).health == "starting"
+    assert rollout_status(dep(desired=0)).health == "exited"
+    stalled = dep(**ok, conditions=[{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                     "message": 'ReplicaSet "backend-green-1" has timed out progressing.'}])
+    status = rollout_status(stalled)
+    assert status.health == "failed" and status.reason.startswith("ProgressDeadlineExceeded: ReplicaSet")
+    assert rollout_status({"metadata": {}, "spec": {}, "status": None}).health == "starting"  # fresh object
+
+
+def test_start_patch_sets_image_of_container_and_migrate_init_container(overlay: list[dict]) -> None:
+    green = deployment(overlay, "backend-green")
+    body = start_patch(green, "backend", V2["backend"], "v1.4.0", 5)
+    assert body == {
+        "metadata": {"annotations": {"sunday.replicas": "5"}},
+        "spec": {"replicas": 5, "template": {
+            "metadata": {"annotations": {"sunday.version": "v1.4.0"}, "labels": {"sunday.version": "v1.4.0"}},
+            "spec": {"containers": [{"name": "backend", "image": V2["backend"],
+                                     "env": [{"name": "APP_VERSION", "value": "v1.4.0"}]}],
+                     "initContainers": [{"name": "migrate", "image": V2["backend"]}]}}},
+    }
+    merged = json.loads(json.dumps(green))
+    strategic_merge(merged, body)  # what the API server makes of it: nothing else of the spec changes
+    pod = merged["spec"]["template"]["spec"]
+    assert [e for e in pod["containers"][0]["env"] if e["name"] == "APP_VERSION"] == \
+        [{"name": "APP_VERSION", "value": "v1.4.0"}]
+    assert any(e["name"] == "DATABASE_URL" for e in pod["containers"][0]["env"])
+    probe = green["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert pod["containers"][0]["readinessProbe"] == probe
+    assert merged["spec"]["selector"] == green["spec"]["selector"]
+    assert template_version(merged) == "v1.4.0"
+    frontend = start_patch(deployment(overlay, "frontend-green"), "frontend", V2["frontend"], "v1.4.0", 3)
+    assert "initContainers" not in frontend["spec"]["template"]["spec"]
+
+
+def test_small_pure_helpers() -> None:
+    assert version_label("v1.2.3") == "v1.2.3"
+    assert version_label("release/2025 01+hotfix") == "release-2025-01-hotfix"
+    assert len(version_label("x" * 80)) == 63
+    assert selector_patch("green") == {"spec": {"selector": {"color": "green"}}}
+    assert hpa_patch("backend", "green")["spec"]["scaleTargetRef"]["name"] == "backend-green"
+    assert selected_color({"spec": {"selector": {"app": "backend", "color": "green"}}}) == "green"
+    assert selected_color({"spec": {"selector": {"app": "backend"}}}) is None
+    assert scale_patch(0, record=5) == {"spec": {"replicas": 0}, "metadata": {"annotations": {"sunday.replicas": "5"}}}
+    assert recorded_replicas({"metadata": {"annotations": {"sunday.replicas": "5"}}}) == 5
+    assert recorded_replicas({"metadata": {}}) is None
+
+
+def test_desired_replicas_precedence() -> None:
+    env = Environment(target="kubernetes", replicas={"backend": 4})
+    state = EnvState(env="production", replicas={"backend": 7})
+    assert desired_replicas("backend", state, env, 5) == 7  # the scale flow's count
+    assert desired_replicas("backend", None, env, 5) == 4  # the config's
+    assert desired_replicas("frontend", state, env, 3) == 3  # the live color's: no 5 → 1 pod switch
+    assert desired_replicas("frontend", state, env, 0) == 1
+
+
+def pod(name: str, version: str, reason: str, where: str = "containerStatuses") -> dict:
+    return {"metadata": {"name": name, "labels": {"sunday.version": version}},
+            "status": {where: [{"name": "migrate" if where.startswith("init") else "backend",
+                                "state": {"waiting": {"reason": reason, "message": "back-off 40s"}}}]}}
+
+
+def test_pod_failure_names_pod_container_and_reason() -> None:
+    assert pod_failure([pod("b-1", "v2", "ContainerCreating")], "v2") is None
+    assert pod_failure([pod("b-1", "v2", "CrashLoopBackOff", "initContainerStatuses")], "v2") == \
+        "pod b-1: init container migrate is CrashLoopBackOff: back-off 40s"
+    assert pod_failure([pod("old", "v1", "ImagePullBackOff")], "v2") is None  # an older release's pod
+    assert "ImagePullBackOff" in (pod_failure([pod("b-2", "v2", "ImagePullBackOff")]) or "")
+
+
+def event(name: str, reason: str, at: str, kind: str = "Pod", type_: str = "Warning") -> dict:
+    return {"type": type_, "reason": reason, "message": f"{reason} on {name}", "count": 1, "lastTimestamp": at,
+            "involvedObject": {"kind": kind, "name": name}}
+
+
+def test_warning_events_keep_the_latest_of_the_deployment() -> None:
+    events = [event("backend-green-7d-1", "BackOff", "2025-01-01T00:00:03Z"),
+              event("backend-green-7d-2", "Failed", "2025-01-01T00:00:01Z"),
+              event("backend-green-7d", "FailedCreate", "2025-01-01T00:00:02Z", kind="ReplicaSet"),
+              event("backend-blue-7d-1", "BackOff", "2025-01-01T00:00:09Z"),
+              event("backend-green-7d-3", "Pulled", "2025-01-01T00:00:09Z", type_="Normal")]
+    assert warning_events(events, "backend-green", limit=2) == [
+        "ReplicaSet/backend-green-7d: FailedCreate: FailedCreate on backend-green-7d",
+        "Pod/backend-green-7d-1: BackOff: BackOff on backend-green-7d-1",
+    ]
+
+
+def test_api_error_message_names_object_and_status() -> None:
+    exc = api_error(403, "Forbidden", 'services "backend" is forbidden: User cannot patch')
+    assert api_error_message(exc, "patch", "Service", "sunday-production", "backend") == (
+        "Kubernetes API: patch Service sunday-production/backend failed (HTTP 403): Forbidden: "
+        'services "backend" is forbidden: User cannot patch')
+    assert "(no answer)" in api_error_message(api_error(0, "connection refused", ""), "read", "Service", "ns", "x")
+
+
+def test_migration_job_reuses_pod_settings_without_traffic(overlay: list[dict]) -> None:
+    name = job_name("backend", "0123456789abcdef0123456789abcdef01234567", "x1y2z3")
+    assert name == "backend-migrate-0123456789ab-x1y2z3"
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", job_name("Back_end" * 9, "v1.2.3", "abc"))
+    assert len(job_name("b" * 80, "v1.2.3", "abc")) <= 63
+    job = migration_job(deployment(overlay, "backend-blue"), "backend", V2["backend"], ["python3", "-m", "migrate"],
+                        "v1.4.0", name)
+    spec = job["spec"]["template"]["spec"]
+    assert job["spec"]["backoffLimit"] == 0 and spec["restartPolicy"] == "Never"
+    assert "color" not in job["spec"]["template"]["metadata"]["labels"]  # no Service selects it
+    assert job["spec"]["template"]["metadata"]["labels"]["app"] == "backend"  # NetworkPolicy: may reach the DB
+    (container,) = spec["containers"]
+    assert container["command"] == ["python3", "-m", "migrate"] and container["image"] == V2["backend"]
+    assert "readinessProbe" not in container and "initContainers" not in spec and "affinity" not in spec
+    assert {"name": "APP_VERSION", "value": "v1.4.0"} in container["env"]
+    assert any(e["name"] == "DATABASE_URL" and "secretKeyRef" in e["valueFrom"] for e in container["env"])
+    assert spec["serviceAccountName"] == "backend" and spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_job_outcome() -> None:
+    assert job_outcome({"status": {"active": 1}}) == ("running", "")
+    assert job_outcome({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == ("succeeded", "")
+    assert job_outcome({"status": {"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "limit"}]}}) == \
+        ("failed", "BackoffLimitExceeded: limit")
+
+
+# ============================================================== the protocol against the fake
+def test_blue_green_release_switch_stop_and_rollback(h: Harness) -> None:
+    t, api = h.target, h.api
+    assert t.namespace == "sunday-production" and t.url == "http://frontend.sunday-production.svc"
+    assert t.live_color() is None  # the overlay's placeholder blue: no release yet
+
+    # first release goes to blue (what the overlay selects): no selector patch needed
+    h.release("blue", V1, "v1.3.0")
+    assert api.patches("Service") == [] and t.live_color() == "blue"
+    assert api.obj("Deployment", "backend-blue")["spec"]["replicas"] == 5  # the overlay's count, kept
+
+    # v1.4.0 on the idle green
+    api.calls.clear()
+    t.start_color("green", V2, "v1.4.0", t.load_state())
+    assert [name for name, _ in api.patches("Deployment")] == ["backend-green", "frontend-green"]
+    green = api.obj("Deployment", "backend-green")
+    assert green["spec"]["replicas"] == 5 and api.obj("Deployment", "frontend-green")["spec"]["replicas"] == 3
+    assert green["spec"]["template"]["spec"]["containers"][0]["image"] == V2["backend"]
+    assert green["spec"]["template"]["metadata"]["labels"]["sunday.version"] == "v1.4.0"
+    assert rollout_status(green).health == "starting"
+    before = api.now
+    replicas = t.wait_healthy("green", 120)
+    assert api.now - before == 3 * 2.0  # three controller ticks of 2 s: simulated, nobody slept
+    assert [(r.name, r.endpoint, r.health, r.ready, r.version) for r in replicas] == [
+        ("backend-green", "backend-green.sunday-production.svc:80", "healthy", 5, "v1.4.0"),
+        ("frontend-green", "frontend-green.sunday-production.svc:80", "healthy", 3, "v1.4.0")]
+    assert h.selectors()["backend"]["color"] == "blue"  # nothing moved before the switch
+
+    api.calls.clear()
+    t.switch("green")
+    assert api.patches("Service") == [("backend", {"spec": {"selector": {"color": "green"}}}),
+                                      ("frontend", {"spec": {"selector": {"color": "green"}}})]
+    assert h.selectors() == {"backend": {"app": "backend", "color": "green"},
+                             "frontend": {"app": "frontend", "color": "green"}}
+    assert [n for n, _ in api.patches("HorizontalPodAutoscaler")] == ["backend", "frontend"]
+    assert api.obj("HorizontalPodAutoscaler", "backend")["spec"]["scaleTargetRef"]["name"] == "backend-green"
+    assert t.live_color() == "green"
+
+    # the old color is kept: 0 pods, same image, its count recorded
+    t.stop_color("blue")
+    blue = api.obj("Deployment", "backend-blue")
+    assert blue["spec"]["replicas"] == 0 and recorded_replicas(blue) == 5
+    assert blue["spec"]["template"]["spec"]["containers"][0]["image"] == V1["backend"]
+    assert t.replicas("blue") == [] and [r.health for r in t.replicas("blue", include_stopped=True)] == ["exited"] * 2
+    assert t.version_of("blue") == "v1.3.0"
+
+    # rollback: restart the kept blue, switch back, stop green
+    t.restart_color("blue")
+    assert api.obj("Deployment", "backend-blue")["spec"]["replicas"] == 5
+    assert api.obj("Deployment", "frontend-blue")["spec"]["replicas"] == 3
+    t.wait_healthy("blue", 60)
+    t.switch("blue")
+    t.stop_color("green")
+    assert {s["color"] for s in h.selectors().values()} == {"blue"} and t.live_color() == "blue"
+    assert api.obj("HorizontalPodAutoscaler", "frontend")["spec"]["scaleTargetRef"]["name"] == "frontend-blue"
+    assert api.obj("Deployment", "backend-blue")["spec"]["template"]["spec"]["containers"][0]["image"] == V1["backend"]
+
+
+def test_state_file_and_docker_duties(h: Harness, tmp_path: Path) -> None:
+    t = h.target
+    state = t.load_state()
+    state.live, state.replicas = "green", {"backend": 2}
+    t.save_state(state)
+    assert t.root == tmp_path / "envs" / "production" and (t.root / "state.json").is_file()
+    assert t.load_state().replicas == {"backend": 2}
+    t.ensure_database()
+    assert t.access_log_size() == 0 and t.statuses_since(0, "green") == []
+    t.start_color("green", {"backend": V2["backend"]}, "v1.4.0", t.load_state())
+    assert h.api.obj("Deployment", "backend-green")["spec"]["replicas"] == 2  # the scale flow's count wins
+    t.scale_service("green", "backend", V2["backend"], "v1.4.0", 4)
+    assert h.api.obj("Deployment", "backend-green")["spec"]["replicas"] == 4
+    assert rollout_status(h.api.obj("Deployment", "backend-green")).health == "starting"
+
+
+@pytest.mark.parametrize(("fault", "expected"), [
+    ("crashing_images", ["CrashLoopBackOff", "Back-off restarting failed container backend in pod backend-green-"]),
+    ("unpullable_images", ["ImagePullBackOff", f'Failed to pull image "{V2["backend"]}": not found']),
+])
+def test_failed_readiness_aborts_naming_the_deployment_and_events(overlay: list[dict], tmp_path: Path, fault: str,
+                                                                  expected: list[str]) -> None:
+    h = Harness(overlay, tmp_path, **{fault: {V2["backend"]}})
+    t = h.target
+    h.release("blue", V1, "v1.3.0")
+    t.start_color("green", V2, "v1.4.0", t.load_state())
+    started = h.api.now
+    with pytest.raises(RolloutAborted) as caught:
+        t.wait_healthy("green", 120)
+    message = str(caught.value)
+    assert message.startswith("Deployment sunday-production/backend-green did not become ready: pod backend-green-")
+    for part in expected:
+        assert part in message
+    assert h.api.now - started < 10  # a pod that will not recover does not wait for the timeout
+    with pytest.raises(RolloutAborted, match="refusing to switch to green: Deployment sunday-production/backend-green"
+                                             " has no ready pod"):
+        t.switch("green")
+    assert {s["color"] for s in h.selectors().values()} == {"blue"}
+    assert [n for n, _ in h.api.patches("Service")] == []  # traffic never switched
+
+
+def test_progress_deadline_exceeded_aborts(overlay: list[dict], tmp_path: Path) -> None:
+    h = Harness(overlay, tmp_path, stuck_images={V2["frontend"]}, progress_deadline_ticks=4)
+    h.release("blue", V1, "v1.3.0")
+    h.target.start_color("green", V2, "v1.4.0", h.target.load_state())
+    with pytest.raises(RolloutAborted, match=r"Deployment sunday-production/frontend-green did not become ready: "
+                                             r"ProgressDeadlineExceeded: ReplicaSet .* has timed out progressing"):
+        h.target.wait_healthy("green", 600)
+
+
+def test_readiness_timeout_aborts(overlay: list[dict], tmp_path: Path) -> None:
+    h = Harness(overlay, tmp_path, stuck_images={V2["frontend"]})
+    h.release("blue", V1, "v1.3.0")
+    h.target.start_color("green", V2, "v1.4.0", h.target.load_state())
+    started = h.api.now
+    with pytest.raises(RolloutAborted, match=r"frontend-green did not become ready: 0 of 3 pods ready after 10s"):
+        h.target.wait_healthy("green", 10)
+    assert 10 <= h.api.now - started <= 12
+
+
+def test_api_500s_are_retried_then_succeed(h: Harness) -> None:
+    h.release("blue", V1, "v1.3.0")
+    h.target.start_color("green", V2, "v1.4.0", h.target.load_state())
+    h.target.wait_healthy("green", 120)
+    h.sleeps.clear()
+    h.api.fail_next("patch", "Service", 500, times=2, name="backend")
+    h.api.fail_next("patch", "HorizontalPodAutoscaler", 409, times=1)
+    h.target.switch("green")
+    assert {s["color"] for s in h.selectors().values()} == {"green"}
+    assert len(h.sleeps) == 3 and 0.4 <= h.sleeps[0] <= 0.6 and 1.6 <= h.sleeps[1] <= 2.4  # backoff with jitter
+    assert [n for n, _ in h.api.patches("Service")] == ["backend", "frontend"]  # one successful patch each
+
+
+def test_persistent_500_is_a_pipeline_error_naming_the_object(h: Harness) -> None:
+    h.api.fail_next("patch", "Deployment", 500, times=99)
+    with pytest.raises(PipelineError, match=r"Kubernetes API: patch Deployment sunday-production/backend-green "
+                                            r"failed \(HTTP 500\): Internal Server Error"):
+        h.target.start_color("green", V2, "v1.4.0", h.target.load_state())
+    assert len(h.sleeps) == 3  # three retries, then it gives up
+    h.sleeps.clear()
+    h.api.fail_next("read", "Deployment", 403, times=1)
+    with pytest.raises(PipelineError, match=r"read Deployment sunday-production/backend-blue failed \(HTTP 403\)"):
+        h.target.replicas("blue")
+    assert h.sleeps == []  # 403 is not retried
+
+
+def test_failed_switch_puts_traffic_back(h: Harness) -> None:
+    h.release("blue", V1, "v1.3.0")
+    h.target.start_color("green", V2, "v1.4.0", h.target.load_state())
+    h.target.wait_healthy("green", 120)
+    h.api.fail_next("patch", "Service", 503, times=99, name="frontend")
+    with pytest.raises(PipelineError, match=r"switch to green failed \(traffic put back\): .*Service "
+                                            r"sunday-production/frontend failed \(HTTP 503\)"):
+        h.target.switch("green")
+    assert {s["color"] for s in h.selectors().values()} == {"blue"}
+    assert h.api.patches("Service") == [("backend", selector_patch("green")), ("backend", selector_patch("blue"))]
+
+
+def test_live_color_reads_the_selector(h: Harness) -> None:
+    h.release("blue", V1, "v1.3.0")
+    h.target.start_color("green", V2, "v1.4.0", h.target.load_state())
+    assert h.target.live_color() == "blue"
+    for service in ("backend", "frontend"):
+        h.api.obj("Service", service)["spec"]["selector"]["color"] = "green"  # someone else switched
+    assert h.target.live_color() == "green"
+    h.api.obj("Service", "frontend")["spec"]["selector"]["color"] = "blue"
+    with pytest.raises(PipelineError, match=r"disagree \(backend → green, frontend → blue\)"):
+        h.target.live_color()
+
+
+def test_restart_without_a_kept_release_aborts(h: Harness) -> None:
+    with pytest.raises(RolloutAborted, match="no kept release on green"):
+        h.target.restart_color("green")
+    with pytest.raises(RolloutAborted, match="no Deployment of green in sunday-production runs pods"):
+        h.target.wait_healthy("green", 5)
+
+
+def test_migration_job_succeeds_and_returns_its_log(h: Harness) -> None:
+    out = h.target.run_once(V2["backend"], ["python3", "-m", "migrate"], "backend", "v1.4.0")
+    assert out.strip().splitlines()[-1] == "migrations: 1 applied"
+    (job,) = h.api.jobs.values()
+    assert job["metadata"]["name"] == "backend-migrate-v1-4-0-x1y2z3"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python3", "-m", "migrate"]
+
+
+def test_migration_job_failure_aborts_with_the_log_tail(overlay: list[dict], tmp_path: Path) -> None:
+    log = "".join(f"line {i}\n" for i in range(30)) + 'psycopg.errors.DuplicateTable: relation "boards" exists\n'
+    h = Harness(overlay, tmp_path, failing_jobs={V2["backend"]: log})
+    with pytest.raises(RolloutAborted) as caught:
+        h.target.run_once(V2["backend"], ["python3", "-m", "migrate"], "backend", "v1.4.0")
+    message = str(caught.value)
+    assert message.startswith("migration Job sunday-production/backend-migrate-v1-4-0-x1y2z3 failed: "
+                              "BackoffLimitExceeded: Job has reached the specified backoff limit")
+    assert message.endswith('line 29\npsycopg.errors.DuplicateTable: relation "boards" exists')
+    assert "line 21" not in message  # only the tail
+
+
+def test_migration_job_timeout(overlay: list[dict], tmp_path: Path) -> None:
+    h = Harness(overlay, tmp_path, job_ticks=10**6)
+    with pytest.raises(RolloutAborted, match=r"backend-migrate-v1-4-0-x1y2z3 failed: still running after 60s"):
+        h.target.run_once(V2["backend"], ["true"], "backend", "v1.4.0")
+
+
+# ============================================================== a real cluster (opt-in, read-only)
+@pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="needs a Kubernetes cluster: KUBECONFIG not set")
+def test_live_color_of_a_real_namespace(tmp_path: Path) -> None:
+    """Reads the live Services of SUNDAY_KUBE_NAMESPACE (default sunday-staging); changes nothing."""
+    namespace = os.environ.get("SUNDAY_KUBE_NAMESPACE", "sunday-staging")
+    config = make_config()
+    env = Environment(target="kubernetes", kube_context=os.environ.get("SUNDAY_KUBE_CONTEXT"))
+    target = KubernetesTarget(config, "staging", env, tmp_path, api=KubernetesApi.from_context(env.kube_context),
+                              namespace=namespace)
+    try:
+        service = target.api.read_service(namespace, "backend")
+        color = selected_color(service)
+        print(f"{namespace}: live Service backend selects {color}; live color {target.live_color()}")
+        assert color in ("blue", "green")
+    finally:
+        target.teardown()
+
+
+# ============================================================== the real client wrapper, over HTTP
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers like an API server for a few paths and records what the client sent (not a Kubernetes fake)."""
+
+    seen: ClassVar[list[tuple[str, str, str, str]]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        self.seen.append((self.command, self.path, self.headers.get("Content-Type") or "", body))
+        if "missing" in self.path:
+            status, payload = 404, {"kind": "Status", "message": 'deployments.apps "missing" not found', "code": 404}
+        elif self.path.endswith("/log?tailLines=5"):
+            status, payload = 200, None
+        else:
+            status, payload = 200, {"kind": "Deployment", "metadata": {"name": "backend-green"},
+                                    "spec": {"selector": {"color": "green"}}, "items": []}
+        data = b"line 1\nline 2\n" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PATCH = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_kubernetes_api_wrapper_speaks_http_correctly() -> None:
+    from kubernetes import client
+    from kubernetes.client import ApiException
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api = KubernetesApi(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{server.server_port}")))
+    try:
+        assert api.read_deployment("ns", "backend-green")["metadata"]["name"] == "backend-green"
+        api.patch_deployment("ns", "backend-green", scale_patch(0, record=5))
+        api.patch_service("ns", "backend", selector_patch("green"))
+        api.patch_hpa("ns", "backend", hpa_patch("backend", "green"))
+        assert api.list_pods("ns", "app=backend,color=green") == []
+        assert api.read_pod_log("ns", "pod-1", 5) == "line 1\nline 2\n"
+        with pytest.raises(ApiException) as caught:
+            api.read_deployment("ns", "missing")
+        assert caught.value.status == 404 and "not found" in api_error_message(
+            caught.value, "read", "Deployment", "ns", "missing")
+    finally:
+        api.close()
+        server.shutdown()
+        server.server_close()
+    sent = {(m, p.split("?")[0]): (ct, body) for m, p, ct, body in _Recorder.seen}
+    assert sent[("PATCH", "/apis/apps/v1/namespaces/ns/deployments/backend-green")] == (
+        "application/strategic-merge-patch+json", json.dumps(scale_patch(0, record=5)))
+    assert sent[("PATCH", "/api/v1/namespaces/ns/services/backend")][0] == "application/strategic-merge-patch+json"
+    assert sent[("PATCH", "/apis/autoscaling/v2/namespaces/ns/horizontalpodautoscalers/backend")][0] == \
+        "application/merge-patch+json"
+    assert ("GET", "/api/v1/namespaces/ns/pods") in sent
+    gone = client.Configuration(host=f"http://127.0.0.1:{server.server_port}")
+    gone.retries = False  # the server is shut down: connection refused at once
+    dead = KubernetesApi(client.ApiClient(gone))
+    with pytest.raises(ApiException) as caught:
+        dead.read_service("ns", "backend")
+    assert caught.value.status == 0 and "no answer" in str(caught.value.reason)
+    dead.close()

@@ -1,0 +1,596 @@
+"""The git-push receiver: signature, payload and build rule (pure), a real server on a free port,
+and the `git.push` event read back from a real Prefect server."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from sunday_release.errors import InputError
+from sunday_release.webhook import (
+    PushEvent,
+    PushPayloadError,
+    WebhookServer,
+    emit_prefect_event,
+    event_payload,
+    load_secret,
+    make_server,
+    parse_push,
+    repository_slug,
+    should_build,
+    sign,
+    verify_signature,
+)
+from tests.conftest import free_port
+
+SECRET = b"It's a Secret to Everybody"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+RELEASE_TAGS = r"^v\d+\.\d+\.\d+$"
+
+
+def github_signature(secret: bytes, body: bytes) -> str:
+    """How GitHub documents the header, written out here independently of the module."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def push_body(ref: Any = "refs/heads/main", after: Any = SHA, **extra: Any) -> bytes:
+    payload: dict[str, Any] = {
+        "ref": ref, "before": "f" * 40, "after": after, "deleted": False, "created": False,
+        "repository": {"full_name": "acme/shop", "html_url": "https://github.com/acme/shop",
+                       "clone_url": "https://github.com/acme/shop.git"},
+        "pusher": {"name": "octocat", "email": "octocat@example.invalid"},
+        "head_commit": {"id": after, "message": "fix"},
+    }
+    payload.update(extra)
+    return json.dumps(payload).encode()
+
+
+# --- verify_signature ---------------------------------------------------------------------------
+
+
+def test_signature_of_githubs_documented_example() -> None:
+    # https://docs.github.com/webhooks/using-webhooks/validating-webhook-deliveries#testing-the-webhook-payload-validation
+    header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    assert verify_signature(SECRET, b"Hello, World!", header)
+    assert not verify_signature(SECRET, b"Hello, World?", header)
+
+
+def _equivalent_keys(a: bytes, b: bytes) -> bool:
+    # HMAC pads keys shorter than the block with zero bytes, so b"k" and b"k\0" are the same key.
+    return a.rstrip(b"\0") == b.rstrip(b"\0")
+
+
+@given(secret=st.binary(min_size=1, max_size=80), body=st.binary(max_size=512),
+       other_secret=st.binary(min_size=1, max_size=80), other_body=st.binary(max_size=512))
+def test_a_header_verifies_iff_it_was_made_from_the_same_secret_and_body(
+        secret: bytes, body: bytes, other_secret: bytes, other_body: bytes) -> None:
+    assert verify_signature(secret, body, github_signature(secret, body))
+    assert sign(secret, body) == github_signature(secret, body)
+    assume(not (_equivalent_keys(secret, other_secret) and body == other_body))
+    assert not verify_signature(secret, body, github_signature(other_secret, other_body))
+
+
+@given(secret=st.binary(min_size=1, max_size=64), body=st.binary(max_size=256), data=st.data())
+def test_a_tampered_header_never_verifies(secret: bytes, body: bytes, data: st.DataObject) -> None:
+    good = github_signature(secret, body)
+    i = data.draw(st.integers(min_value=len("sha256="), max_value=len(good) - 1))
+    flipped = good[:i] + ("0" if good[i] != "0" else "1") + good[i + 1:]
+    for header in (flipped, good[:-1], good[len("sha256="):], "sha1=" + good[len("sha256="):], good.upper(),
+                   good + "0", "", None):
+        assert not verify_signature(secret, body, header)
+
+
+def test_an_empty_secret_verifies_nothing() -> None:
+    assert not verify_signature(b"", b"x", github_signature(b"", b"x"))
+
+
+def test_a_non_ascii_header_is_refused_not_an_error() -> None:
+    assert not verify_signature(SECRET, b"x", "sha256=é")
+
+
+# --- parse_push ---------------------------------------------------------------------------------
+
+
+def test_parse_push() -> None:
+    event = parse_push(push_body(), delivery="d-1")
+    assert event == PushEvent(ref="refs/heads/main", sha=SHA, repository="https://github.com/acme/shop.git",
+                              pusher="octocat", delivery="d-1", deleted=False)
+
+
+def test_parse_push_falls_back_to_html_url_and_other_pusher_fields() -> None:
+    event = parse_push(push_body(repository={"html_url": "https://git.example.com/acme/shop"},
+                                 pusher={"username": "gitea-user"}))
+    assert (event.repository, event.pusher) == ("https://git.example.com/acme/shop", "gitea-user")
+
+
+def test_parse_push_marks_deleted_refs() -> None:
+    assert parse_push(push_body(deleted=True)).deleted
+    assert parse_push(push_body(after="0" * 40)).deleted
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b"{not json", "(body)"),
+    (b"\xff\xfe", "(body)"),
+    (b"[1, 2]", "(body)"),
+    (json.dumps({"after": SHA}).encode(), "ref"),
+    (push_body(ref=""), "ref"),
+    (push_body(ref=7), "ref"),
+    (push_body(ref="refs/heads/../../etc"), "ref"),
+    (push_body(ref="refs/heads/x; rm -rf /"), "ref"),
+    (push_body(after="HEAD"), "after"),
+    (push_body(after=None), "after"),
+    (push_body(repository={"full_name": "acme/shop"}), "repository.clone_url or repository.html_url"),
+    (push_body(repository="acme/shop"), "repository.clone_url or repository.html_url"),
+    (push_body(repository={"clone_url": "/srv/git/shop"}), "repository.clone_url"),
+    (push_body(pusher={"email": "x@y"}), "pusher.name or pusher.username or pusher.login"),
+    (push_body(deleted="yes"), "deleted"),
+])
+def test_parse_push_names_the_bad_field(body: bytes, field: str) -> None:
+    with pytest.raises(PushPayloadError) as info:
+        parse_push(body)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+    assert field in str(info.value)
+
+
+# --- should_build -------------------------------------------------------------------------------
+
+
+def event(ref: str, sha: str = SHA, deleted: bool = False) -> PushEvent:
+    return PushEvent(ref=ref, sha=sha, repository="https://github.com/acme/shop.git", pusher="o", deleted=deleted)
+
+
+@pytest.mark.parametrize(("ref", "built"), [
+    ("refs/heads/main", True),
+    ("refs/heads/feature/x", False),
+    ("refs/heads/main-old", False),
+    ("refs/heads/v1.2.3", False),  # a branch named like a release is not a release
+    ("refs/tags/v1.2.3", True),
+    ("refs/tags/v1.2", False),
+    ("refs/tags/v1.2.3-rc1", False),
+    ("refs/tags/main", False),
+    ("main", False),
+])
+def test_should_build(ref: str, built: bool) -> None:
+    assert should_build(event(ref), "main", RELEASE_TAGS) is built
+
+
+def test_should_build_never_builds_a_deleted_ref() -> None:
+    assert not should_build(event("refs/heads/main", deleted=True), "main", RELEASE_TAGS)
+    assert not should_build(event("refs/tags/v1.2.3", sha="0" * 40), "main", RELEASE_TAGS)
+
+
+def test_should_build_follows_the_config() -> None:
+    assert should_build(event("refs/heads/trunk"), "trunk", r"^release-\d+$")
+    assert not should_build(event("refs/heads/main"), "trunk", r"^release-\d+$")
+    assert should_build(event("refs/tags/release-7"), "trunk", r"^release-\d+$")
+
+
+def test_event_payload_carries_the_short_ref_ci_expects() -> None:
+    payload = event_payload(PushEvent("refs/tags/v1.2.3", SHA, "git@github.com:acme/shop.git", "o", "d"))
+    assert payload == {"ref": "v1.2.3", "full_ref": "refs/tags/v1.2.3", "sha": SHA,
+                       "repository": "git@github.com:acme/shop.git", "pusher": "o", "delivery": "d"}
+
+
+@pytest.mark.parametrize(("url", "slug"), [
+    ("https://github.com/acme/shop.git", "github.com/acme/shop"),
+    ("https://github.com/acme/shop", "github.com/acme/shop"),
+    ("git@github.com:acme/shop.git", "github.com/acme/shop"),
+    ("ssh://git@git.example.com:2222/acme/shop.git", "git.example.com/acme/shop"),
+])
+def test_repository_slug(url: str, slug: str) -> None:
+    assert repository_slug(url) == slug
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+class Recorded:
+    """The emit test double: records what the server would have sent to Prefect."""
+
+    def __init__(self) -> None:
+        self.events: list[PushEvent] = []
+        self.lock = threading.Lock()
+        self.fail_next = 0
+
+    def __call__(self, event: PushEvent) -> None:
+        with self.lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise ConnectionError("prefect server unreachable (test double)")
+            self.events.append(event)
+
+
+@pytest.fixture
+def recorded() -> Recorded:
+    return Recorded()
+
+
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture
+def server(recorded: Recorded) -> Iterator[WebhookServer]:
+    srv = make_server("127.0.0.1", free_port(), SECRET, recorded, default_branch="main", release_tags=RELEASE_TAGS,
+                      max_body=MAX_BODY)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+def url(srv: WebhookServer, path: str = "/webhook") -> str:
+    host, port = srv.server_address[:2]
+    return f"http://{host!s}:{port}{path}"
+
+
+def deliver(srv: WebhookServer, body: bytes, *, kind: str | None = "push", delivery: str | None = None,
+            signature: str | None = "sign", path: str = "/webhook") -> httpx.Response:
+    headers = {"Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/test"}
+    if kind is not None:
+        headers["X-GitHub-Event"] = kind
+    headers["X-GitHub-Delivery"] = delivery if delivery is not None else str(uuid.uuid4())
+    if signature == "sign":
+        headers["X-Hub-Signature-256"] = github_signature(SECRET, body)
+    elif signature is not None:
+        headers["X-Hub-Signature-256"] = signature
+    return httpx.post(url(srv, path), content=body, headers=headers, timeout=10)
+
+
+def test_a_signed_push_to_main_is_accepted_and_emitted(server: WebhookServer, recorded: Recorded) -> None:
+    response = deliver(server, push_body(), delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
+
+    assert response.status_code == 202
+    assert response.json() == {"status": "accepted", "ref": "main", "sha": SHA,
+                               "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
+    assert recorded.events == [PushEvent("refs/heads/main", SHA, "https://github.com/acme/shop.git", "octocat",
+                                         "72d3162e-cc78-11e3-81ab-4c9367dc0958")]
+
+
+def test_a_release_tag_is_accepted_at_the_root_path_too(server: WebhookServer, recorded: Recorded) -> None:
+    response = deliver(server, push_body(ref="refs/tags/v2.0.1"), path="/")
+    assert response.status_code == 202 and response.json()["status"] == "accepted"
+    assert [e.ref for e in recorded.events] == ["refs/tags/v2.0.1"]
+
+
+@pytest.mark.parametrize("signature", [
+    None, "", "sha256=" + "0" * 64, github_signature(b"another secret", push_body()), "sha1=abc",
+])
+def test_missing_or_bad_signature_is_401(server: WebhookServer, recorded: Recorded, signature: str | None) -> None:
+    response = deliver(server, push_body(), signature=signature)
+    assert response.status_code == 401
+    assert "X-Hub-Signature-256" in response.json()["error"]
+    assert SECRET.decode() not in response.text
+    assert recorded.events == []
+
+
+def test_the_signature_is_checked_before_the_json_is_parsed(server: WebhookServer) -> None:
+    assert deliver(server, b"{not json", signature="sha256=" + "0" * 64).status_code == 401
+    assert deliver(server, b"{not json").status_code == 400
+
+
+def test_a_signature_over_another_body_is_401(server: WebhookServer, recorded: Recorded) -> None:
+    forged = push_body(ref="refs/tags/v9.9.9")
+    response = deliver(server, forged, signature=github_signature(SECRET, push_body()))
+    assert response.status_code == 401 and recorded.events == []
+
+
+def test_a_body_over_the_limit_is_413(server: WebhookServer, recorded: Recorded) -> None:
+    body = push_body(padding="x" * MAX_BODY)
+    response = deliver(server, body)
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+    assert recorded.events == []
+
+
+def _raw_request(srv: WebhookServer, head: str, timeout: float = 5) -> tuple[int, dict[str, Any], float]:
+    """Send only the request head; return status, JSON body and seconds to the answer."""
+    host, port = srv.server_address[:2]
+    started = time.monotonic()
+    with socket.create_connection((str(host), int(port)), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1]), time.monotonic() - started
+
+
+def test_the_declared_length_is_checked_before_anything_is_read(server: WebhookServer) -> None:
+    # Content-Length of 1 GiB and no body at all: the answer must come at once, not after a read.
+    status, body, took = _raw_request(
+        server, f"POST /webhook HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: {2**30}\r\n\r\n")
+    assert status == 413 and "larger than the limit" in body["error"]
+    assert took < 2
+
+
+def test_a_chunked_body_without_length_is_refused(server: WebhookServer) -> None:
+    status, body, _ = _raw_request(
+        server, "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert status == 411 and "Content-Length" in body["error"]
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json",
+    b"[]",
+    json.dumps({"ref": "refs/heads/main"}).encode(),
+    push_body(after="not-a-sha"),
+])
+def test_malformed_push_is_400(server: WebhookServer, recorded: Recorded, body: bytes) -> None:
+    response = deliver(server, body)
+    assert response.status_code == 400
+    assert "push payload" in response.json()["error"]
+    assert recorded.events == []
+
+
+def test_ping_is_200_pong(server: WebhookServer, recorded: Recorded) -> None:
+    body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
+    response = deliver(server, body, kind="ping")
+    assert response.status_code == 200 and response.json() == {"status": "pong"}
+    assert deliver(server, body, kind="ping", signature=None).status_code == 401
+    assert recorded.events == []
+
+
+def test_other_events_are_202_ignored(server: WebhookServer, recorded: Recorded) -> None:
+    response = deliver(server, json.dumps({"action": "opened"}).encode(), kind="pull_request")
+    assert response.status_code == 202 and response.json()["status"] == "ignored"
+    assert deliver(server, push_body(), kind=None).status_code == 400  # no event header at all
+    assert recorded.events == []
+
+
+@pytest.mark.parametrize("ref", ["refs/heads/feature/login", "refs/tags/v1.2", "refs/tags/nightly"])
+def test_refs_the_config_does_not_build_are_202_ignored(server: WebhookServer, recorded: Recorded, ref: str) -> None:
+    response = deliver(server, push_body(ref=ref))
+    assert response.status_code == 202
+    assert response.json()["status"] == "ignored"
+    assert recorded.events == []
+
+
+def test_a_deleted_branch_is_ignored(server: WebhookServer, recorded: Recorded) -> None:
+    response = deliver(server, push_body(after="0" * 40, deleted=True))
+    assert response.status_code == 202 and response.json() == {"status": "ignored", "reason": "ref deleted"}
+    assert recorded.events == []
+
+
+def test_a_duplicate_delivery_is_not_emitted_twice(server: WebhookServer, recorded: Recorded) -> None:
+    body = push_body()
+    first = deliver(server, body, delivery="d-42")
+    again = deliver(server, body, delivery="d-42")
+    other = deliver(server, body, delivery="d-43")
+
+    assert (first.status_code, first.json()["status"]) == (202, "accepted")
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    assert other.status_code == 202
+    assert [e.delivery for e in recorded.events] == ["d-42", "d-43"]
+
+
+def test_concurrent_duplicates_are_emitted_once(server: WebhookServer, recorded: Recorded) -> None:
+    body = push_body()
+    statuses: list[int] = []
+
+    def send() -> None:
+        statuses.append(deliver(server, body, delivery="same").status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(statuses) == [200] * 15 + [202]
+    assert len(recorded.events) == 1
+
+
+def test_the_last_10000_deliveries_are_remembered(server: WebhookServer) -> None:
+    ids = server.deliveries
+    assert ids.add("first")
+    for i in range(9_999):
+        ids.add(f"id-{i}")
+    assert not ids.add("first")  # still remembered (and now the most recent)
+    ids.add("one-more")
+    assert len(ids) == 10_000
+    assert ids.add("id-0")  # the oldest was forgotten
+
+
+def test_a_failed_emit_is_503_and_the_delivery_can_be_retried(server: WebhookServer, recorded: Recorded) -> None:
+    recorded.fail_next = 1
+    body = push_body()
+    failed = deliver(server, body, delivery="d-retry")
+    assert failed.status_code == 503 and "could not emit" in failed.json()["error"]
+    retried = deliver(server, body, delivery="d-retry")
+    assert retried.status_code == 202 and [e.delivery for e in recorded.events] == ["d-retry"]
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_non_post_is_405(server: WebhookServer, recorded: Recorded, method: str) -> None:
+    response = httpx.request(method, url(server), content=push_body(), timeout=10)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert recorded.events == []
+
+
+def test_neither_the_secret_nor_the_signature_is_logged(server: WebhookServer,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = push_body()
+    deliver(server, body)
+    deliver(server, body, signature="sha256=" + "ab" * 32)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "POST /webhook" in logged and "git.push refs/heads/main" in logged
+    for secret in (SECRET.decode(), github_signature(SECRET, body)[len("sha256="):], "ab" * 32):
+        assert secret not in logged
+
+
+def test_healthz_and_unknown_paths(server: WebhookServer) -> None:
+    assert httpx.get(url(server, "/healthz"), timeout=10).json() == {"status": "ok"}
+    assert deliver(server, push_body(), path="/elsewhere").status_code == 404
+
+
+def test_make_server_refuses_an_empty_secret_and_a_bad_regex(recorded: Recorded) -> None:
+    with pytest.raises(InputError, match="empty"):
+        make_server("127.0.0.1", 0, b"", recorded)
+    with pytest.raises(InputError, match="release_tags"):
+        make_server("127.0.0.1", 0, SECRET, recorded, release_tags="v(")
+
+
+# --- the secret ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
+
+
+def test_load_secret_from_the_environment(no_api: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUNDAY_WEBHOOK_SECRET", "from-env")
+    assert load_secret() == b"from-env"
+
+
+def test_load_secret_without_any_is_an_input_error(no_api: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUNDAY_WEBHOOK_SECRET", raising=False)
+    with pytest.raises(InputError, match="no webhook secret"):
+        load_secret()
+
+
+def test_emit_without_an_api_url_is_an_input_error(no_api: None) -> None:
+    with pytest.raises(InputError, match="PREFECT_API_URL"):
+        emit_prefect_event(event("refs/heads/main"))
+
+
+# --- against a real Prefect server --------------------------------------------------------------
+
+
+def test_the_secret_block_wins_over_the_environment(prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.system import Secret
+
+    monkeypatch.setenv("SUNDAY_WEBHOOK_SECRET", "from-env")
+    assert load_secret() == b"from-env"  # no block yet
+    Secret(value="from-block").save("sunday-webhook-secret", overwrite=True)
+    try:
+        assert load_secret() == b"from-block"
+    finally:
+        Secret.delete("sunday-webhook-secret")
+
+
+def _read_push_events(resource_id: str, timeout: float = 15) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=["git.push"]),
+                                                         resource=EventResourceFilter(id=[resource_id])),
+                                       limit=50)  # the client's default (100) is over the server's maximum
+            if page.events or time.monotonic() > deadline:
+                return list(page.events)
+            time.sleep(0.5)
+
+
+def test_emit_prefect_event_reaches_the_server(prefect_api: str) -> None:
+    repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
+    push = PushEvent("refs/tags/v1.4.0", SHA, repo, "octocat", delivery="d-prefect")
+
+    emit_prefect_event(push)
+
+    events = _read_push_events(f"git.repository.{repository_slug(repo)}")
+    assert len(events) == 1
+    assert events[0].event == "git.push"
+    assert events[0].payload == {"ref": "v1.4.0", "full_ref": "refs/tags/v1.4.0", "sha": SHA, "repository": repo,
+                                 "pusher": "octocat", "delivery": "d-prefect"}
+
+
+def test_a_signed_push_through_the_server_reaches_prefect(prefect_api: str) -> None:
+    repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
+    srv = make_server("127.0.0.1", free_port(), SECRET, emit_prefect_event)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        response = deliver(srv, push_body(repository={"clone_url": repo}))
+        assert response.status_code == 202, response.text
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+    events = _read_push_events(f"git.repository.{repository_slug(repo)}")
+    assert [(e.payload["ref"], e.payload["sha"]) for e in events] == [("main", SHA)]
+
+
+def test_a_short_lived_process_flushes_the_event_before_it_exits(prefect_api: str, tmp_path: Any) -> None:
+    repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
+    code = ("import os, sys\n"
+            "from sunday_release.webhook import PushEvent, emit_prefect_event\n"
+            f"emit_prefect_event(PushEvent('refs/heads/main', {SHA!r}, {repo!r}, 'octocat', 'd-short'))\n"
+            "os._exit(0)  # no atexit hooks: only emit_prefect_event's own flush can have sent it\n")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+    events = _read_push_events(f"git.repository.{repository_slug(repo)}")
+    assert [(e.payload["ref"], e.payload["delivery"]) for e in events] == [("main", "d-short")]
+
+
+def test_serve_end_to_end_with_the_config_build_rule(prefect_api: str, tmp_path: Any) -> None:
+    """What `sunday-release webhook --port P` runs: the env secret, the config's branch, the real server."""
+    (tmp_path / "sunday-release.yaml").write_text(
+        "project: shop\ndefault_branch: trunk\nservices:\n  web: {context: web, port: 8000}\n")
+    port = free_port()
+    repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
+    code = ("from pathlib import Path\nfrom sunday_release.webhook import serve\n"
+            f"serve({port}, config_path=Path({str(tmp_path)!r}))\n")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "SUNDAY_WEBHOOK_SECRET": SECRET.decode()}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        srv_url = f"http://127.0.0.1:{port}/webhook"
+        for ref, status in (("refs/heads/main", "ignored"), ("refs/heads/trunk", "accepted")):
+            body = push_body(ref=ref, repository={"clone_url": repo})
+            response = httpx.post(srv_url, content=body, timeout=30, headers={
+                "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()),
+                "X-Hub-Signature-256": github_signature(SECRET, body)})
+            assert response.status_code == 202 and response.json()["status"] == status, response.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "listening on http://127.0.0.1" in stderr and "git.push refs/heads/trunk" in stderr
+    assert SECRET.decode() not in stderr
+
+    events = _read_push_events(f"git.repository.{repository_slug(repo)}")
+    assert [e.payload["ref"] for e in events] == ["trunk"]
