@@ -33,7 +33,8 @@ class _Progress(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if not getattr(record, "sunday_progress", False):
             return
-        who = re.sub(r"-[0-9a-f]{3}$", "", getattr(record, "task_run_name", None) or "ci")
+        who = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None) or "flow"
+        who = re.sub(r"-[0-9a-f]{3}$", "", who)
         elapsed = time.monotonic() - self.started
         sys.stderr.write(f"[{elapsed:6.1f}s] {who:<20} {record.getMessage()}\n")
 
