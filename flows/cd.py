@@ -20,6 +20,7 @@ from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.refs import validate_ref, validate_repo
 from sunday_release.settings import Settings
+from sunday_release.targets import make_target
 from sunday_release.targets.docker import DockerTarget
 from tasks._common import progress
 from tasks.deploy import describe, resolve_version, run_migrations, smoke_test, start_color, switch_traffic, watch_live
@@ -54,15 +55,7 @@ def env_lock(target: DockerTarget) -> Iterator[None]:
 
 def target_for(config: PipelineConfig, env: str) -> Any:
     """The environment's deploy target (DockerTarget or KubernetesTarget: one protocol, two implementations)."""
-    if env not in config.environments:
-        raise InputError(f"--env: {env!r} is not an environment of the config ({', '.join(config.environments)})")
-    environment = config.environments[env]
-    settings = Settings.from_env()
-    if environment.target == "kubernetes":
-        from sunday_release.targets.kubernetes import KubernetesTarget
-
-        return KubernetesTarget(config, env, environment, settings.home)
-    return DockerTarget(config, env, environment, settings.home, settings.docker, settings.db_root)
+    return make_target(config, env, Settings.from_env())
 
 
 def saved_config(env: str) -> PipelineConfig:

@@ -10,7 +10,7 @@ import httpx
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError
 from sunday_release.settings import Settings
-from sunday_release.targets.docker import DockerTarget
+from sunday_release.targets import make_target
 
 __all__ = ["environment_status", "render_status"]
 
@@ -22,7 +22,7 @@ def environment_status(env: str) -> dict[str, Any]:
     if not path.exists():
         raise InputError(f"--env: {env!r} has never been deployed on this machine")
     config = PipelineConfig.model_validate_json(path.read_text())
-    target = DockerTarget(config, env, config.environments[env], settings.home, settings.docker, settings.db_root)
+    target = make_target(config, env, settings)
     state = target.load_state()
     live = target.live_color()
     release = state.live_release()

@@ -189,6 +189,7 @@ def test_pipeline_role_grants_exactly_the_blue_green_operations(overlay: str) ->
         assert ("apps", "deployments", verb, ()) in grants
     assert ("", "services", "patch", ("backend", "frontend")) in grants
     assert {("", "pods", "get", ()), ("", "pods", "list", ()), ("", "events", "list", ())} <= grants
+    assert {("batch", "jobs", "create", ()), ("batch", "jobs", "get", ()), ("", "pods/log", "get", ())} <= grants
     assert not any(verb in ("delete", "deletecollection", "update") for _, _, verb, _ in grants)
     binding = find(objects, "RoleBinding", "sunday-release")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sunday-release"}
