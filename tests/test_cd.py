@@ -57,6 +57,7 @@ class Env:
             subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "stop", "-m",
                             "immediate", "-D", str(data)], capture_output=True, check=False)
         shutil.rmtree(self.db_root, ignore_errors=True)
+        shutil.rmtree(Path(os.environ["SUNDAY_HOME"]) / "envs" / self.name, ignore_errors=True)
 
 
 @pytest.fixture

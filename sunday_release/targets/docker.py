@@ -9,6 +9,7 @@ containers with --env-file: secrets never appear in argv). Containers are named
 from __future__ import annotations
 
 import json
+import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from sunday_release.bluegreen import Color, EnvState, render_router_config
 from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import ConfigError, PipelineError, RolloutAborted
+from sunday_release.registry import INDEX_TYPES, RegistryClient
 from sunday_release.runner import run, tail
 from sunday_release.targets.local_db import LocalDatabase
 
@@ -91,10 +93,32 @@ class DockerTarget:
             return state.replicas[service]
         return self.env.replicas.get(service, 1)
 
+    def host_image(self, image: str) -> str:
+        """The per-platform digest of a manifest list for this machine's platform.
+
+        Docker 20.10 reuses a local image of the list's digest whatever its platform (one pulled
+        for `--platform linux/arm64` would run under emulation), so containers get the exact
+        platform manifest instead.
+        """
+        name, _, digest = image.partition("@")
+        registry, _, repository = name.partition("/")
+        if not digest or not repository:
+            return image
+        arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7"}.get(platform.machine(), platform.machine())
+        with RegistryClient(registry) as client:
+            found = client.head(repository, digest)
+            if found is None or found.media_type not in INDEX_TYPES:
+                return image
+            for entry in client.platforms(repository, digest):
+                if entry.platform == f"linux/{arch}":
+                    return f"{name}@{entry.digest}"
+        raise RolloutAborted(f"{image} has no linux/{arch} image: it cannot run on this machine")
+
     def start_color(self, color: Color, images: Mapping[str, str], version: str, state: EnvState) -> None:
         """Replace the containers of `color` by fresh ones of `images` (service → image ref)."""
         self.remove_color(color)
         for service, image in images.items():
+            image = self.host_image(image)
             spec = self.config.services[service]
             env_file = self._env_file(service, version, color)
             for i in range(self.replicas_of(service, state)):
@@ -131,6 +155,7 @@ class DockerTarget:
         """Add or remove containers of `service` in `color` until `replicas` run."""
         running = [r for r in self.replicas(color, include_stopped=True) if r.service == service]
         spec = self.config.services[service]
+        image = self.host_image(image)
         env_file = self._env_file(service, version, color)
         for index in range(len(running), replicas):
             self._run_replica(service, color, index, image, version, env_file, spec.port)
@@ -184,6 +209,7 @@ class DockerTarget:
 
     def run_once(self, image: str, argv: list[str], service: str, version: str) -> str:
         """Run a one-off command (migrations) in a container of `image` with the service's environment."""
+        image = self.host_image(image)
         env_file = self._env_file(service, version, "blue")
         out = run([self.docker, "run", "--rm", "--env-file", str(env_file), "--add-host", "sunday-db:host-gateway",
                    image, *argv], timeout=600, check=False)

@@ -1,0 +1,43 @@
+"""prefect.yaml against a real Prefect server: every deployment registers with its pool, trigger and schedule."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+POOLS = ("sunday-ci", "sunday-deploy", "sunday-e2e")
+
+
+def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "SUNDAY_RELEASE_DIR": str(ROOT),
+           "SUNDAY_APP_REPO": str(tmp_path / "app-repo")}
+    for pool in POOLS:
+        subprocess.run([PREFECT, "work-pool", "create", pool, "--type", "process", "--overwrite"], env=env,
+                       check=True, capture_output=True, cwd=ROOT)
+    done = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+        automations = client.read_automations()
+    assert {"ci", "cd-staging", "cd-production", "rollback", "e2e-nightly"} <= set(deployments)
+    assert deployments["ci"].work_pool_name == "sunday-ci"
+    assert deployments["cd-production"].work_pool_name == "sunday-deploy"
+    staging = deployments["cd-staging"]
+    assert staging.global_concurrency_limit is not None and staging.global_concurrency_limit.limit == 1
+    assert staging.concurrency_options is not None
+    assert staging.concurrency_options.collision_strategy == "ENQUEUE"  # queued, not dropped
+    nightly = deployments["e2e-nightly"]
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]  # type: ignore[union-attr]
+    triggers = {a.name: a.trigger for a in automations}
+    expects = {name: sorted(getattr(t, "expect", []) or []) for name, t in triggers.items()}
+    assert any(e == ["git.push"] for e in expects.values()), expects
+    assert sum(1 for e in expects.values() if e == ["sunday.ci.passed"]) == 2, expects
