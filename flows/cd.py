@@ -173,8 +173,9 @@ def cd(env: str, version: str, repo: str) -> dict[str, Any]:
             target.save_state(state)
             _artifact(env, release, evidence)
             notify(env, "rollback", f"{version} on {env} rolled back: {release.reason}")
-            if isinstance(exc, Exception) and not isinstance(exc, RolloutAborted):
-                raise RolloutAborted(f"deploy of {version} to {env} rolled back: {describe(exc)}") from exc
+            if isinstance(exc, Exception):
+                what = "rolled back" if live is not None else "failed (nothing was live before)"
+                raise RolloutAborted(f"deploy of {version} to {env} {what}: {describe(exc)}") from exc
             raise
         time.sleep(environment.drain_seconds)  # in-flight requests of the old color finish
         if live is not None:

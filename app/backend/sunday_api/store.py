@@ -122,16 +122,29 @@ class PostgresStore:
         import psycopg2.pool
 
         self._dsn = dsn
+        # Connections open lazily (the API starts while the database is down) and are then kept:
+        # raising minconn after construction keeps up to max_connections idle ones for reuse.
         self._pool = psycopg2.pool.ThreadedConnectionPool(0, max_connections, dsn)
+        self._pool.minconn = max_connections
+        # More concurrent requests than connections wait for one instead of failing with PoolError.
+        self._slots = threading.BoundedSemaphore(max_connections)
 
     @contextmanager
     def _cursor(self) -> Iterator[Any]:
         import psycopg2
 
-        try:
-            conn = self._pool.getconn()
-        except psycopg2.OperationalError as exc:
-            raise StoreUnavailable(str(exc).strip()) from exc
+        with self._slots:
+            try:
+                conn = self._pool.getconn()
+            except psycopg2.OperationalError as exc:
+                raise StoreUnavailable(str(exc).strip()) from exc
+            with self._connection(conn) as cur:
+                yield cur
+
+    @contextmanager
+    def _connection(self, conn: Any) -> Iterator[Any]:
+        import psycopg2
+
         broken = False
         try:
             with conn:  # commits on success, rolls back on error
