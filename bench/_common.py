@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sunday_release.server import LocalServer  # noqa: E402
+from sunday_release.trivydb import Advisory, write_trivy_db  # noqa: E402
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b.invalid",
            "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b.invalid"}
@@ -48,6 +49,9 @@ def make_repo(dest: Path, config_prefix: str = "") -> Path:
 def prefect_server(home: Path) -> Iterator[float]:
     """A Prefect server of the benchmark's own; yields its start-up time in seconds."""
     os.environ["SUNDAY_HOME"] = str(home)
+    # the image scans need an offline DB: one FAKE advisory for a package no image has
+    write_trivy_db(home / "trivy-cache", [Advisory("CVE-2099-0999", "debian 12", "no-such-package", "CRITICAL",
+                                                   "FAKE (benchmark)", "1.0")])
     server = LocalServer(home, port=free_port())
     started = time.monotonic()
     os.environ["PREFECT_API_URL"] = server.start()
