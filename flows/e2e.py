@@ -68,7 +68,7 @@ def _lines(functional: dict[str, Any], visual: dict[str, Any], load: dict[str, A
 @flow(name="e2e", flow_run_name="e2e-{env}", persist_result=True)
 def e2e(env: str, update_baselines: bool = False, vus: int | None = None, duration: str | None = None,
         suite_dir: str | None = None, loadtest_dir: str | None = None) -> dict[str, Any]:
-    """Run the functional journeys, the visual regression check and the k6 load test against `env`, in parallel.
+    """Run the functional journeys and the visual regression check side by side, then the k6 load test.
 
     Each part reports even when another fails. Reports land under SUNDAY_HOME/runs/FLOW_RUN_ID/e2e/
     and in the artifacts `e2e-{summary,functional,visual,load,trend}-ENV`; the run's key numbers are
@@ -93,14 +93,17 @@ def e2e(env: str, update_baselines: bool = False, vus: int | None = None, durati
     vus = vus or int(os.environ.get("SUNDAY_K6_VUS", "10"))
     duration = duration or os.environ.get("SUNDAY_K6_DURATION", "30s")
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
-    progress(f"E2E of {env} at {url}: functional, visual and load in parallel")
+    progress(f"E2E of {env} at {url}: functional and visual side by side, then load")
 
-    futures = {
+    # The browsers run side by side; the load test runs after them, on a machine they no longer
+    # load: otherwise k6 would measure two Chromiums sharing the CPU, not the application.
+    browsers = {
         "functional": run_functional_suite.submit(url, str(run_dir / "functional"), suite),
         "visual": check_visual.submit(url, str(run_dir / "visual"), update_baselines, suite),
-        "load": run_load_test.submit(url, str(run_dir / "load"), vus, duration, loadtest_dir or str(LOADTEST_DIR)),
     }
-    parts = {name: _outcome(future) for name, future in futures.items()}
+    parts = {name: _outcome(future) for name, future in browsers.items()}
+    parts["load"] = _outcome(run_load_test.submit(url, str(run_dir / "load"), vus, duration,
+                                                  loadtest_dir or str(LOADTEST_DIR)))
     failed = [name for name in PARTS if parts[name].get("verdict") != "passed"]
     lines = _lines(parts["functional"], parts["visual"], parts["load"])
     keys = artifact_keys(env)
