@@ -183,7 +183,7 @@ def publish_manifest(service: str, registry: str, repository: str, key: str, pla
         digest = client.put_tag(repository, key_tag(key), body, media_type)
         for tag in tags:
             client.put_tag(repository, tag, body, media_type)
-    progress(f"published {registry}/{repository}@{digest[:19]} as {', '.join(tags)}")
+    progress(f"published {registry}/{repository}@{digest[:19]} as {', '.join([key_tag(key), *tags])}")
     return PublishedImage(service, registry, repository, digest, tuple(platforms), (key_tag(key), *tags),
                           cached=cached is not None, key=key)
 
