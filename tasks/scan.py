@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from prefect import task
@@ -10,6 +11,7 @@ from sunday_release.config import ScanPolicy
 from sunday_release.errors import GateFailed, PipelineError
 from sunday_release.findings import ImageScan, ScanReport, parse_trivy_json
 from sunday_release.runner import run
+from sunday_release.scan_cache import ScanCache, scan_cache_key
 from sunday_release.settings import Settings
 from tasks._common import progress
 from tasks.source import Checkout
@@ -81,16 +83,28 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
                             "point SUNDAY_TRIVY_CACHE at DIR")
     registry = image.split("/", 1)[0]
     insecure = registry.split(":")[0] in ("localhost", "127.0.0.1")
-    out = run(image_scan_argv(settings.trivy, str(settings.trivy_cache), image, policy, insecure), timeout=1800)
-    report = parse_trivy_json(out.stdout, policy)
     Path(sarif_dir).mkdir(parents=True, exist_ok=True)
     sarif = Path(sarif_dir) / f"{service}-{platform.replace('/', '-')}.sarif"
-    raw = sarif.with_suffix(".json")
-    raw.write_text(out.stdout)
-    run([settings.trivy, "convert", "--format", "sarif", "--output", str(sarif), str(raw)], timeout=300)
-    raw.unlink()
+    cache = ScanCache(settings.home / "scan-cache")
+    key = scan_cache_key(image, settings.trivy, settings.trivy_cache,
+                         image_scan_argv("trivy", "", "", policy, insecure))
+    cached = cache.get(key) if key else None
+    if cached is not None:
+        report_json = cached.report_json
+        shutil.copyfile(cached.sarif, sarif)
+    else:
+        report_json = run(image_scan_argv(settings.trivy, str(settings.trivy_cache), image, policy, insecure),
+                          timeout=1800).stdout
+        raw = sarif.with_suffix(".json")
+        raw.write_text(report_json)
+        run([settings.trivy, "convert", "--format", "sarif", "--output", str(sarif), str(raw)], timeout=300)
+        raw.unlink()
+    report = parse_trivy_json(report_json, policy)  # the gate is applied afresh, cached report or not
+    if key and cached is None:
+        cache.put(key, report_json, sarif)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no vulnerabilities"
-    progress(f"{counts}; gate {'passed' if report.passed else 'FAILED'}")
+    reused = " (report reused: same digest, same DB)" if cached is not None else ""
+    progress(f"{counts}; gate {'passed' if report.passed else 'FAILED'}{reused}")
     scan = ImageScan(service, platform, image, report, str(sarif))
     if not report.passed:
         worst = ", ".join(f"{f.id} in {f.package} {f.installed}" for f in report.blocking[:3])

@@ -1,0 +1,81 @@
+"""Trivy's raw reports of image scans, kept by what decides them: the image digest, the DB and the scanner.
+
+An image digest names its content, so a scan of the same digest with the same Trivy binary, the
+same vulnerability DB and the same flags gives the same report. A warm CI run (same commit, or an
+unchanged service) reuses the report instead of scanning again; the gate (severities, allow-list
+with its expiry dates) is applied to it afresh every run, so an expired allow-list entry still
+blocks. A new DB (a different `metadata.json` or `trivy.db`), another Trivy or other flags make a
+new key: the cache never answers for a DB it was not made with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CachedScan", "ScanCache", "scan_cache_key"]
+
+
+def _file_identity(path: Path) -> str:
+    """Path, inode, size and modification time: changes whenever the file is replaced or rewritten."""
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path}:missing"
+    return f"{path.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def scan_cache_key(image: str, trivy: str, db_dir: Path, flags: list[str]) -> str | None:
+    """The key of one image scan, or None when `image` is not pinned by digest (nothing to key on).
+
+    Stale when: the image digest, the Trivy binary, the DB (`db/metadata.json` content, `db/trivy.db`
+    identity) or the scan flags change.
+    """
+    _, at, digest = image.rpartition("@")
+    if not at or not digest.startswith("sha256:"):
+        return None
+    db = db_dir / "db"
+    try:
+        metadata = (db / "metadata.json").read_text()
+    except OSError:
+        metadata = "missing"
+    parts = [digest, _file_identity(Path(trivy)), metadata, _file_identity(db / "trivy.db"), *flags]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class CachedScan:
+    """Trivy's JSON report and the SARIF made from it."""
+
+    report_json: str
+    sarif: Path
+
+
+class ScanCache:
+    """A directory of `KEY.json` (Trivy's report) and `KEY.sarif` pairs; writes are atomic renames."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def get(self, key: str) -> CachedScan | None:
+        report, sarif = self.root / f"{key}.json", self.root / f"{key}.sarif"
+        if not (report.is_file() and sarif.is_file()):
+            return None
+        text = report.read_text()
+        try:
+            json.loads(text)
+        except ValueError:  # a torn or foreign file is not a report: scan again
+            return None
+        return CachedScan(text, sarif)
+
+    def put(self, key: str, report_json: str, sarif: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for suffix, write in ((".sarif", lambda p: shutil.copyfile(sarif, p)),
+                              (".json", lambda p: p.write_text(report_json))):
+            tmp = self.root / f".{key}{suffix}.{os.getpid()}"
+            write(tmp)
+            tmp.replace(self.root / f"{key}{suffix}")
