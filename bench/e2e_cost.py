@@ -153,6 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     work = Path(tempfile.mkdtemp(prefix="sunday-bench-e2e-", dir="/tmp"))
+    work.chmod(0o755)  # the postgres OS user must reach the environment's database under it
     try:
         if args.deploy:
             with prefect_server(work / "home") as startup:

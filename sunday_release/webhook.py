@@ -332,7 +332,11 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         server = self.server
-        if not verify_signature(server.secret, body, self.headers.get("X-Hub-Signature-256")):
+        signature = self.headers.get("X-Hub-Signature-256")
+        if not verify_signature(server.secret, body, signature):
+            logger.warning("rejected a delivery from %s (delivery %s): %s X-Hub-Signature-256", self.address_string(),
+                           (self.headers.get("X-GitHub-Delivery") or "-").strip()[:100],
+                           "invalid" if signature else "missing")
             self._reply(401, error="missing or invalid X-Hub-Signature-256")
             return
         kind = self.headers.get("X-GitHub-Event")

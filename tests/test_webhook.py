@@ -437,6 +437,7 @@ def test_neither_the_secret_nor_the_signature_is_logged(server: WebhookServer,
     deliver(server, body, signature="sha256=" + "ab" * 32)
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "POST /webhook" in logged and "git.push refs/heads/main" in logged
+    assert "rejected a delivery" in logged and "invalid X-Hub-Signature-256" in logged
     for secret in (SECRET.decode(), github_signature(SECRET, body)[len("sha256="):], "ab" * 32):
         assert secret not in logged
 

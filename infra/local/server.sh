@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
-# The local Prefect platform: PostgreSQL, `prefect server start` on it, work pools, deployments, workers.
-#   server.sh start   start what is not running (idempotent), register pools and deployments
-#   server.sh stop    stop workers, then the server, then PostgreSQL (by PID)
+# The local Prefect platform: PostgreSQL, `prefect server start` on it, an S3 endpoint, work pools,
+# deployments, workers.
+#   server.sh start   start what is not running (idempotent), register pools, blocks and deployments
+#   server.sh stop    stop workers, then the server, the S3 endpoint and PostgreSQL (by PID)
+# The S3 endpoint is moto_server, a stand-in for AWS S3 (in memory: its objects are gone when it stops).
+# It holds the workers' shared result storage (bucket sunday-results, block s3-bucket/sunday-results)
+# and the deploy worker's database backups (bucket sunday-backups).
 # Env: SUNDAY_APP_REPO (the application repository the deployments build; default: a copy of app/),
-#      SUNDAY_PLATFORM_DIR (default /var/lib/sunday-release/platform), PREFECT_PORT (4200), PREFECT_DB_PORT (5433).
+#      SUNDAY_PLATFORM_DIR (default /var/lib/sunday-release/platform), PREFECT_PORT (4200), PREFECT_DB_PORT (5433),
+#      SUNDAY_S3_PORT (9000).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 dir=${SUNDAY_PLATFORM_DIR:-/var/lib/sunday-release/platform}
 port=${PREFECT_PORT:-4200}
 dbport=${PREFECT_DB_PORT:-5433}
+s3port=${SUNDAY_S3_PORT:-9000}
+s3=http://127.0.0.1:$s3port
 pg=/usr/lib/postgresql/15/bin
 bin=$top/.venv/bin
 pools=(sunday-ci sunday-deploy sunday-e2e)
 log() { printf '[server] %s\n' "$*" >&2; }
 as_pg() { runuser -u postgres -- "$@"; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# stop the process of a PID file: SIGTERM, up to 30 s to exit, then SIGKILL
+halt() {
+  alive "$1" || return 0
+  local pid; pid=$(cat "$1"); kill "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  log "$(basename "$1") (PID $pid) did not stop on SIGTERM: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true
+}
 
 start() {
-  mkdir -p "$dir/pg" "$dir/pids" "$dir/logs" "$dir/results"
+  mkdir -p "$dir/pg" "$dir/pids" "$dir/logs"
   chown postgres:postgres "$dir/pg"
   if [ ! -f "$dir/pg/PG_VERSION" ]; then
     log "initdb $dir/pg"
@@ -36,6 +50,10 @@ start() {
     as_pg "$pg/psql" -h "$dir/pg" -p "$dbport" -d prefect -qAt -c "CREATE EXTENSION IF NOT EXISTS pg_trgm"
   fi
   export PREFECT_HOME=$dir/prefect PREFECT_API_URL=http://127.0.0.1:$port/api
+  if ! alive "$dir/pids/server" && curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then
+    log "another Prefect server answers on port $port (the CLI's? \`sunday-release server stop\`); or set PREFECT_PORT"
+    exit 1
+  fi
   if ! alive "$dir/pids/server"; then
     log "prefect server on 127.0.0.1:$port (PostgreSQL 127.0.0.1:$dbport)"
     PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" \
@@ -44,6 +62,19 @@ start() {
   fi
   for _ in $(seq 1 120); do curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1 && break; sleep 1; done
   curl -fsS "$PREFECT_API_URL/health" >/dev/null || { log "server did not start; see $dir/logs/server.log"; exit 1; }
+  if ! alive "$dir/pids/s3"; then
+    log "S3 endpoint (moto_server, stand-in for AWS S3) on $s3"
+    nohup "$bin/moto_server" -H 127.0.0.1 -p "$s3port" >"$dir/logs/s3.log" 2>&1 &
+    echo $! > "$dir/pids/s3"
+  fi
+  for _ in $(seq 1 60); do curl -fsS "$s3" >/dev/null 2>&1 && break; sleep 0.5; done
+  # dummy keys for moto (it takes any), never the caller's real ones: they would be saved in the block.
+  # On AWS the workers get a role instead (docs/production.md).
+  export AWS_ACCESS_KEY_ID=local-moto-not-a-key AWS_SECRET_ACCESS_KEY=local-moto-not-a-secret AWS_REGION=us-east-1
+  unset AWS_PROFILE AWS_SESSION_TOKEN
+  results_block=$(cd "$top" && "$bin/python" -m deployments.result_storage --endpoint "$s3" \
+    --bucket sunday-results --also-create sunday-backups) \
+    || { log "could not register the result storage on $s3; see $dir/logs/s3.log"; exit 1; }
   for pool in "${pools[@]}"; do
     "$bin/prefect" work-pool inspect "$pool" >/dev/null 2>&1 || "$bin/prefect" work-pool create "$pool" --type process >/dev/null
   done
@@ -59,21 +90,26 @@ start() {
   export SUNDAY_RELEASE_DIR=$top
   (cd "$top" && "$bin/prefect" --no-prompt deploy --all >"$dir/logs/deploy.log" 2>&1) \
     || { log "prefect deploy --all failed; see $dir/logs/deploy.log"; exit 1; }
+  # a script's background jobs ignore SIGINT, and a worker stops on SIGTERM by sending itself SIGINT:
+  # env --default-signal=INT gives it back, or `stop` could not stop the workers
   for pool in "${pools[@]}"; do
     if ! alive "$dir/pids/worker-$pool"; then
-      PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_LOCAL_STORAGE_PATH=$dir/results \
-        nohup "$bin/prefect" worker start --pool "$pool" >"$dir/logs/worker-$pool.log" 2>&1 &
+      PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
+        SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=2 \
+        nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" >"$dir/logs/worker-$pool.log" 2>&1 &
       echo $! > "$dir/pids/worker-$pool"
     fi
   done
   log "UI http://127.0.0.1:$port — deployments: $("$bin/prefect" deployment ls 2>/dev/null | grep -c '/' || true) registered"
   log "app repository: $SUNDAY_APP_REPO"
+  log "results: $results_block (s3://sunday-results at $s3); backups: s3://sunday-backups"
 }
 
 stop() {
-  for pool in "${pools[@]}"; do alive "$dir/pids/worker-$pool" && kill "$(cat "$dir/pids/worker-$pool")" || true; done
-  sleep 1
-  alive "$dir/pids/server" && kill "$(cat "$dir/pids/server")" || true
+  for pool in "${pools[@]}"; do halt "$dir/pids/worker-$pool" & done
+  wait
+  halt "$dir/pids/server"
+  halt "$dir/pids/s3"
   as_pg "$pg/pg_ctl" status -D "$dir/pg" >/dev/null 2>&1 && as_pg "$pg/pg_ctl" stop -m fast -D "$dir/pg" >/dev/null || true
   rm -f "$dir"/pids/*
   log "stopped"
