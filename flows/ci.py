@@ -15,7 +15,7 @@ from sunday_release.ci_report import StepResult, ci_summary, failure_lines
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import CheckFailed, GateFailed, StageFailed
 from sunday_release.findings import ImageScan, ScanReport
-from sunday_release.refs import short_ref, validate_ref, validate_repo
+from sunday_release.refs import short_ref, validate_ref, validate_repo, validate_sha
 from sunday_release.registry import PublishedImage, validate_repository
 from sunday_release.settings import Settings
 from tasks.checks import build_check_image, run_check
@@ -47,21 +47,23 @@ def _outcome(future: PrefectFuture[Any], service: str, step: str) -> StepResult:
 
 
 @flow(name="ci", flow_run_name="ci-{ref}", persist_result=True, log_prints=True)
-def ci(repo: str, ref: str = "main") -> dict[str, Any]:
+def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
     """Check out `ref` of `repo`; build and check every service in parallel; scan the repository.
 
     Args:
         repo: a local git repository or a git URL.
         ref: branch, tag, full ref (refs/heads/main) or commit SHA.
+        sha: the commit of `ref` to build (a push's commit: the ref may have moved on since the push);
+            None builds the tip of `ref`.
 
     Returns:
         The run summary (see `sunday_release.ci_report.ci_summary`). Raises StageFailed with the
         same summary attached when a check or the repository scan fails.
     """
-    repo, ref = validate_repo(repo), short_ref(validate_ref(ref))
+    repo, ref, sha = validate_repo(repo), short_ref(validate_ref(ref)), validate_sha(sha)
     run_id = str(flow_run.get_id() or "local")
     settings = Settings.from_env()
-    checkout = clone_repo(repo, ref, workspace=str(settings.workspaces / run_id))
+    checkout = clone_repo(repo, ref, workspace=str(settings.workspaces / run_id), sha=sha)
     config = load_pipeline_config(checkout)
 
     scan_future = scan_repository.submit(checkout, config.scan)

@@ -15,7 +15,7 @@ from typing import Any
 
 from sunday_release.config import CONFIG_FILE, load_config
 from sunday_release.errors import InputError, PipelineError, StageFailed
-from sunday_release.refs import validate_ref, validate_repo
+from sunday_release.refs import validate_ref, validate_repo, validate_sha
 from sunday_release.settings import Settings
 
 __all__ = ["main"]
@@ -95,7 +95,10 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
 
 def cmd_ci(args: argparse.Namespace) -> int:
     repo, ref = validate_repo(args.repo), validate_ref(args.ref)
-    code, summary, error = _run_flow("ci", args.verbose, f"CI of {repo} at {ref}", repo=repo, ref=ref)
+    validate_sha(args.sha)
+    where = f"{ref} ({args.sha[:12]})" if args.sha else ref
+    code, summary, error = _run_flow("ci", args.verbose, f"CI of {repo} at {where}", repo=repo, ref=ref,
+                                     sha=args.sha)
     if error:
         sys.stderr.write(f"CI failed:\n{error}\n")
     if args.json:
@@ -231,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ci", help="run CI on a ref: checks of every service, repository scan")
     p.add_argument("--repo", required=True, help="a local git repository or a git URL")
     p.add_argument("--ref", required=True, help="branch, tag or commit SHA")
+    p.add_argument("--sha", help="the commit of --ref to build (it must be on the ref); default: its tip")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.set_defaults(func=cmd_ci)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sunday_release.errors import InputError
 
-__all__ = ["is_sha", "short_ref", "validate_ref", "validate_repo"]
+__all__ = ["is_sha", "short_ref", "validate_ref", "validate_repo", "validate_sha"]
 
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 _BAD = re.compile(r"(\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|/\.|\.lock$|\.$|/$|^/|^-)")
@@ -24,6 +24,13 @@ def validate_ref(ref: str) -> str:
     if not ref or len(ref) > 255 or _BAD.search(ref):
         raise InputError(f"--ref: {ref!r} is not a valid git ref (expected a branch, tag or commit SHA)")
     return ref
+
+
+def validate_sha(sha: str | None) -> str | None:
+    """Return `sha` (None stays None) if it is a commit id; else InputError naming --sha."""
+    if sha is not None and not is_sha(sha):
+        raise InputError(f"--sha: {sha!r} is not a commit SHA (expected 7 to 40 lower-case hex digits)")
+    return sha
 
 
 def short_ref(ref: str) -> str:

@@ -28,11 +28,12 @@ class Checkout:
     committed_at: str  # ISO 8601, the commit's committer date
 
 
-def _fetch(repo: str, ref: str, dest: Path) -> None:
+def _fetch(repo: str, ref: str, dest: Path, depth: int | None = 1) -> None:
     run(["git", "init", "-q", str(dest)])
+    shallow = ["--depth", str(depth)] if depth else []
     candidates = [ref] if is_sha(ref) or ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}", ref]
     for candidate in candidates:
-        fetched = run(["git", "-C", str(dest), "fetch", "-q", "--depth", "1", "--no-tags", repo, candidate],
+        fetched = run(["git", "-C", str(dest), "fetch", "-q", *shallow, "--no-tags", repo, candidate],
                       timeout=600, check=False)
         if fetched.ok:
             return
@@ -50,24 +51,37 @@ def _fetch(repo: str, ref: str, dest: Path) -> None:
     raise InputError(f"--ref: {ref!r} was not found in {repo}")
 
 
+def _check_on_ref(dest: Path, repo: str, ref: str, sha: str) -> None:
+    """InputError unless `sha` is the fetched tip of `ref` or one of its ancestors."""
+    found = run(["git", "-C", str(dest), "rev-parse", "--verify", "-q", f"{sha}^{{commit}}"], check=False)
+    on_ref = found.ok and run(["git", "-C", str(dest), "merge-base", "--is-ancestor", found.stdout.strip(),
+                                "FETCH_HEAD"], check=False).ok
+    if not on_ref:
+        raise InputError(f"--sha: commit {sha!r} is not on {ref!r} of {repo}")
+
+
 @task(name="clone", task_run_name="clone", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5,
       retry_condition_fn=is_transient, cache_policy=ON_THIS_MACHINE, persist_result=True)
-def clone_repo(repo: str, ref: str, workspace: str) -> Checkout:
+def clone_repo(repo: str, ref: str, workspace: str, sha: str | None = None) -> Checkout:
     """Check out `ref` of `repo` (path or URL) into `workspace`, replacing what was there.
 
     Args:
         repo: a local git repository or a git URL.
         ref: branch, tag, full ref or commit SHA.
         workspace: the directory to create; removed first if it exists.
+        sha: the commit of `ref` to check out (a push event's `after`), when the ref may have moved
+            on since: it must be the tip of `ref` or one of its ancestors (InputError otherwise).
     """
     dest = Path(workspace)
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _fetch(repo, ref, dest)
-        run(["git", "-C", str(dest), "checkout", "-q", "--detach", "FETCH_HEAD"])
-    except CommandFailed:
+        _fetch(repo, ref, dest, depth=None if sha else 1)
+        if sha:
+            _check_on_ref(dest, repo, ref, sha)
+        run(["git", "-C", str(dest), "checkout", "-q", "--detach", sha or "FETCH_HEAD"])
+    except (CommandFailed, InputError):
         shutil.rmtree(dest, ignore_errors=True)
         raise
     show = run(["git", "-C", str(dest), "show", "-s", "--format=%H %cI", "HEAD"]).stdout.split()
