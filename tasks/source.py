@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import task
 
 from sunday_release.config import PipelineConfig, load_config
-from sunday_release.errors import CommandFailed, InputError
+from sunday_release.errors import CommandFailed, ConfigError, InputError
 from sunday_release.refs import is_sha
 from sunday_release.runner import run
 from tasks._common import ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress
@@ -91,7 +91,15 @@ def clone_repo(repo: str, ref: str, workspace: str, sha: str | None = None) -> C
 
 @task(name="load-config", task_run_name="load-config", persist_result=True)
 def load_pipeline_config(checkout: Checkout) -> PipelineConfig:
-    """Read and validate the checkout's sunday-release.yaml (ConfigError: nothing gets built)."""
-    config = load_config(checkout.path)
+    """Read and validate the checkout's sunday-release.yaml (ConfigError: nothing gets built).
+
+    The error names the file as the user knows it: the repository, the ref and the commit, not the
+    workspace it was checked out to.
+    """
+    try:
+        config = load_config(checkout.path)
+    except ConfigError as exc:
+        file = exc.file.replace(checkout.path, f"{checkout.repo} at {checkout.ref} ({checkout.commit[:12]}):", 1)
+        raise ConfigError(file.replace(":/", ": ", 1), exc.path, exc.message) from None
     progress(f"config valid: project {config.project}, services {', '.join(config.services)}")
     return config

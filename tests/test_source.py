@@ -56,3 +56,19 @@ def test_a_malformed_sha_exits_2_before_anything_runs(two_pushes: tuple[Path, st
     done = sunday("ci", "--repo", str(two_pushes[0]), "--ref", "main", "--sha", "HEAD~1",
                   env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
     assert done.returncode == 2 and "--sha: 'HEAD~1' is not a commit SHA" in done.stderr, done.stderr
+
+
+def test_a_config_error_names_the_repository_and_commit_not_the_workspace(
+        make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    from sunday_release.errors import ConfigError
+    from tasks.source import load_pipeline_config
+
+    def typo(repo: Path) -> None:
+        (repo / "sunday-release.yaml").write_text((repo / "sunday-release.yaml").read_text() + "servces: {}\n")
+
+    repo = make_repo(FIXTURES / "other-app", edit=typo)
+    checkout = clone_repo.fn(str(repo), "main", str(tmp_path / "ws"))
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline_config.fn(checkout)
+    assert str(caught.value).startswith(f"{repo} at main ({checkout.commit[:12]}): sunday-release.yaml: servces: ")
+    assert str(tmp_path / "ws") not in str(caught.value)
