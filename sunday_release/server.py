@@ -49,8 +49,10 @@ class LocalServer:
             return self.api_url
         if self.pid() is None:
             self.home.mkdir(parents=True, exist_ok=True)
+            # the UI's JavaScript calls the API at PREFECT_UI_API_URL, which defaults to port 4200, not --port
             env = {**os.environ, "PREFECT_HOME": str(self.home / "prefect"),
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
+                   "PREFECT_UI_API_URL": self.api_url}
             env.pop("PREFECT_API_URL", None)
             with open(self.logfile, "ab") as log:
                 proc = subprocess.Popen(

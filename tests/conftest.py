@@ -67,11 +67,9 @@ def docker_engine() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def clean_trivy_db() -> Path:
     """The session's offline Trivy DB: one FAKE advisory, for a package no image has (scans pass)."""
-    from sunday_release.trivydb import Advisory, write_trivy_db
+    from tests.deployed_ci import write_clean_trivy_db
 
-    cache = Path(os.environ["SUNDAY_TRIVY_CACHE"])
-    write_trivy_db(cache, [Advisory("CVE-2099-0999", "debian 12", "no-such-package", "CRITICAL", "FAKE", "1.0")])
-    return cache
+    return write_clean_trivy_db(Path(os.environ["SUNDAY_TRIVY_CACHE"]))
 
 
 class Registry:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import APP, DOCKER, FIXTURES, ROOT
+from tests.deployed_ci import task_run_states
 
 pytestmark = pytest.mark.docker
 CLI = [sys.executable, "-m", "sunday_release.cli"]
@@ -145,7 +144,6 @@ def test_retry_reruns_only_the_failed_task(prefect_api: str, docker_engine: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A run whose repository scan fails (trivy missing) is retried: only the scan and what follows run."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.flow_engine import run_flow
     from prefect.states import AwaitingRetry
 
@@ -164,12 +162,7 @@ def test_retry_reruns_only_the_failed_task(prefect_api: str, docker_engine: str,
     second = run_flow(ci, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
     assert second.is_completed()
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-    by_name: dict[str, list[Any]] = {}
-    for tr in runs:  # default task run names end in "-" and 3 hex digits
-        by_name.setdefault(re.sub(r"-[0-9a-f]{3}$", "", tr.name), []).append(tr)
-    states = {name: sorted(t.state.name for t in trs) for name, trs in by_name.items()}
+    states = task_run_states(run_id)
     for name in ("clone", "load-config", "build[tool]", "test[tool]", "lint[tool]"):
         assert "Cached" in states[name], (name, states)  # completed the first time: not run again
     assert "Completed" in states["scan-repository"] and "Failed" in states["scan-repository"], states

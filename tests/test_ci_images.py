@@ -17,6 +17,7 @@ import pytest
 
 from sunday_release.trivydb import Advisory, write_trivy_db
 from tests.conftest import APP, DOCKER, FIXTURES, Registry
+from tests.deployed_ci import task_run_states
 from tests.test_ci_flow import sunday
 
 pytestmark = pytest.mark.docker
@@ -130,18 +131,6 @@ def test_a_moved_release_tag_is_never_overwritten(prefect_api: str, docker_engin
     assert published["image"].endswith(head.headers["docker-content-digest"])
 
 
-def _task_states(run_id: Any) -> dict[str, list[str]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-    states: dict[str, list[str]] = {}
-    for tr in runs:
-        states.setdefault(tr.name, []).append(tr.state.name if tr.state else "?")
-    return states
-
-
 def test_registry_down_mid_run_then_retry_does_not_rebuild(prefect_api: str, docker_engine: str,
                                                            make_repo: Callable[..., Path],
                                                            registry: Registry) -> None:
@@ -198,7 +187,7 @@ def test_registry_down_mid_run_then_retry_does_not_rebuild(prefect_api: str, doc
         flow_run = client.read_flow_run(run_id)
     second = run_flow(tracked, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
     assert second.is_completed(), second.result(raise_on_failure=False)
-    states = _task_states(run_id)
+    states = task_run_states(run_id)
     assert sorted(states["build[tool linux/amd64]"]) == ["Cached", "Completed"], states  # built once only
     assert sorted(states["push[tool linux/amd64]"]) == ["Completed", "Failed"], states
 

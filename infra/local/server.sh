@@ -56,7 +56,7 @@ start() {
   fi
   if ! alive "$dir/pids/server"; then
     log "prefect server on 127.0.0.1:$port (PostgreSQL 127.0.0.1:$dbport)"
-    PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" \
+    PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" PREFECT_UI_API_URL=$PREFECT_API_URL \
       nohup "$bin/prefect" server start --host 127.0.0.1 --port "$port" >"$dir/logs/server.log" 2>&1 &
     echo $! > "$dir/pids/server"
   fi

@@ -1,0 +1,145 @@
+"""Retry from the UI, proven in a browser: a real worker runs the `ci` deployment, Chromium presses Retry."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import APP, ROOT, Registry
+from tests.deployed_ci import ProcessWorker, task_run_states, wait_for_flow_run, write_clean_trivy_db
+from tests.test_ci_images import _use_registry
+
+pytestmark = pytest.mark.docker
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCANS = {"scan[backend linux/amd64]", "scan[frontend linux/amd64]"}  # the last stage: the fault hits only these
+TAGS = {"tag[backend]", "tag[frontend]"}  # release tags: only for images whose scan passed
+REPORTS = "publish-ci-reports"  # takes the scans' results as input
+
+
+def _amd64_only(repo: Path) -> None:
+    """One platform per service: the test is about Retry, not QEMU."""
+    config = repo / "sunday-release.yaml"
+    config.write_text(re.sub(r"^(  (backend|frontend):\n)", r"\1    platforms: [linux/amd64]\n", config.read_text(),
+                             flags=re.M))
+
+
+@contextmanager
+def ci_deployment(pool: str) -> Iterator[Any]:
+    """A process work pool and a deployment of flows/ci.py:ci from this checkout (no image); removed afterwards."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from flows.ci import ci
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    try:
+        deployment_id = ci.from_source(str(ROOT), "flows/ci.py:ci").deploy(
+            name=pool, work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
+        try:
+            yield deployment_id
+        finally:
+            with get_client(sync_client=True) as client:
+                client.delete_deployment(deployment_id)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_work_pool(pool)
+
+
+@contextmanager
+def chromium_page() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 800})
+        finally:
+            browser.close()
+
+
+def press_retry(url: str, screenshot: Path) -> None:
+    """Open the flow run in the (default, v2) UI, choose Retry in its menu and confirm; screenshot on failure."""
+    from playwright.sync_api import Error
+
+    with chromium_page() as page:
+        try:
+            page.goto(url)
+            page.get_by_text("Failed", exact=True).first.wait_for(timeout=60_000)  # the run's state badge
+            page.locator('[data-slot="dropdown-menu-trigger"]').click()
+            page.get_by_role("menuitem", name="Retry", exact=True).click()
+            dialog = page.get_by_role("alertdialog", name="Retry Flow Run")
+            dialog.get_by_text("AwaitingRetry").wait_for()
+            dialog.get_by_role("button", name="Retry", exact=True).click()
+            page.get_by_text("Flow run scheduled for retry").wait_for(timeout=30_000)
+        except Error as exc:
+            page.screenshot(path=str(screenshot), full_page=True)
+            raise AssertionError(f"could not press Retry at {url} ({exc}); screenshot: {screenshot}") from exc
+
+
+def screenshot_of(url: str, path: Path) -> Path:
+    """A screenshot of the flow run's page once it shows the run (the UI keeps polling: no network idle)."""
+    from playwright.sync_api import Error
+
+    with chromium_page() as page:
+        page.goto(url)
+        with contextlib.suppress(Error):
+            page.get_by_role("tab", name="Task Runs").wait_for(timeout=30_000)
+        page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_retry_pressed_in_the_ui_reruns_only_the_failed_last_stage(
+        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], registry: Registry,
+        tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    def edit(repo: Path) -> None:
+        _use_registry(registry.address)(repo)
+        _amd64_only(repo)
+
+    repo = make_repo(APP, edit=edit)
+    trivy_cache = tmp_path / "trivy-cache"  # the fault: no vulnerability DB, so the image scans (last stage) fail
+    pool = f"ui-retry-{uuid.uuid4().hex[:8]}"
+    with ci_deployment(pool) as deployment_id, ProcessWorker(pool, tmp_path / "worker",
+                                                             env={"SUNDAY_TRIVY_CACHE": str(trivy_cache)}) as worker:
+        with get_client(sync_client=True) as client:
+            run_id = client.create_flow_run_from_deployment(
+                deployment_id, parameters={"repo": str(repo), "ref": "main"}).id
+        first = wait_for_flow_run(run_id, worker, timeout=900)
+        assert first.state.is_failed(), f"{first.state!r}\n{worker.log_tail()}"
+        before = task_run_states(run_id)
+        assert {name for name, states in before.items() if states != ["Completed"]} == SCANS, before
+        assert "no Trivy vulnerability DB" in (first.state.message or ""), first.state
+
+        write_clean_trivy_db(trivy_cache)  # the fault is gone; a person presses Retry
+        ui = prefect_api.removesuffix("/api")
+        assert httpx.get(f"{ui}/ui-settings", timeout=10).json()["api_url"] == prefect_api  # where the UI's JS calls
+        url = f"{ui}/v2/runs/flow-run/{run_id}"
+        press_retry(url, tmp_path / "retry-failed.png")
+        second = wait_for_flow_run(run_id, worker, timeout=600)
+        if not second.state.is_completed():
+            shot = screenshot_of(url, tmp_path / "after-retry.png")
+            pytest.fail(f"after Retry the run is {second.state!r}; screenshot: {shot}\n{worker.log_tail()}")
+
+    assert second.run_count == 2  # the same flow run, attempt 2
+    states = task_run_states(run_id)
+    ran_again = {name for name, s in states.items() if s[-1] != "Cached"}
+    assert ran_again == SCANS | TAGS | {REPORTS}, states  # only the failed stage and what depends on it
+    for name in before.keys() - SCANS - {REPORTS}:
+        assert states[name] == ["Completed", "Cached"], (name, states)  # ran once: attempt 2 read its result
+    for name in SCANS:
+        assert states[name] == ["Failed", "Completed"], (name, states)
+    for name in TAGS:
+        assert states[name] == ["Completed"], (name, states)
+    assert states[REPORTS] == ["Completed", "Completed"], states
