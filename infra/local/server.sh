@@ -3,6 +3,9 @@
 # deployments, workers.
 #   server.sh start   start what is not running (idempotent), register pools, blocks and deployments
 #   server.sh stop    stop workers, then the server, the S3 endpoint and PostgreSQL (by PID)
+# Flow runs start in the prewarmed server (deployments/prewarmed.py: Prefect and the flows imported once,
+# each run a fork), through the pools' command deployments.launch, which falls back to a plain
+# `python -m prefect.engine` when the server does not answer.
 # The S3 endpoint is moto_server, a stand-in for AWS S3 (in memory: its objects are gone when it stops).
 # It holds the workers' shared result storage (bucket sunday-results, block s3-bucket/sunday-results)
 # and the deploy worker's database backups (bucket sunday-backups).
@@ -75,9 +78,19 @@ start() {
   results_block=$(cd "$top" && "$bin/python" -m deployments.result_storage --endpoint "$s3" \
     --bucket sunday-results --also-create sunday-backups) \
     || { log "could not register the result storage on $s3; see $dir/logs/s3.log"; exit 1; }
+  # every pool starts its flow runs through deployments.launch: in the prewarmed server when it answers
+  (cd "$top" && "$bin/python" -m deployments.prewarmed --pool-template) > "$dir/pool-template.json"
   for pool in "${pools[@]}"; do
-    "$bin/prefect" work-pool inspect "$pool" >/dev/null 2>&1 || "$bin/prefect" work-pool create "$pool" --type process >/dev/null
+    if "$bin/prefect" work-pool inspect "$pool" >/dev/null 2>&1; then
+      "$bin/prefect" work-pool update "$pool" --base-job-template "$dir/pool-template.json" >/dev/null
+    else
+      "$bin/prefect" work-pool create "$pool" --type process --base-job-template "$dir/pool-template.json" >/dev/null
+    fi
   done
+  if ! alive "$dir/pids/prewarmed"; then
+    (cd "$top" && nohup "$bin/python" -m deployments.prewarmed --socket "$dir/prewarm.sock" \
+      >"$dir/logs/prewarmed.log" 2>&1 & echo $! > "$dir/pids/prewarmed")
+  fi
   if [ -z "${SUNDAY_APP_REPO:-}" ]; then
     export SUNDAY_APP_REPO=$dir/app-repo
     if [ ! -d "$SUNDAY_APP_REPO/.git" ]; then
@@ -95,7 +108,8 @@ start() {
   for pool in "${pools[@]}"; do
     if ! alive "$dir/pids/worker-$pool"; then
       PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
-        SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=2 \
+        SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=1 \
+        SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock \
         nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" >"$dir/logs/worker-$pool.log" 2>&1 &
       echo $! > "$dir/pids/worker-$pool"
     fi
@@ -110,6 +124,7 @@ stop() {
   wait
   halt "$dir/pids/server"
   halt "$dir/pids/s3"
+  halt "$dir/pids/prewarmed"
   as_pg "$pg/pg_ctl" status -D "$dir/pg" >/dev/null 2>&1 && as_pg "$pg/pg_ctl" stop -m fast -D "$dir/pg" >/dev/null || true
   rm -f "$dir"/pids/*
   log "stopped"
