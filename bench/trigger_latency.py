@@ -20,7 +20,7 @@ the final state.
 Everything is its own: a Prefect server, a registry, the `sunday-ci` pool with one worker, the webhook, the
 prewarmed server. Part 2 empties the machine's Docker build cache.
 
-    .venv/bin/python bench/trigger_latency.py [--pushes 20] [--poll 1]
+    .venv/bin/python bench/trigger_latency.py [--pushes 20] [--poll 1] [--latency-only]
 """
 
 from __future__ import annotations
@@ -221,6 +221,7 @@ def retry_cost(deployment_id: Any, repo: Path, worker: ProcessWorker, trivy_cach
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pushes", type=int, default=20)
+    parser.add_argument("--latency-only", action="store_true", help="part 1 only (leaves the build cache alone)")
     parser.add_argument("--poll", type=float, default=1.0,
                         help="the worker's PREFECT_WORKER_QUERY_SECONDS (Prefect's default is 10)")
     args = parser.parse_args()
@@ -256,6 +257,8 @@ def main() -> None:
               f"ratio {medians['prewarmed'] / medians['plain']:.2f}   (target <= 2 s; make server runs prewarmed)",
               flush=True)
 
+        if args.latency_only:
+            return
         print("part 2: full CI runs vs a UI-style Retry of a run that failed in its last stage", flush=True)
         retry_cost(deployment_id, repo, worker, trivy_cache)
 
