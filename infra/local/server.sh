@@ -88,8 +88,9 @@ start() {
     fi
   done
   if ! alive "$dir/pids/prewarmed"; then
-    (cd "$top" && nohup "$bin/python" -m deployments.prewarmed --socket "$dir/prewarm.sock" \
-      >"$dir/logs/prewarmed.log" 2>&1 & echo $! > "$dir/pids/prewarmed")
+    nohup env -C "$top" "$bin/python" -m deployments.prewarmed --socket "$dir/prewarm.sock" \
+      >"$dir/logs/prewarmed.log" 2>&1 &
+    echo $! > "$dir/pids/prewarmed"
   fi
   if [ -z "${SUNDAY_APP_REPO:-}" ]; then
     export SUNDAY_APP_REPO=$dir/app-repo
