@@ -20,7 +20,7 @@ the final state.
 Everything is its own: a Prefect server, a registry, the `sunday-ci` pool with one worker, the webhook, the
 prewarmed server. Part 2 empties the machine's Docker build cache.
 
-    .venv/bin/python bench/trigger_latency.py [--pushes 20] [--poll 1] [--latency-only]
+    .venv/bin/python bench/trigger_latency.py [--pushes 20] [--poll 0.5] [--latency-only]
 """
 
 from __future__ import annotations
@@ -222,8 +222,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pushes", type=int, default=20)
     parser.add_argument("--latency-only", action="store_true", help="part 1 only (leaves the build cache alone)")
-    parser.add_argument("--poll", type=float, default=1.0,
-                        help="the worker's PREFECT_WORKER_QUERY_SECONDS (Prefect's default is 10)")
+    parser.add_argument("--poll", type=float, default=0.5,
+                        help="the worker's PREFECT_WORKER_QUERY_SECONDS (make server: 0.5; Prefect's default is 10)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sunday-bench-trigger-") as tmp, ExitStack() as stack:
         work = Path(tmp)

@@ -109,7 +109,7 @@ start() {
   for pool in "${pools[@]}"; do
     if ! alive "$dir/pids/worker-$pool"; then
       PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
-        SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=1 \
+        SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=0.5 \
         SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock \
         nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" >"$dir/logs/worker-$pool.log" 2>&1 &
       echo $! > "$dir/pids/worker-$pool"
