@@ -595,3 +595,80 @@ def test_serve_end_to_end_with_the_config_build_rule(prefect_api: str, tmp_path:
 
     events = _read_push_events(f"git.repository.{repository_slug(repo)}")
     assert [e.payload["ref"] for e in events] == ["trunk"]
+
+
+# --- fuzzing the receiver over HTTP --------------------------------------------------------------
+
+_PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+
+
+def _header_text(max_size: int) -> st.SearchStrategy[str]:
+    """Printable header values (the HTTP client refuses leading or trailing blanks, so they go)."""
+    return st.text(_PRINTABLE, max_size=max_size).map(lambda s: s.strip() or "x")
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> tuple[bytes, str | None, str | None, dict[str, str]]:
+    """A delivery: body, signature header (or none), event kind (or none), extra headers."""
+    good = push_body(ref=draw(st.sampled_from(["refs/heads/main", "refs/tags/v1.2.3", "refs/heads/feature"])))
+    body = draw(st.one_of(
+        st.just(good),
+        st.integers(0, len(good) - 1).map(lambda n: good[:n]),  # truncated
+        st.binary(max_size=2048),
+        st.text(max_size=512).map(str.encode),
+        st.integers(MAX_BODY - 16, MAX_BODY + 4096).map(lambda n: b"{" + b" " * n + b"}"),  # around the limit
+    ))
+    signature = draw(st.one_of(
+        st.just(github_signature(SECRET, body)),  # valid
+        st.just(github_signature(SECRET, body + b"x")),  # another body
+        st.just(github_signature(b"wrong secret", body)),
+        st.none(),
+        _header_text(200),
+        st.integers(1, 20_000).map(lambda n: "sha256=" + "a" * n),  # huge header
+    ))
+    kind = draw(st.sampled_from(["push", "ping", "issues", None]))
+    extra = draw(st.dictionaries(st.sampled_from(["X-Junk", "X-GitHub-Hook-ID", "Content-Type", "X-Forwarded-For"]),
+                                 _header_text(draw(st.sampled_from([40, 8000]))), max_size=3))
+    return body, signature, kind, extra
+
+
+def test_fuzzed_deliveries_never_5xx_and_nothing_unsigned_is_emitted(recorded: Recorded) -> None:
+    from hypothesis import HealthCheck, settings
+
+    srv = make_server("127.0.0.1", free_port(), SECRET, recorded, default_branch="main", release_tags=RELEASE_TAGS,
+                      max_body=MAX_BODY)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    sent = {"requests": 0, "emitted": 0}
+    try:
+        with httpx.Client(timeout=10) as client:
+            @settings(max_examples=600, deadline=None, database=None,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+            @given(_requests())
+            def check(request: tuple[bytes, str | None, str | None, dict[str, str]]) -> None:
+                body, signature, kind, extra = request
+                headers = {**extra, "X-GitHub-Delivery": str(uuid.uuid4())}
+                if kind is not None:
+                    headers["X-GitHub-Event"] = kind
+                if signature is not None:
+                    headers["X-Hub-Signature-256"] = signature
+                before = len(recorded.events)
+                try:
+                    response = client.post(url(srv), content=body, headers=headers)
+                except httpx.RemoteProtocolError:  # the server closed a request it refused to read: no 5xx
+                    response = None
+                sent["requests"] += 1
+                if response is not None:
+                    assert response.status_code < 500, (response.status_code, response.text)
+                emitted = len(recorded.events) - before
+                valid = signature == github_signature(SECRET, body) and len(body) <= MAX_BODY
+                assert emitted == 0 or (valid and kind == "push"), (signature, kind, body[:80])
+                sent["emitted"] += emitted
+
+            check()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+    assert sent["requests"] >= 500
+    assert sent["emitted"] > 0  # the generator does reach the accepting path
