@@ -116,7 +116,10 @@ def _finish(code: int, result: dict[str, Any] | None, error: str, as_json: bool,
     if as_json:
         _print_json(result or {"state": "FAILED", "error": error})
     elif result:
-        print("  ".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, dict)))
+        print("  ".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, dict | list)))
+        for key, value in result.items():  # lists (summary lines, artifacts) one item a line
+            if isinstance(value, list) and value:
+                print(f"{key}:\n" + "\n".join(f"  {item}" for item in value))
     return code
 
 
