@@ -276,10 +276,22 @@ def _move_create_button(repo: Path) -> None:
 
 
 @pytest.mark.docker
-def test_a_moved_button_fails_the_visual_check_only(deployed: Deployed, test_loadtest: str) -> None:
+def test_a_moved_button_fails_the_visual_check_only(deployed: Deployed, test_loadtest: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_cd import Receiver
+
     deployed.release(_move_create_button, "create button first")
-    ok, summary = _run_e2e(deployed.env.name, test_loadtest)
+    receiver = Receiver()  # the nightly's failure goes to the same webhook as CD's notifications
+    monkeypatch.setenv("SUNDAY_NOTIFY_URL", receiver.url)
+    try:
+        ok, summary = _run_e2e(deployed.env.name, test_loadtest)
+    finally:
+        receiver.server.shutdown()
     assert not ok
+    assert receiver.events() == ["failure"], receiver.received
+    text = str(receiver.received[0]["text"])
+    assert f"E2E of {deployed.env.name} failed (visual)" in text
+    assert all(key in text for key in summary["artifacts"]), text  # links to the artifacts
     visual = summary["visual"]
     assert visual["verdict"] == "failed"
     moved = visual["views"]["boards"]
