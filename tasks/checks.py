@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,18 +44,20 @@ def build_check_image(project: str, service: str, spec: Service, checkout: Check
     tag = check_image_tag(project, service, spec.checks.stage, checkout.commit)
     build_args = [a for k, v in {"BASE_IMAGE": base_image, **spec.build_args}.items()
                   for a in ("--build-arg", f"{k}={v}")]
-    argv = [settings.docker, "build", "--target", spec.checks.stage, *build_args,
-            "-f", str(context / spec.dockerfile), "-t", tag, str(context)]
-    started = time.monotonic()
-    progress(f"building {spec.checks.stage} stage of {service}")
-    built = run(argv, env={"DOCKER_BUILDKIT": "1"}, timeout=1800, check=False)
+    with tempfile.TemporaryDirectory(prefix="sunday-iid-") as tmp:
+        iidfile = Path(tmp) / "iid"  # docker build writes the image id there
+        argv = [settings.docker, "build", "--target", spec.checks.stage, *build_args, "--iidfile", str(iidfile),
+                "-f", str(context / spec.dockerfile), "-t", tag, str(context)]
+        started = time.monotonic()
+        progress(f"building {spec.checks.stage} stage of {service}")
+        built = run(argv, env={"DOCKER_BUILDKIT": "1"}, timeout=1800, check=False)
+        image_id = iidfile.read_text().strip() if built.ok else ""
     if not built.ok:
         failure = CommandFailed(argv, built.returncode, tail(built.stderr or built.stdout))
         if transient_command(failure):
             raise failure
         result = StepResult(service, "build", "failed", time.monotonic() - started, detail=failure.stderr_tail)
         raise CheckFailed(service, "build", tail(built.stderr, 3), result)
-    image_id = run([settings.docker, "image", "inspect", "-f", "{{.Id}}", tag]).stdout.strip()
     progress(f"built {tag} in {time.monotonic() - started:.1f}s")
     return image_id
 
@@ -81,13 +84,16 @@ def run_check(service: str, step: str, argv: list[str], image: str, reports_dir:
     reports.mkdir(parents=True)
     reports.chmod(0o777)
     name = f"sunday-check-{reports.parent.parent.name[:8]}-{service}-{step}"
-    run([settings.docker, "rm", "-f", name], check=False)
+    container = [settings.docker, "run", "--rm", "--name", name, "--network", "none",
+                 "-v", f"{reports}:/reports", "-e", "REPORTS_DIR=/reports", image, *argv]
     started = time.monotonic()
     progress(f"{step} started")
     try:
-        done = run([settings.docker, "run", "--rm", "--name", name, "--network", "none",
-                    "-v", f"{reports}:/reports", "-e", "REPORTS_DIR=/reports", image, *argv],
-                   timeout=timeout, check=False)
+        done = run(container, timeout=timeout, check=False)
+        if done.returncode == 125 and "is already in use" in done.stderr:  # left by an attempt that was killed
+            run([settings.docker, "rm", "-f", name], check=False)
+            started = time.monotonic()
+            done = run(container, timeout=timeout, check=False)
     except CommandFailed:
         run([settings.docker, "rm", "-f", name], check=False)
         raise CheckFailed(service, step, f"timed out after {timeout}s") from None

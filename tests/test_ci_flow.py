@@ -167,3 +167,21 @@ def test_retry_reruns_only_the_failed_task(prefect_api: str, docker_engine: str,
         assert "Cached" in states[name], (name, states)  # completed the first time: not run again
     assert "Completed" in states["scan-repository"] and "Failed" in states["scan-repository"], states
     assert states["publish-ci-reports"].count("Completed") == 2, states  # follows the scan: ran again
+
+
+def test_a_container_left_by_a_killed_attempt_does_not_block_the_check(docker_engine: str, tmp_path: Path) -> None:
+    from tasks.checks import run_check
+
+    reports = tmp_path / "run-left0ver" / "reports" / "svc-lint"
+    name = "sunday-check-run-left-svc-lint"  # the name run_check gives this step's container
+    base = "localhost:5000/base/debian:bookworm"
+    subprocess.run([DOCKER, "rm", "-f", name], capture_output=True, check=False)
+    subprocess.run([DOCKER, "create", "--name", name, base, "true"], capture_output=True, check=True)
+    try:
+        result = run_check.fn("svc", "lint", ["sh", "-c", "echo checked"], base, str(reports), timeout=60)
+        assert result.outcome == "passed", result
+        left = subprocess.run([DOCKER, "ps", "-a", "-q", "--filter", f"name=^{name}$"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        assert left == ""  # the old container was removed and the check's own removed itself (--rm)
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", name], capture_output=True, check=False)
