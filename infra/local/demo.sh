@@ -13,10 +13,15 @@ echo "[demo] sample app committed to $work ($(git -C "$work" rev-parse --short H
 "$top/.venv/bin/sunday-release" validate --repo "$work"
 "$top/.venv/bin/sunday-release" ci --repo "$work" --ref main
 registry=localhost:5000
-echo "[demo] published: $(curl -fsS "http://$registry/v2/sunday/backend/tags/list")"
-echo "[demo] arm64 backend image: uname -m = $(/usr/bin/docker run --rm --platform linux/arm64 --entrypoint uname \
-  "$registry/sunday/backend:sha-$(git -C "$work" rev-parse HEAD)" -m)"
 sha=$(git -C "$work" rev-parse HEAD)
+for service in backend frontend; do
+  echo "[demo] published $registry/sunday/$service:sha-$sha for: $(curl -fsS \
+    -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json' \
+    "http://$registry/v2/sunday/$service/manifests/sha-$sha" | "$top/.venv/bin/python" -c \
+    'import json, sys; print(", ".join(m["platform"]["os"] + "/" + m["platform"]["architecture"] for m in json.load(sys.stdin)["manifests"]))')"
+done
+echo "[demo] arm64 backend image: uname -m = $(/usr/bin/docker run --rm --platform linux/arm64 --entrypoint uname \
+  "$registry/sunday/backend:sha-$sha" -m)"
 "$top/.venv/bin/sunday-release" cd --env staging --version "$sha" --repo "$work"
 "$top/.venv/bin/sunday-release" status --env staging
 echo "[demo] GET http://127.0.0.1:8081/api/boards -> $(curl -fsS http://127.0.0.1:8081/api/boards)"
