@@ -80,10 +80,10 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
             checks.append((name, step, run_check.submit(name, step, argv, image, str(reports),
                                                         spec.checks.timeout)))
     # which images already exist: read-only lookups, so they run beside the checks (the images stage waits for these)
+    repos = {name: validate_repository(f"{config.project}/{name}") for name in config.services}
     keys: dict[str, Any] = {name: image_content_key.submit(name, spec, checkout, config.base_image)
                             for name, spec in config.services.items()}
-    found = {name: find_published.submit(name, config.registry, validate_repository(f"{config.project}/{name}"),
-                                         keys[name]) for name in keys}
+    found = {name: find_published.submit(name, config.registry, repos[name], keys[name]) for name in keys}
 
     results: list[StepResult] = []
     for name, future in builds.items():
@@ -107,7 +107,7 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
     images: dict[str, PublishedImage] = {}
     scans: list[ImageScan] = []
     if not failures:  # the images stage runs once the checks stage passed
-        images, scans, image_failures = _images_stage(config, checkout, ref, keys, found,
+        images, scans, image_failures = _images_stage(config, checkout, ref, repos, keys, found,
                                                       settings.home / "runs" / run_id)
         failures += image_failures
     publish_ci_reports(config.project, checkout.commit, results, scan, list(images.values()), scans)
@@ -135,16 +135,16 @@ def _announce_pass(config: PipelineConfig, checkout: Checkout, ref: str) -> None
                         ref if re.match(config.release_tags, ref) else checkout.commit})
 
 
-def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str, keys: dict[str, Any],
-                  found: dict[str, PrefectFuture[Any]],
+def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str, repos: dict[str, str],
+                  keys: dict[str, Any], found: dict[str, PrefectFuture[Any]],
                   run_dir: Path) -> tuple[dict[str, PublishedImage], list[ImageScan], list[str]]:
     """Build (or reuse), push and scan every service's multi-arch image; return what failed too.
 
-    `keys` and `found` are the futures of each service's content key and of its published image
-    (None: not built yet); futures are passed on as task inputs (Prefect resolves them).
+    `repos` are the services' registry repositories; `keys` and `found` the futures of each one's
+    content key and of its published image (None: not built yet). Futures are passed on as task
+    inputs (Prefect resolves them).
     """
     tags = [f"sha-{checkout.commit}"] + ([ref] if re.match(config.release_tags, ref) else [])
-    repos = {name: validate_repository(f"{config.project}/{name}") for name in config.services}
     publish: dict[str, PrefectFuture[Any]] = {}
     upstream: dict[str, list[PrefectFuture[Any]]] = {name: [] for name in config.services}
     for name, spec in config.services.items():

@@ -82,7 +82,6 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
                        "scale": "flows.cd:scale", "e2e": "flows.e2e:e2e"}[name].partition(":")
     flow_fn = getattr(__import__(module, fromlist=[attr]), attr)
     del flows
-    gc.freeze()  # Prefect's modules live as long as the process: keep the collector's passes off them
     logging.getLogger("prefect").addHandler(_Progress())
     sys.stderr.write(f"{banner} (Prefect API {api})\n")
     state = flow_fn(**params, return_state=True)

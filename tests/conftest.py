@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,22 @@ def prefect_api() -> Iterator[str]:
         APILogWorker.drain_all(timeout=5)  # send the tests' run logs before the server goes away
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def read_events(name: str, resource_id: str, timeout: float = 15) -> list[Any]:
+    """The server's events called `name` about `resource_id`, polled until some arrive or `timeout` passes."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=[name]),
+                                                         resource=EventResourceFilter(id=[resource_id])),
+                                      limit=50)  # the client's default (100) is over the server's maximum
+            if page.events or time.monotonic() > deadline:
+                return list(page.events)
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

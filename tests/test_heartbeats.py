@@ -10,21 +10,7 @@ import pytest
 
 import flows  # noqa: F401  (importing the package installs the change)
 from flows import _heartbeats
-
-
-def _heartbeat_events(flow_run_id: str, timeout: float = 15) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            page = client.read_events(filter=EventFilter(
-                event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
-                resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"])), limit=50)
-            if page.events or time.monotonic() > deadline:
-                return list(page.events)
-            time.sleep(0.5)
+from tests.conftest import read_events
 
 
 def test_installed_once_by_importing_flows() -> None:
@@ -66,5 +52,5 @@ def test_heartbeat_sent_and_the_run_ends_without_joining_its_thread(prefect_api:
     while heartbeat.is_alive() and time.monotonic() < deadline:  # it ends by itself at its next step
         time.sleep(0.1)
     assert not heartbeat.is_alive()
-    events = _heartbeat_events(seen["id"])
+    events = read_events("prefect.flow-run.heartbeat", f"prefect.flow-run.{seen['id']}")
     assert len(events) == 1, events  # the one sent when the run started; none after it ended

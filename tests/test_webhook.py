@@ -38,7 +38,7 @@ from sunday_release.webhook import (
     sign,
     verify_signature,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, read_events
 
 SECRET = b"It's a Secret to Everybody"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -497,28 +497,13 @@ def test_the_secret_block_wins_over_the_environment(prefect_api: str, monkeypatc
         Secret.delete("sunday-webhook-secret")
 
 
-def _read_push_events(resource_id: str, timeout: float = 15) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=["git.push"]),
-                                                         resource=EventResourceFilter(id=[resource_id])),
-                                       limit=50)  # the client's default (100) is over the server's maximum
-            if page.events or time.monotonic() > deadline:
-                return list(page.events)
-            time.sleep(0.5)
-
-
 def test_emit_prefect_event_reaches_the_server(prefect_api: str) -> None:
     repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
     push = PushEvent("refs/tags/v1.4.0", SHA, repo, "octocat", delivery="d-prefect")
 
     emit_prefect_event(push)
 
-    events = _read_push_events(f"git.repository.{repository_slug(repo)}")
+    events = read_events("git.push", f"git.repository.{repository_slug(repo)}")
     assert len(events) == 1
     assert events[0].event == "git.push"
     assert events[0].payload == {"ref": "v1.4.0", "full_ref": "refs/tags/v1.4.0", "sha": SHA, "repository": repo,
@@ -538,7 +523,7 @@ def test_a_signed_push_through_the_server_reaches_prefect(prefect_api: str) -> N
         srv.server_close()
         thread.join(5)
 
-    events = _read_push_events(f"git.repository.{repository_slug(repo)}")
+    events = read_events("git.push", f"git.repository.{repository_slug(repo)}")
     assert [(e.payload["ref"], e.payload["sha"]) for e in events] == [("main", SHA)]
 
 
@@ -553,7 +538,7 @@ def test_a_short_lived_process_flushes_the_event_before_it_exits(prefect_api: st
                           check=False)
     assert done.returncode == 0, done.stderr
 
-    events = _read_push_events(f"git.repository.{repository_slug(repo)}")
+    events = read_events("git.push", f"git.repository.{repository_slug(repo)}")
     assert [(e.payload["ref"], e.payload["delivery"]) for e in events] == [("main", "d-short")]
 
 
@@ -593,7 +578,7 @@ def test_serve_end_to_end_with_the_config_build_rule(prefect_api: str, tmp_path:
     assert "listening on http://127.0.0.1" in stderr and "git.push refs/heads/trunk" in stderr
     assert SECRET.decode() not in stderr
 
-    events = _read_push_events(f"git.repository.{repository_slug(repo)}")
+    events = read_events("git.push", f"git.repository.{repository_slug(repo)}")
     assert [e.payload["ref"] for e in events] == ["trunk"]
 
 
