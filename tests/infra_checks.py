@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hcl2
 import kubernetes_validate
@@ -224,6 +224,35 @@ def rbac_violations(obj: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# The kind (as the kubernetes target's FakeKubernetesApi records it) → (API group, resource).
+RESOURCES = {
+    "Deployment": ("apps", "deployments"),
+    "Service": ("", "services"),
+    "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
+    "Pod": ("", "pods"),
+    "Event": ("", "events"),
+    "Job": ("batch", "jobs"),
+    "Pod log": ("", "pods/log"),
+}
+# Verbs Kubernetes never narrows by resourceNames (the name is unknown when it authorizes them).
+UNNAMED_VERBS = frozenset({"create", "list", "watch", "deletecollection"})
+
+
+def rbac_allows(role: Mapping[str, Any], group: str, resource: str, verb: str, name: str | None = None) -> bool:
+    """Whether `role` lets a subject do `verb` on `resource` of `group` (object `name`), as the RBAC
+    authorizer decides: a rule with resourceNames only matches requests for one of those names, and
+    never create/list/watch/deletecollection."""
+    for rule in role.get("rules") or []:
+        if group not in (rule.get("apiGroups") or []) or resource not in (rule.get("resources") or []):
+            continue
+        if verb not in (rule.get("verbs") or []):
+            continue
+        names = rule.get("resourceNames") or []
+        if not names or (name is not None and verb not in UNNAMED_VERBS and name in names):
+            return True
+    return False
+
+
 def live_color(objects: Iterable[Manifest], service: str) -> str | None:
     """The color the live Service `service` selects (spec.selector.color), if any."""
     for obj in objects:
@@ -340,4 +369,89 @@ def variable_violations(tf_file: Path) -> list[str]:
                 problems.append(f"{tf_file}: variable.{name}.type missing")
             if not str(_unquote(body.get("description", ""))).strip():
                 problems.append(f"{tf_file}: variable.{name}.description missing")
+    return problems
+
+
+# --- admission policies (ValidatingAdmissionPolicy, CEL) --------------------------------------
+
+
+PIPELINE_USER = "system:serviceaccount:prefect:sunday-release"
+
+
+def admission_request(operation: str, obj: Mapping[str, Any] | None, old: Mapping[str, Any] | None = None,
+                      user: str = PIPELINE_USER) -> dict[str, Any]:
+    """The CEL `request` (plus `object`/`oldObject`) an API server would hand a ValidatingAdmissionPolicy.
+
+    The resource (group, version, plural) is derived from the object's apiVersion and kind.
+    """
+    subject = obj if obj is not None else old or {}
+    group, _, version = str(subject.get("apiVersion", "")).rpartition("/")
+    plural = {"Deployment": "deployments", "Job": "jobs", "Service": "services",
+              "HorizontalPodAutoscaler": "horizontalpodautoscalers", "Pod": "pods"}.get(str(subject.get("kind")), "")
+    return {
+        "request": {
+            "operation": operation,
+            "userInfo": {"username": user},
+            "resource": {"group": group, "version": version, "resource": plural},
+            "name": subject.get("metadata", {}).get("name", ""),
+            "namespace": subject.get("metadata", {}).get("namespace", ""),
+        },
+        "object": obj,
+        "oldObject": old,
+    }
+
+
+def _rule_matches(rule: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
+    resource = request["resource"]
+
+    def has(field: str, value: str) -> bool:
+        values = rule.get(field) or []
+        return "*" in values or value in values
+
+    return (has("apiGroups", resource["group"]) and has("apiVersions", resource["version"])
+            and has("resources", resource["resource"]) and has("operations", request["operation"]))
+
+
+def admission_violations(policy: Mapping[str, Any], review: Mapping[str, Any]) -> list[str]:
+    """Evaluate a ValidatingAdmissionPolicy (CEL, with cel-python) against one admission request.
+
+    `review` is what `admission_request` builds. Returns the messages of the failing validations, as
+    the API server would deny with them: [] when the request is allowed or the policy does not
+    apply (matchConstraints, matchConditions). An expression that cannot be evaluated counts as a
+    failure (the policies use failurePolicy: Fail). This stands in for an API server, which cannot
+    run here; the CEL dialect is cel-python's (no Kubernetes CEL extensions such as `.split`).
+    """
+    import celpy  # lazily: only the admission tests need it
+
+    spec = policy["spec"]
+    request = review["request"]
+    rules = (spec.get("matchConstraints") or {}).get("resourceRules") or []
+    if not any(_rule_matches(rule, request) for rule in rules):
+        return []
+    env = celpy.Environment()
+    base = {key: review[key] for key in ("request", "object", "oldObject")}
+    values: dict[str, Any] = {}
+
+    def evaluate(expression: str) -> Any:
+        activation = dict(cast(Mapping[str, Any], celpy.json_to_cel(base)))
+        activation["variables"] = celpy.celtypes.MapType(
+            {celpy.celtypes.StringType(k): v for k, v in values.items()})
+        try:
+            result = env.program(env.compile(expression)).evaluate(activation)
+        except celpy.CELEvalError as exc:
+            return exc
+        return result
+
+    for condition in spec.get("matchConditions") or []:
+        if evaluate(condition["expression"]) != celpy.celtypes.BoolType(True):
+            return []  # not a request of the identity the policy guards
+    for variable in spec.get("variables") or []:
+        values[variable["name"]] = evaluate(variable["expression"])
+    problems = []
+    for validation in spec.get("validations") or []:
+        result = evaluate(validation["expression"])
+        if isinstance(result, celpy.CELEvalError):
+            problems.append(f"{validation['message']} (not evaluable: {result})")
+        elif result != celpy.celtypes.BoolType(True):
+            problems.append(str(validation["message"]))
     return problems

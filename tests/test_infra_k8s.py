@@ -13,16 +13,20 @@ from typing import Any
 import pytest
 import yaml
 
+from sunday_release.targets.kubernetes import migration_job, start_patch
 from tests.infra_checks import (
     K8S,
     K8S_VERSION,
     TERRAFORM,
     TRIVYIGNORE,
     Manifest,
+    admission_request,
+    admission_violations,
     find,
     live_color,
     parse_tf,
     policy_violations,
+    rbac_allows,
     rbac_violations,
     render_kustomize,
     schema_violations,
@@ -40,7 +44,8 @@ NAMESPACES = {
 }
 APP_OVERLAYS = ("staging", "production")
 SERVICES = ("backend", "frontend")
-CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding"})
+CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                            "ValidatingAdmissionPolicyBinding"})
 
 
 @functools.cache
@@ -156,9 +161,60 @@ def test_default_deny_and_allow_policies(overlay: str) -> None:
     assert deny["podSelector"] == {} and sorted(deny["policyTypes"]) == ["Egress", "Ingress"]
     assert "ingress" not in deny and "egress" not in deny
     assert {"allow-dns-egress", "allow-ingress-nginx-to-frontend", "allow-ingress-nginx-to-backend",
-            "allow-prometheus-scrape", "allow-backend-to-datastores"} <= policies.keys()
+            "allow-prometheus-scrape", "allow-backend-to-datastores", "allow-release-smoke-tests"} <= policies.keys()
     ports = {p["port"] for rule in policies["allow-backend-to-datastores"]["spec"]["egress"] for p in rule["ports"]}
     assert ports == {5432, 6379}
+    smoke = policies["allow-release-smoke-tests"]["spec"]["ingress"]
+    assert smoke == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prefect"}},
+                                "podSelector": {"matchLabels": {"app.kubernetes.io/component": "flow-run"}}}],
+                      "ports": [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8080}]}]
+
+
+def _peers(policy: Manifest, direction: str) -> list[tuple[dict[str, Any], set[int]]]:
+    """(peer, ports) of every from/to entry of a NetworkPolicy's ingress or egress rules."""
+    key = "from" if direction == "ingress" else "to"
+    return [(peer, {p["port"] for p in rule.get("ports", [])})
+            for rule in policy["spec"].get(direction, []) for peer in rule[key]]
+
+
+def test_prefect_namespace_default_deny_and_allow_policies() -> None:
+    policies = {p["metadata"]["name"]: p for p in of_kind(rendered("prefect"), "NetworkPolicy")}
+    deny = policies["default-deny-all"]["spec"]
+    assert deny["podSelector"] == {} and sorted(deny["policyTypes"]) == ["Egress", "Ingress"]
+    assert "ingress" not in deny and "egress" not in deny
+    dns = policies["allow-dns-egress"]["spec"]
+    assert dns["podSelector"] == {} and {p["port"] for p in dns["egress"][0]["ports"]} == {53}
+
+    server = {"app.kubernetes.io/name": "prefect-server"}
+    worker = {"app.kubernetes.io/name": "prefect-worker"}
+    flow_run = {"app.kubernetes.io/component": "flow-run"}
+    api = policies["allow-prefect-api-ingress"]
+    assert api["spec"]["podSelector"]["matchLabels"] == server and api["spec"]["policyTypes"] == ["Ingress"]
+    sources = _peers(api, "ingress")
+    assert all(ports == {4200} for _, ports in sources)
+    assert {"podSelector": {"matchLabels": worker}} in [peer for peer, _ in sources]
+    assert {"podSelector": {"matchLabels": flow_run}} in [peer for peer, _ in sources]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}} in [p for p, _ in sources]
+    # Only the API port is open to anyone, and only the server takes ingress.
+    ingress = [p for p in policies.values() if "Ingress" in p["spec"]["policyTypes"] and p["spec"].get("ingress")]
+    assert [p["metadata"]["name"] for p in ingress] == ["allow-prefect-api-ingress"]
+
+    def egress_of(labels: dict[str, str]) -> set[int]:
+        return {port for p in policies.values() if p["spec"]["podSelector"].get("matchLabels") == labels
+                for _, ports in _peers(p, "egress") for port in ports}
+
+    # workers: the API, and HTTPS (Kubernetes API, ECR, S3) but not the instance metadata service
+    assert egress_of(worker) == {4200, 443}
+    # flow runs: the same, plus the preview Services' smoke tests and pg_dump for backups
+    assert egress_of(flow_run) == {4200, 443, 8000, 8080, 5432}
+    assert egress_of(server) == {5432}
+    for policy in policies.values():
+        for peer, ports in _peers(policy, "egress"):
+            if "ipBlock" in peer and ports == {443}:
+                assert peer["ipBlock"] == {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}
+            elif "ipBlock" in peer:
+                assert not ipaddress.IPv4Network(peer["ipBlock"]["cidr"]).is_global, policy["metadata"]["name"]
 
 
 @pytest.mark.parametrize("overlay", APP_OVERLAYS)
@@ -174,6 +230,9 @@ def test_app_pods_do_not_mount_api_tokens_and_have_probes(overlay: str) -> None:
     assert backend["initContainers"][0]["command"] == ["python3", "-m", "sunday_api.migrate"]
 
 
+DEPLOYMENTS = ("backend-blue", "backend-green", "frontend-blue", "frontend-green")
+
+
 @pytest.mark.parametrize("overlay", APP_OVERLAYS)
 def test_pipeline_role_grants_exactly_the_blue_green_operations(overlay: str) -> None:
     objects = rendered(overlay)
@@ -185,16 +244,35 @@ def test_pipeline_role_grants_exactly_the_blue_green_operations(overlay: str) ->
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    for verb in ("get", "list", "watch", "create", "patch"):
-        assert ("apps", "deployments", verb, ()) in grants
-    assert ("", "services", "patch", ("backend", "frontend")) in grants
-    assert {("", "pods", "get", ()), ("", "pods", "list", ()), ("", "events", "list", ())} <= grants
-    assert {("batch", "jobs", "create", ()), ("batch", "jobs", "get", ()), ("", "pods/log", "get", ())} <= grants
-    assert not any(verb in ("delete", "deletecollection", "update") for _, _, verb, _ in grants)
+    live, preview = ("backend", "frontend"), tuple(DEPLOYMENTS)
+    assert grants == {
+        # the color Deployments: read, and patch (images, replicas) by name; never create/update/delete
+        *{("apps", "deployments", verb, ()) for verb in ("get", "list", "watch")},
+        ("apps", "deployments", "patch", DEPLOYMENTS),
+        # the traffic switch: read the live and preview Services, patch the live ones' selector
+        ("", "services", "get", (*live, *preview)),
+        ("", "services", "patch", live),
+        ("autoscaling", "horizontalpodautoscalers", "get", live),
+        ("autoscaling", "horizontalpodautoscalers", "patch", live),
+        # rollout health and the migration Job (it deletes itself: ttlSecondsAfterFinished)
+        ("", "pods", "list", ()), ("", "events", "list", ()),
+        ("batch", "jobs", "create", ()), ("batch", "jobs", "get", ()),
+        ("", "pods/log", "get", ()),
+    }
+    assert not rbac_allows(role, "apps", "deployments", "create", "backend-blue")
+    assert not rbac_allows(role, "apps", "deployments", "patch", "postgres")
+    assert not rbac_allows(role, "", "services", "patch", "backend-blue")  # previews are not switches
+    for resource in ("secrets", "serviceaccounts", "configmaps", "pods/exec"):
+        for verb in ("get", "list", "create", "patch"):
+            assert not rbac_allows(role, "", resource, verb, "backend-database"), (resource, verb)
     binding = find(objects, "RoleBinding", "sunday-release")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sunday-release"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sunday-release", "namespace": "prefect"}]
-    assert find(rendered("prefect"), "ServiceAccount", "sunday-release")
+    accounts = {sa["metadata"]["name"]: sa for sa in of_kind(rendered("prefect"), "ServiceAccount")}
+    assert accounts.keys() == {"sunday-release", "sunday-ci"}
+    assert accounts["sunday-ci"]["automountServiceAccountToken"] is False  # CI never talks to Kubernetes
+    assert not [b for b in of_kind(objects, "RoleBinding")
+                if any(s["name"] == "sunday-ci" for s in b.get("subjects") or [])]
 
 
 def test_pipeline_can_replace_the_placeholder_images(tmp_path: Path) -> None:
@@ -435,3 +513,190 @@ def test_trivy_reports_a_privileged_container(tmp_path: Path) -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
     findings = trivy_config(write_manifests([deployment], tmp_path))
     assert any("KSV-0017" in finding and "deployment-backend-blue.yaml" in finding for finding in findings), findings
+
+
+# --- the admission policies guarding the pipeline's identity (infra/k8s/prefect/admission.yaml) -------
+# No API server can run here: tests.infra_checks.admission_violations evaluates the policies' CEL
+# (matchConstraints, matchConditions, variables, validations) with cel-python, as the API server would.
+
+RELEASE_REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+IMAGE = f"{RELEASE_REGISTRY}/sunday/backend@sha256:{'c' * 64}"
+WORKLOADS = "sunday-release-workloads"
+TRAFFIC = "sunday-release-traffic"
+MSG_APP = "sunday-release may only run pods of the apps backend and frontend (label app)"
+MSG_IMAGE = "images must come from the release registry (REGISTRY/sunday/NAME@sha256:DIGEST)"
+MSG_ACCOUNT = "pods must run as their app's own ServiceAccount (serviceAccountName == label app)"
+MSG_TOKEN = "pods must not mount a ServiceAccount token (automountServiceAccountToken: false)"
+MSG_SECRET_VOLUME = "volumes may mount only the app's own Secrets and no ServiceAccount token"
+MSG_SECRET_ENV = "containers may read only the app's own Secrets"
+MSG_VOLUME_TYPE = "volumes may only be emptyDir, configMap, secret or projected (no hostPath, PVC, …)"
+MSG_HOST = "pods may not use the host's network, PID or IPC namespace or hostPath volumes"
+MSG_PRIVILEGED = "containers may not be privileged or add capabilities"
+MSG_SELECTOR = "the pipeline may only change a Service's selector color (blue or green)"
+MSG_HPA = "the pipeline may only point an HPA at the blue or green Deployment of its service"
+
+
+def _policy(name: str) -> Manifest:
+    return find(rendered("prefect"), "ValidatingAdmissionPolicy", name)
+
+
+def _patched(name: str = "backend-green", image: str = IMAGE) -> tuple[Manifest, Manifest]:
+    """(old, new) Deployment of a release: the target's own start_patch applied to the production object."""
+    from tests.fake_kube import strategic_merge
+
+    old = find(rendered("production"), "Deployment", name)
+    new = copy.deepcopy(old)
+    strategic_merge(new, start_patch(old, name.split("-")[0], image, "v1.2.0", 5))
+    return old, new
+
+
+def _denied(new: Manifest, old: Manifest | None = None, operation: str = "UPDATE") -> list[str]:
+    return admission_violations(_policy(WORKLOADS), admission_request(operation, new, old))
+
+
+def test_admission_policies_bind_to_the_pipeline_identity_and_deny() -> None:
+    objects = rendered("prefect")
+    for name in (WORKLOADS, TRAFFIC):
+        policy = find(objects, "ValidatingAdmissionPolicy", name)
+        assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+        assert policy["spec"]["failurePolicy"] == "Fail"
+        assert policy["spec"]["matchConditions"] == [{
+            "name": "the-release-pipeline",
+            "expression": "request.userInfo.username == 'system:serviceaccount:prefect:sunday-release'"}]
+        binding = find(objects, "ValidatingAdmissionPolicyBinding", name)
+        assert binding["spec"]["policyName"] == name and "Deny" in binding["spec"]["validationActions"]
+        assert "namespace" not in policy["metadata"] and "namespace" not in binding["metadata"]
+    resources = {(rule["apiGroups"][0], rule["resources"][0], tuple(rule["operations"]))
+                 for rule in _policy(WORKLOADS)["spec"]["matchConstraints"]["resourceRules"]}
+    assert resources == {("apps", "deployments", ("CREATE", "UPDATE")), ("batch", "jobs", ("CREATE", "UPDATE"))}
+    # the allowed registry is the Terraform ECR registry (account of the overlays' IRSA roles, the region)
+    tfvars = parse_tf(TERRAFORM / "environments" / "production" / "terraform.tfvars")
+    assert RELEASE_REGISTRY.endswith(f".dkr.ecr.{str(tfvars['region']).strip(chr(34))}.amazonaws.com")
+    account = find(rendered("production"), "ServiceAccount", "database-backup")["metadata"]["annotations"]
+    assert f"::{RELEASE_REGISTRY.split('.')[0]}:" in account["eks.amazonaws.com/role-arn"]
+    variables = {v["name"]: v["expression"] for v in _policy(WORKLOADS)["spec"]["variables"]}
+    assert variables["allowedRegistries"] == f"['{RELEASE_REGISTRY}']"
+
+
+def test_a_release_patch_and_the_migration_job_are_admitted() -> None:
+    old, new = _patched()
+    assert _denied(new, old) == []
+    old, new = _patched("frontend-blue", f"{RELEASE_REGISTRY}/sunday/frontend@sha256:{'d' * 64}")
+    assert _denied(new, old) == []
+    job = migration_job(find(rendered("production"), "Deployment", "backend-blue"), "backend", IMAGE,
+                        ["python3", "-m", "migrate"], "v1.2.0", "backend-migrate-v1-2-0-x1y2z3")
+    assert _denied(job, None, "CREATE") == []
+
+
+def test_other_users_and_resources_are_not_judged() -> None:
+    old, new = _patched(image="docker.io/evil/miner:latest")
+    policy = _policy(WORKLOADS)
+    assert admission_violations(policy, admission_request("UPDATE", new, old, user="kubernetes-admin")) == []
+    assert admission_violations(policy, admission_request("UPDATE", new, old)) == [MSG_IMAGE]
+
+
+@pytest.mark.parametrize("image", [
+    "docker.io/evil/miner@sha256:" + "e" * 64,                                    # foreign registry
+    f"{RELEASE_REGISTRY}.evil.com/sunday/backend@sha256:{'e' * 64}",               # look-alike host
+    f"{RELEASE_REGISTRY}/other/backend@sha256:{'e' * 64}",                         # not a sunday repository
+    f"{RELEASE_REGISTRY}/sunday/backend:latest",                                   # not pinned by digest
+    "localhost:5000/sunday/backend@sha256:" + "e" * 64,                            # a node-local registry
+])
+def test_images_from_elsewhere_are_denied(image: str) -> None:
+    old, new = _patched(image=image)
+    assert _denied(new, old) == [MSG_IMAGE]
+
+
+def test_an_init_or_ephemeral_container_from_elsewhere_is_denied() -> None:
+    old, new = _patched()
+    new["spec"]["template"]["spec"]["initContainers"][0]["image"] = "busybox:1.36"
+    assert _denied(new, old) == [MSG_IMAGE]
+
+
+def test_a_foreign_service_account_or_token_is_denied() -> None:
+    old, new = _patched()
+    pod = new["spec"]["template"]["spec"]
+    pod["serviceAccountName"] = "database-backup"  # its IRSA role writes the backup bucket
+    assert _denied(new, old) == [MSG_ACCOUNT]
+    pod["serviceAccountName"] = "backend"
+    pod["automountServiceAccountToken"] = True
+    assert _denied(new, old) == [MSG_TOKEN]
+    pod["automountServiceAccountToken"] = False
+    pod["volumes"].append({"name": "token", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "audience": "sts.amazonaws.com"}}]}})
+    assert _denied(new, old) == [MSG_SECRET_VOLUME]
+
+
+def test_foreign_secrets_are_denied() -> None:
+    old, new = _patched()
+    pod = new["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "tls", "secret": {"secretName": "sunday-production-tls"}})
+    assert _denied(new, old) == [MSG_SECRET_VOLUME]
+    old, new = _patched()
+    container = new["spec"]["template"]["spec"]["containers"][0]
+    container["envFrom"] = [{"secretRef": {"name": "postgres"}}]
+    assert _denied(new, old) == [MSG_SECRET_ENV]
+    old, new = _patched("frontend-green", f"{RELEASE_REGISTRY}/sunday/frontend@sha256:{'d' * 64}")
+    container = new["spec"]["template"]["spec"]["containers"][0]
+    container.setdefault("env", []).append(  # the backend's Secret is not the frontend's
+        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "backend-database", "key": "DATABASE_URL"}}})
+    assert _denied(new, old) == [MSG_SECRET_ENV]
+
+
+def test_host_access_privilege_and_other_volumes_are_denied() -> None:
+    old, new = _patched()
+    new["spec"]["template"]["spec"]["volumes"].append({"name": "docker", "hostPath": {"path": "/var/run"}})
+    assert _denied(new, old) == [MSG_VOLUME_TYPE, MSG_HOST]
+    old, new = _patched()
+    new["spec"]["template"]["spec"]["hostNetwork"] = True
+    assert _denied(new, old) == [MSG_HOST]
+    old, new = _patched()
+    new["spec"]["template"]["spec"]["volumes"].append({"name": "data", "persistentVolumeClaim": {
+        "claimName": "data-postgres-0"}})
+    assert _denied(new, old) == [MSG_VOLUME_TYPE]
+    old, new = _patched()
+    new["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    assert _denied(new, old) == [MSG_PRIVILEGED]
+    new["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(
+        privileged=False, capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]})
+    assert _denied(new, old) == [MSG_PRIVILEGED]
+
+
+def test_a_job_of_another_app_is_denied() -> None:
+    job = migration_job(find(rendered("staging"), "StatefulSet", "postgres"), "postgres", IMAGE,
+                        ["sh"], "v1", "postgres-migrate-v1-x1y2z3")
+    # label app=postgres, its own ServiceAccount and Secret (the database password): not a Sunday app
+    assert _denied(job, None, "CREATE") == [MSG_APP, MSG_SECRET_ENV]
+
+
+def test_the_switch_may_only_move_colors() -> None:
+    policy = _policy(TRAFFIC)
+    service = find(rendered("production"), "Service", "backend")
+    switched = copy.deepcopy(service)
+    switched["spec"]["selector"]["color"] = "green" if service["spec"]["selector"]["color"] == "blue" else "blue"
+    assert admission_violations(policy, admission_request("UPDATE", switched, service)) == []
+    for change in ({"selector": {"app": "postgres", "color": "blue"}},
+                   {"selector": {"app": "backend", "color": "red"}},
+                   {"selector": {"app": "backend", "color": "blue", "role": "x"}},
+                   {"type": "LoadBalancer"}):
+        bad = copy.deepcopy(service)
+        bad["spec"].update(change)
+        assert admission_violations(policy, admission_request("UPDATE", bad, service)) == [MSG_SELECTOR], change
+    hpa = find(rendered("production"), "HorizontalPodAutoscaler", "backend")
+    retargeted = copy.deepcopy(hpa)
+    retargeted["spec"]["scaleTargetRef"]["name"] = "backend-green"
+    assert admission_violations(policy, admission_request("UPDATE", retargeted, hpa)) == []
+    retargeted["spec"]["scaleTargetRef"]["name"] = "frontend-green"
+    assert admission_violations(policy, admission_request("UPDATE", retargeted, hpa)) == [MSG_HPA]
+    retargeted["spec"]["scaleTargetRef"]["name"] = "backend-green"
+    retargeted["spec"]["maxReplicas"] = 500
+    assert admission_violations(policy, admission_request("UPDATE", retargeted, hpa)) == [MSG_HPA]
+
+
+def test_admission_policy_typo_is_caught_by_strict_schema_validation() -> None:
+    """kubernetes-validate knows ValidatingAdmissionPolicy v1 for this Kubernetes version: the schema check is real."""
+    policy = _policy(WORKLOADS)
+    policy["spec"]["validations"][0]["mesage"] = policy["spec"]["validations"][0].pop("message")
+    problems = schema_violations(policy)
+    assert len(problems) == 1 and "'mesage'" in problems[0]
+    assert problems[0].startswith("ValidatingAdmissionPolicy/sunday-release-workloads: spec.validations[0]")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.infra_checks import (
     TERRAFORM,
@@ -165,20 +166,110 @@ def test_eks_cluster_is_private_by_default_and_encrypts_secrets() -> None:
     assert _value(template["metadata_options"][0]["http_tokens"]) == "required"
 
 
-def test_pipeline_role_is_assumed_through_oidc_only() -> None:
-    main = parse_tf(MODULES / "pipeline_iam" / "main.tf")
-    documents = {_value(label): body for block in main["data"] for kind, named in block.items()
-                 for label, body in named.items() if _value(kind) == "aws_iam_policy_document"}
-    trust = documents["pipeline_trust"]["statement"][0]
-    assert [_value(a) for a in trust["actions"]] == ["sts:AssumeRoleWithWebIdentity"]
-    assert [_value(i) for i in trust["principals"][0]["identifiers"]] == ["${var.eks_oidc_provider_arn}"]
-    # Only ecr:GetAuthorizationToken (no resource-level permissions in AWS) may use Resource "*".
-    for statement in documents["pipeline"]["statement"] + documents["backup"]["statement"]:
-        actions = [_value(a) for a in statement["actions"]]
-        resources = statement["resources"] if isinstance(statement["resources"], list) else [statement["resources"]]
-        assert all("*" not in action for action in actions), actions
-        if any(_value(r) == "*" for r in resources):
-            assert actions == ["ecr:GetAuthorizationToken"], statement
+def policy_documents(module: str = "pipeline_iam") -> dict[str, dict[str, Any]]:
+    """The `data "aws_iam_policy_document"` blocks of modules/MODULE/main.tf by name."""
+    main = parse_tf(MODULES / module / "main.tf")
+    return {_value(label): body for block in main["data"] for kind, named in block.items()
+            for label, body in named.items() if _value(kind) == "aws_iam_policy_document"}
+
+
+def statements(document: dict[str, Any]) -> list[tuple[str, list[str], list[str]]]:
+    """(sid, actions, resources) of every statement of a policy document, strings unquoted."""
+    out = []
+    for statement in document["statement"]:
+        resources = statement.get("resources", [])
+        resources = resources if isinstance(resources, list) else [resources]
+        out.append((_value(statement.get("sid", "")), [_value(a) for a in statement["actions"]],
+                    [_value(r) for r in resources]))
+    return out
+
+
+BACKUPS = "${var.backup_bucket_arn}"
+READ_ONLY_PREFIXES = ("Get", "List", "Describe", "BatchGet", "BatchCheck")
+
+
+def test_ci_and_cd_are_separate_roles_each_with_its_own_policy_and_identity() -> None:
+    roles = {_value(name): body for block in parse_tf(MODULES / "pipeline_iam" / "main.tf")["resource"]
+             for kind, named in block.items() if _value(kind) == "aws_iam_role" for name, body in named.items()}
+    assert roles.keys() == {"ci", "cd", "backup"}
+    assert _value(roles["ci"]["name"]) == "${var.name}-ci" and _value(roles["cd"]["name"]) == "${var.name}-cd"
+    for role in ("ci", "cd", "backup"):
+        assert _value(roles[role]["assume_role_policy"]) == f"${{data.aws_iam_policy_document.{role}_trust.json}}"
+        attached = resource("pipeline_iam", "aws_iam_role_policy", role)
+        assert _value(attached["role"]) == f"${{aws_iam_role.{role}.id}}"
+        assert _value(attached["policy"]) == f"${{data.aws_iam_policy_document.{role}.json}}"
+    documents = policy_documents()
+    for role, account in (("ci", "ci_service_account"), ("cd", "cd_service_account")):
+        trust = documents[f"{role}_trust"]["statement"][0]
+        assert [_value(a) for a in trust["actions"]] == ["sts:AssumeRoleWithWebIdentity"]
+        assert [_value(i) for i in trust["principals"][0]["identifiers"]] == ["${var.eks_oidc_provider_arn}"]
+        subject = next(c for c in trust["condition"] if _value(c["variable"]).endswith(":sub"))
+        assert [_value(v) for v in subject["values"]] == [f"system:serviceaccount:${{var.{account}}}"]
+    # GitHub Actions may assume the CI role (when configured), never the CD role.
+    assert "dynamic" in documents["ci_trust"] and "dynamic" not in documents["cd_trust"]
+    assert len(documents["cd_trust"]["statement"]) == 1
+    # The defaults are the ServiceAccounts of infra/k8s/prefect.
+    variables = module_variables(MODULES / "pipeline_iam")
+    assert _value(variables["ci_service_account"]["default"]) == "prefect:sunday-ci"
+    assert _value(variables["cd_service_account"]["default"]) == "prefect:sunday-release"
+    prefect_accounts = {doc["metadata"]["name"] for doc in yaml.safe_load_all(
+        (TERRAFORM.parent / "k8s" / "prefect" / "serviceaccount.yaml").read_text(encoding="utf-8"))}
+    assert {"sunday-ci", "sunday-release"} <= prefect_accounts
+
+
+def test_ci_role_has_no_access_to_the_backups() -> None:
+    ci = statements(policy_documents()["ci"])
+    assert [(sid, r) for sid, _, resources in ci for r in resources if BACKUPS in r] == []
+    s3_resources = {r for _, actions, resources in ci if any(a.startswith("s3:") for a in actions) for r in resources}
+    assert s3_resources == {"${var.artifacts_bucket_arn}", "${var.artifacts_bucket_arn}/*"}
+    assert not any(a.startswith("s3:Delete") for _, actions, _ in ci for a in actions)
+    # registry push (and pull) on the project repositories only
+    push = next(actions for sid, actions, _ in ci if sid == "EcrPushPull")
+    assert {"ecr:PutImage", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload",
+            "ecr:BatchGetImage"} <= set(push)
+    assert [r for sid, _, r in ci if sid == "EcrPushPull"] == [["${var.ecr_repository_arns}"]]
+    assert not any(a.startswith(("eks:", "ecr:Delete")) for _, actions, _ in ci for a in actions)
+
+
+def test_cd_role_manages_backups_and_deletes_nothing_else() -> None:
+    cd = statements(policy_documents()["cd"])
+    deletes = [(actions, resources) for _, actions, resources in cd if any("Delete" in a for a in actions)]
+    assert deletes == [(["s3:DeleteObject"], [f"{BACKUPS}/*"])]  # retention, and only of backups
+    backup_actions = {a for _, actions, resources in cd if any(BACKUPS in r for r in resources) for a in actions}
+    assert backup_actions == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    # pull only: CD deploys what CI pushed
+    ecr = {a for _, actions, _ in cd for a in actions if a.startswith("ecr:")}
+    assert ecr == {"ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
+                   "ecr:DescribeImages", "ecr:GetDownloadUrlForLayer"}
+    assert ("DescribeCluster", ["eks:DescribeCluster"], ["${var.eks_cluster_arn}"]) in cd
+
+
+def test_no_wildcards_and_no_star_resource_for_writes() -> None:
+    """Only ecr:GetAuthorizationToken (no resource-level permissions in AWS) may use Resource "*"."""
+    documents = policy_documents()
+    for name in ("ci", "cd", "backup"):
+        for sid, actions, resources in statements(documents[name]):
+            assert all("*" not in action for action in actions), (name, sid, actions)
+            assert resources, (name, sid)
+            if "*" in resources:
+                assert actions == ["ecr:GetAuthorizationToken"], (name, sid)
+            writes = [a for a in actions if not a.split(":", 1)[1].startswith(READ_ONLY_PREFIXES)]
+            if writes:
+                assert all(r != "*" and not r.endswith(":*") for r in resources), (name, sid, writes)
+
+
+def test_both_role_arns_are_outputs_of_the_module_and_every_environment() -> None:
+    outputs = {_value(name): body for block in parse_tf(MODULES / "pipeline_iam" / "outputs.tf")["output"]
+               for name, body in block.items()}
+    assert {"ci_role_arn", "cd_role_arn", "database_backup_role_arn"} == outputs.keys()
+    assert _value(outputs["ci_role_arn"]["value"]) == "${aws_iam_role.ci.arn}"
+    assert _value(outputs["cd_role_arn"]["value"]) == "${aws_iam_role.cd.arn}"
+    for env in ENV_NAMES:
+        env_outputs = {_value(name): _value(body["value"]) for block in parse_tf(ENVIRONMENTS / env / "outputs.tf")[
+            "output"] for name, body in block.items()}
+        assert env_outputs["ci_role_arn"] == "${module.pipeline_iam.ci_role_arn}"
+        assert env_outputs["cd_role_arn"] == "${module.pipeline_iam.cd_role_arn}"
+        assert "pipeline_role_arn" not in env_outputs  # one role for CI and CD is gone
 
 
 def test_trivy_config_finds_no_high_or_critical() -> None:

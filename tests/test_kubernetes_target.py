@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import threading
 from collections.abc import Iterator
+from copy import deepcopy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -37,7 +39,16 @@ from sunday_release.targets.kubernetes import (
     version_label,
     warning_events,
 )
-from tests.fake_kube import FakeKubernetesApi, api_error, render_overlay, strategic_merge
+from tests.fake_kube import FakeKubernetesApi, Obj, api_error, render_overlay, strategic_merge
+from tests.infra_checks import (
+    K8S,
+    RESOURCES,
+    admission_request,
+    admission_violations,
+    find,
+    rbac_allows,
+    render_kustomize,
+)
 
 REG = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/sunday"
 V1 = {"backend": f"{REG}/backend@sha256:{'1' * 64}", "frontend": f"{REG}/frontend@sha256:{'a' * 64}"}
@@ -65,8 +76,10 @@ def make_config(**env: object) -> PipelineConfig:
 class Harness:
     """A target wired to a fake API whose simulated time the target's sleeps advance."""
 
+    fake_class: ClassVar[type[FakeKubernetesApi]] = FakeKubernetesApi
+
     def __init__(self, overlay: list[dict], home: Path, **fake: object) -> None:
-        self.api = FakeKubernetesApi(overlay, namespace="sunday-production", **fake)  # type: ignore[arg-type]
+        self.api = self.fake_class(overlay, namespace="sunday-production", **fake)  # type: ignore[arg-type]
         self.sleeps: list[float] = []
         config = make_config()
 
@@ -517,3 +530,99 @@ def test_kubernetes_api_wrapper_speaks_http_correctly() -> None:
         dead.read_service("ns", "backend")
     assert caught.value.status == 0 and "no answer" in str(caught.value.reason)
     dead.close()
+
+
+# ============================================================== what the cluster lets the pipeline do
+@functools.cache
+def _admission_policies() -> tuple[Obj, ...]:
+    return tuple(o for o in render_kustomize(K8S / "prefect") if o["kind"] == "ValidatingAdmissionPolicy")
+
+
+def admission_policies() -> list[Obj]:
+    """The ValidatingAdmissionPolicies of infra/k8s/prefect (rendered once per session)."""
+    return deepcopy(list(_admission_policies()))
+
+
+class AdmittingFake(FakeKubernetesApi):
+    """The FAKE API plus the cluster's guards on the pipeline's writes: every patch and create is
+    judged by the ValidatingAdmissionPolicies of infra/k8s/prefect (old and new object, as the API
+    server hands them over) and a denial is answered 403 like the API server would."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.policies = admission_policies()
+        self.denials: list[str] = []
+
+    def _admit(self, operation: str, new: Obj, old: Obj | None) -> None:
+        review = admission_request(operation, new, old)
+        for policy in self.policies:
+            for message in admission_violations(policy, review):
+                self.denials.append(f"{new['kind']}/{new['metadata']['name']}: {message}")
+                raise api_error(403, "Forbidden", message)
+
+    def _patch(self, kind: str, namespace: str, name: str, body: Obj) -> Obj:
+        old = deepcopy(self._get(kind, namespace, name))
+        new = deepcopy(old)
+        strategic_merge(new, body)
+        self._admit("UPDATE", new, old)
+        return super()._patch(kind, namespace, name, body)
+
+    def create_job(self, namespace: str, body: Obj) -> Obj:
+        self._admit("CREATE", {**body, "metadata": {**body["metadata"], "namespace": namespace}}, None)
+        return super().create_job(namespace, body)
+
+
+class AdmittedHarness(Harness):
+    """A Harness whose fake API applies the cluster's admission policies."""
+
+    fake_class = AdmittingFake
+
+
+ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sunday"  # the registry admission.yaml allows
+A1 = {"backend": f"{ECR}/backend@sha256:{'1' * 64}", "frontend": f"{ECR}/frontend@sha256:{'a' * 64}"}
+A2 = {"backend": f"{ECR}/backend@sha256:{'2' * 64}", "frontend": f"{ECR}/frontend@sha256:{'b' * 64}"}
+
+
+def test_every_call_of_the_protocol_is_allowed_by_the_role_and_admitted(overlay: list[dict],
+                                                                          tmp_path: Path) -> None:
+    """The whole blue-green protocol (release, migration Job, switch, stop, rollback, scale) against the
+    fake: each API call (verb x resource x name) is one the rendered Role sunday-release grants, and
+    each write passes the admission policies. Together with the exact-grants test in test_infra_k8s.py
+    this proves the Role is what the target needs."""
+    role = find(overlay, "Role", "sunday-release")
+    h = AdmittedHarness(overlay, tmp_path)
+    api, t = h.api, h.target
+    assert isinstance(api, AdmittingFake)
+
+    h.release("blue", A1, "v1.3.0")
+    t.run_once(A2["backend"], ["python3", "-m", "migrate"], "backend", "v1.4.0")
+    h.release("green", A2, "v1.4.0")
+    t.stop_color("blue")
+    t.scale_service("green", "backend", A2["backend"], "v1.4.0", 7)
+    t.restart_color("blue")
+    t.wait_healthy("blue", 60)
+    t.switch("blue")
+    t.stop_color("green")
+    t.replicas("green", include_stopped=True)
+    crashing = {s: image.replace("@sha256:", "@sha256:f")[:-1] for s, image in A2.items()}
+    api.crashing_images.add(crashing["backend"])  # a failed release reads the warning events
+    t.start_color("green", crashing, "v1.5.0", t.load_state())
+    with pytest.raises(RolloutAborted, match="CrashLoopBackOff"):
+        t.wait_healthy("green", 60)
+    t.stop_color("green")
+    assert api.denials == [] and t.live_color() == "blue"
+
+    verb_of = {"read": "get", "patch": "patch", "list": "list", "create": "create"}
+    made = {(verb_of[verb], kind, None if verb in ("list", "create") else name) for verb, kind, name, _ in api.calls}
+    assert {kind for _, kind, _ in made} == set(RESOURCES)  # the run exercised every kind of call
+    refused = [(verb, kind, name) for verb, kind, name in sorted(made, key=str)
+               if not rbac_allows(role, *RESOURCES[kind], verb, name)]
+    assert refused == []
+
+
+def test_a_release_from_a_foreign_registry_is_refused_by_admission(overlay: list[dict], tmp_path: Path) -> None:
+    h = AdmittedHarness(overlay, tmp_path)
+    with pytest.raises(PipelineError, match=r"patch Deployment sunday-production/backend-green failed \(HTTP 403\)"):
+        h.target.start_color("green", V2, "v1.4.0", h.target.load_state())  # V2: eu-west-1, not ours
+    assert h.api.denials == [  # type: ignore[attr-defined]
+        "Deployment/backend-green: images must come from the release registry (REGISTRY/sunday/NAME@sha256:DIGEST)"]

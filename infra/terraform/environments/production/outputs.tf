@@ -8,9 +8,14 @@ output "cluster_endpoint" {
   value       = module.eks.cluster_endpoint
 }
 
-output "pipeline_role_arn" {
-  description = "Annotate ServiceAccount prefect/sunday-release with eks.amazonaws.com/role-arn = this."
-  value       = module.pipeline_iam.pipeline_role_arn
+output "ci_role_arn" {
+  description = "CI role: annotate ServiceAccount prefect/sunday-ci with eks.amazonaws.com/role-arn = this."
+  value       = module.pipeline_iam.ci_role_arn
+}
+
+output "cd_role_arn" {
+  description = "CD role: annotate ServiceAccount prefect/sunday-release with eks.amazonaws.com/role-arn = this."
+  value       = module.pipeline_iam.cd_role_arn
 }
 
 output "database_backup_role_arn" {

@@ -1,12 +1,18 @@
-# Two IAM roles assumed through OIDC, each with only what its job needs:
-# - NAME-pipeline: the release pipeline (Prefect flow-run jobs via IRSA; optionally GitHub Actions
-#   via GitHub OIDC): push images to the listed ECR repositories, read/write the artifacts and
-#   backup buckets, describe the cluster.
+# Three IAM roles assumed through OIDC, each with only what its job needs:
+# - NAME-ci: CI (Prefect work pool sunday-ci, ServiceAccount prefect/sunday-ci via IRSA; optionally
+#   GitHub Actions via GitHub OIDC): push and pull the listed ECR repositories, read/write the
+#   artifacts bucket. No access to the backups bucket at all: CI runs code of any pushed branch and
+#   must not be able to read a production dump.
+# - NAME-cd: CD (work pool sunday-deploy, ServiceAccount prefect/sunday-release via IRSA only):
+#   pull images, the artifacts bucket, the backups bucket (list, read, write, and DeleteObject for the
+#   retention of tasks/backup.py; no DeleteObjectVersion: the bucket is versioned, so a deleted
+#   backup stays recoverable until the lifecycle rule expires it), describe the cluster.
 # - NAME-database-backup: the database-backup CronJob: write backups under postgres/ in the bucket.
+# Only ecr:GetAuthorizationToken (no resource-level permissions in AWS) uses Resource "*".
 
-data "aws_iam_policy_document" "pipeline_trust" {
+data "aws_iam_policy_document" "ci_trust" {
   statement {
-    sid     = "PrefectJobsInEks"
+    sid     = "PrefectCiJobsInEks"
     actions = ["sts:AssumeRoleWithWebIdentity"]
     principals {
       type        = "Federated"
@@ -15,7 +21,7 @@ data "aws_iam_policy_document" "pipeline_trust" {
     condition {
       test     = "StringEquals"
       variable = "${var.eks_oidc_provider_url}:sub"
-      values   = ["system:serviceaccount:${var.pipeline_service_account}"]
+      values   = ["system:serviceaccount:${var.ci_service_account}"]
     }
     condition {
       test     = "StringEquals"
@@ -47,14 +53,14 @@ data "aws_iam_policy_document" "pipeline_trust" {
   }
 }
 
-resource "aws_iam_role" "pipeline" {
-  name                 = "${var.name}-pipeline"
-  assume_role_policy   = data.aws_iam_policy_document.pipeline_trust.json
+resource "aws_iam_role" "ci" {
+  name                 = "${var.name}-ci"
+  assume_role_policy   = data.aws_iam_policy_document.ci_trust.json
   max_session_duration = 3600
   tags                 = var.tags
 }
 
-data "aws_iam_policy_document" "pipeline" {
+data "aws_iam_policy_document" "ci" {
   # docker login: ecr:GetAuthorizationToken supports no resource-level permission, AWS requires "*".
   statement {
     sid       = "EcrLogin"
@@ -63,7 +69,7 @@ data "aws_iam_policy_document" "pipeline" {
   }
 
   statement {
-    sid = "EcrPush"
+    sid = "EcrPushPull"
     actions = [
       "ecr:BatchCheckLayerAvailability",
       "ecr:BatchGetImage",
@@ -78,15 +84,106 @@ data "aws_iam_policy_document" "pipeline" {
   }
 
   statement {
-    sid       = "BucketsList"
+    sid       = "ArtifactsList"
     actions   = ["s3:ListBucket"]
-    resources = [var.artifacts_bucket_arn, var.backup_bucket_arn]
+    resources = [var.artifacts_bucket_arn]
   }
 
   statement {
-    sid       = "BucketsReadWrite"
+    sid       = "ArtifactsReadWrite"
     actions   = ["s3:GetObject", "s3:PutObject"]
-    resources = ["${var.artifacts_bucket_arn}/*", "${var.backup_bucket_arn}/*"]
+    resources = ["${var.artifacts_bucket_arn}/*"]
+  }
+
+  statement {
+    sid       = "ArtifactsKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [var.s3_kms_key_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "ci" {
+  name   = "sunday-release-ci"
+  role   = aws_iam_role.ci.id
+  policy = data.aws_iam_policy_document.ci.json
+}
+
+
+data "aws_iam_policy_document" "cd_trust" {
+  statement {
+    sid     = "PrefectCdJobsInEks"
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+    principals {
+      type        = "Federated"
+      identifiers = [var.eks_oidc_provider_arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${var.eks_oidc_provider_url}:sub"
+      values   = ["system:serviceaccount:${var.cd_service_account}"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${var.eks_oidc_provider_url}:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "cd" {
+  name                 = "${var.name}-cd"
+  assume_role_policy   = data.aws_iam_policy_document.cd_trust.json
+  max_session_duration = 3600
+  tags                 = var.tags
+}
+
+data "aws_iam_policy_document" "cd" {
+  statement {
+    sid       = "EcrLogin"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid = "EcrPull"
+    actions = [
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:BatchGetImage",
+      "ecr:DescribeImages",
+      "ecr:GetDownloadUrlForLayer",
+    ]
+    resources = var.ecr_repository_arns
+  }
+
+  statement {
+    sid       = "ArtifactsList"
+    actions   = ["s3:ListBucket"]
+    resources = [var.artifacts_bucket_arn]
+  }
+
+  statement {
+    sid       = "ArtifactsReadWrite"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${var.artifacts_bucket_arn}/*"]
+  }
+
+  statement {
+    sid       = "BackupsList"
+    actions   = ["s3:ListBucket"]
+    resources = [var.backup_bucket_arn]
+  }
+
+  statement {
+    sid       = "BackupsReadWrite"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${var.backup_bucket_arn}/*"]
+  }
+
+  # Retention (keep the newest N backups): a delete marker on the versioned bucket.
+  statement {
+    sid       = "BackupsRetention"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${var.backup_bucket_arn}/*"]
   }
 
   statement {
@@ -102,10 +199,10 @@ data "aws_iam_policy_document" "pipeline" {
   }
 }
 
-resource "aws_iam_role_policy" "pipeline" {
-  name   = "sunday-release"
-  role   = aws_iam_role.pipeline.id
-  policy = data.aws_iam_policy_document.pipeline.json
+resource "aws_iam_role_policy" "cd" {
+  name   = "sunday-release-cd"
+  role   = aws_iam_role.cd.id
+  policy = data.aws_iam_policy_document.cd.json
 }
 
 

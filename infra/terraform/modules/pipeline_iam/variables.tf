@@ -13,9 +13,15 @@ variable "eks_oidc_provider_url" {
   description = "Issuer of the cluster's OIDC provider without https://."
 }
 
-variable "pipeline_service_account" {
+variable "ci_service_account" {
   type        = string
-  description = "NAMESPACE:NAME of the ServiceAccount the Prefect flow-run jobs use (infra/k8s/prefect)."
+  description = "NAMESPACE:NAME of the ServiceAccount of CI flow-run jobs (work pool sunday-ci, infra/k8s/prefect)."
+  default     = "prefect:sunday-ci"
+}
+
+variable "cd_service_account" {
+  type        = string
+  description = "NAMESPACE:NAME of the ServiceAccount of CD flow-run jobs (work pool sunday-deploy, infra/k8s/prefect)."
   default     = "prefect:sunday-release"
 }
 
@@ -26,19 +32,19 @@ variable "backup_service_account" {
 
 variable "github_oidc_provider_arn" {
   type        = string
-  description = "ARN of the token.actions.githubusercontent.com OIDC provider; null: the role is assumable from EKS only."
+  description = "ARN of the token.actions.githubusercontent.com OIDC provider; null: the CI role is assumable from EKS only."
   default     = null
 }
 
 variable "github_subjects" {
   type        = list(string)
-  description = "GitHub OIDC subjects allowed to assume the pipeline role, e.g. [\"repo:sunday/sunday:ref:refs/heads/main\"]."
+  description = "GitHub OIDC subjects allowed to assume the CI role (never the CD role), e.g. [\"repo:sunday/sunday:ref:refs/heads/main\"]."
   default     = []
 }
 
 variable "ecr_repository_arns" {
   type        = list(string)
-  description = "ECR repositories the pipeline pushes to."
+  description = "ECR repositories CI pushes to and CD pulls from."
 }
 
 variable "artifacts_bucket_arn" {
@@ -48,7 +54,7 @@ variable "artifacts_bucket_arn" {
 
 variable "backup_bucket_arn" {
   type        = string
-  description = "Bucket of database backups."
+  description = "Bucket of database backups (CD and the backup CronJob only, never CI)."
 }
 
 variable "s3_kms_key_arn" {
