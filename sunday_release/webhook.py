@@ -2,11 +2,14 @@
 
 Prefect's incoming webhooks are Cloud-only, so this small stdlib HTTP server takes their place:
 it checks `X-Hub-Signature-256` before it looks at the body, decides whether the pushed ref is
-one the pipeline builds (`should_build`), drops re-deliveries, and hands the push to `emit`
-(in production `emit_prefect_event`, whose `git.push` event the `ci` deployment's trigger in
-prefect.yaml turns into a CI run). The pure part (`verify_signature`, `parse_push`,
-`should_build`) does not touch Prefect; Prefect is imported only where events and the Secret
-block are used. docs/webhook.md is the operator's guide.
+one the pipeline builds (`should_build`), refuses a body it accepted before (a redelivery or a
+replay: the key is the SHA-256 of the signed body, kept across restarts by `replay.ReplayStore`),
+and hands the push to `emit` (in production `emit_prefect_event`, whose `git.push` event the `ci`
+deployment's trigger in prefect.yaml turns into a CI run). Each request has a total deadline for its
+head and body, the number of connections served at once is capped, and whatever a client sent is
+escaped before it reaches a log line. The pure part (`verify_signature`, `parse_push`, `should_build`,
+`printable`) does not touch Prefect; Prefect is imported only where events and the Secret block are
+used. docs/webhook.md is the operator's guide.
 """
 
 from __future__ import annotations
@@ -14,27 +17,37 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
 import re
+import socket
+import sqlite3
 import sys
 import threading
-from collections import OrderedDict
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from sunday_release import validate
 from sunday_release.errors import InputError, PipelineError
 from sunday_release.refs import short_ref, validate_ref
+from sunday_release.replay import ReplayStore, body_key, default_store_path
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "DEFAULT_BRANCH",
     "DEFAULT_RELEASE_TAGS",
     "MAX_BODY",
+    "MAX_CONNECTIONS",
+    "REQUEST_DEADLINE",
     "SECRET_BLOCK",
     "SECRET_ENV",
     "PushEvent",
@@ -45,6 +58,7 @@ __all__ = [
     "load_secret",
     "make_server",
     "parse_push",
+    "printable",
     "repository_slug",
     "serve",
     "should_build",
@@ -57,8 +71,9 @@ SECRET_ENV = "SUNDAY_WEBHOOK_SECRET"
 DEFAULT_BRANCH = "main"
 DEFAULT_RELEASE_TAGS = r"^v\d+\.\d+\.\d+$"
 MAX_BODY = 1024 * 1024
+REQUEST_DEADLINE = 10.0  # seconds for a request's line, headers and body together, not per read
+MAX_CONNECTIONS = 32  # connections served at once; more are answered 503 without a thread
 EVENT_NAME = "git.push"
-REMEMBERED_DELIVERIES = 10_000
 PATHS = ("/", "/webhook")
 
 _ZERO_SHA = "0" * 40
@@ -67,6 +82,42 @@ _URL = re.compile(r"^(?:https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
 _SIGNATURE_PREFIX = "sha256="
 
 logger = logging.getLogger("sunday_release.webhook")
+
+
+def printable(text: str) -> str:
+    r"""`text` for one log line: backslashes and every non-printable character (C0/C1 controls such as
+    ESC and newline, DEL, U+2028, bidi overrides, …) escaped as `\\`, `\x1b`, `\n`, `\u2028`, as `repr` does."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(ch if ch.isprintable() and ch != "\\" else _escape_char(ch) for ch in text)
+
+
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+class _PrintableMessages(logging.Filter):
+    """The last guard: no record of this logger carries a non-printable character to a handler.
+
+    Values from a request are passed through `printable` where they are logged (so a backslash is
+    escaped too); this filter escapes what is left, e.g. an exception message with a newline.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.isprintable():
+            record.msg = "".join(ch if ch.isprintable() else _escape_char(ch) for ch in message)
+            record.args = None
+        return True
+
+
+logger.addFilter(_PrintableMessages())
 
 
 class PushPayloadError(ValueError):
@@ -163,7 +214,11 @@ def parse_push(body: bytes, delivery: str = "") -> PushEvent:
         raise PushPayloadError("after", f"expected a 40-hex commit id, got {sha!r}")
     repository = _text(data, "repository.clone_url", "repository.html_url")
     if not _URL.match(repository):
-        raise PushPayloadError("repository.clone_url", f"expected a git URL, got {repository!r}")
+        raise PushPayloadError("repository.clone_url", f"expected a git URL, got {validate.redact_url(repository)!r}")
+    try:  # the URL goes into the event and the CI run's parameters: one with a token (`https://x:TOKEN@…`) is refused
+        validate.repo(repository, "")
+    except InputError as exc:
+        raise PushPayloadError("repository.clone_url", str(exc)) from None
     pusher = _text(data, "pusher.name", "pusher.username", "pusher.login")
     deleted = data.get("deleted", False)
     if not isinstance(deleted, bool):
@@ -204,64 +259,150 @@ def event_payload(event: PushEvent) -> dict[str, str]:
 # --- the server ------------------------------------------------------------------------------
 
 
-class _RecentIds:
-    """The last `size` delivery ids seen; `add` is atomic across handler threads."""
+class _DeadlineReader(io.RawIOBase):
+    """The read side of a connection where no recv waits past the handler's deadline.
 
-    def __init__(self, size: int = REMEMBERED_DELIVERIES) -> None:
-        self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
+    A per-read timeout lets a client that sends a byte every few seconds keep a thread forever;
+    here every read may only take what is left of the request's total deadline.
+    """
 
-    def add(self, delivery: str) -> bool:
-        """Remember `delivery`; False if it was already remembered."""
-        with self._lock:
-            if delivery in self._ids:
-                self._ids.move_to_end(delivery)
-                return False
-            self._ids[delivery] = None
-            if len(self._ids) > self.size:
-                self._ids.popitem(last=False)
-            return True
+    def __init__(self, sock: socket.socket, deadline: Callable[[], float]) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
 
-    def discard(self, delivery: str) -> None:
-        with self._lock:
-            self._ids.pop(delivery, None)
+    def readable(self) -> bool:
+        return True
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._ids)
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        remaining = self._deadline() - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request's deadline passed")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
 
 
 class WebhookServer(ThreadingHTTPServer):
-    """The receiver: a ThreadingHTTPServer holding the secret, the build rule and the emit seam."""
+    """The receiver: a ThreadingHTTPServer holding the secret, the build rule, the replay store and the emit
+    seam; at most `max_connections` handler threads, each request bounded by `request_deadline`."""
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the listen backlog: connections over the cap are accepted and refused at once
 
     def __init__(self, address: tuple[str, int], secret: bytes, emit: Callable[[PushEvent], None], *,
-                 default_branch: str, release_tags: str, max_body: int) -> None:
+                 default_branch: str, release_tags: str, max_body: int, store: ReplayStore,
+                 request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS) -> None:
         self.secret = secret
         self.emit = emit
         self.default_branch = default_branch
         self.release_tags = re.compile(release_tags)
         self.max_body = max_body
-        self.deliveries = _RecentIds()
+        self.store = store
+        self.request_deadline = request_deadline
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._count_lock = threading.Lock()
+        self._active = 0
+        self._refused = 0
+        self._refusals_logged_at = 0.0
         # Handler threads start with an empty context; emit runs in (a copy of) the creator's, so it
         # sees the same Prefect settings (e.g. a `temporary_settings` PREFECT_API_URL).
         self.context = contextvars.copy_context()
         super().__init__(address, _Handler)
 
+    @property
+    def active_connections(self) -> int:
+        """Connections being served now (each holds one handler thread)."""
+        with self._count_lock:
+            return self._active
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve `request` in a thread if a slot is free; else answer 503 from here, without one."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        with self._count_lock:
+            self._active += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: give its slot back
+            self._leave()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        with self._count_lock:
+            self._active -= 1
+        self._slots.release()
+
+    def _refuse(self, request: socket.socket, client_address: Any) -> None:
+        body = json.dumps({"error": f"too many connections (limit {self.max_connections}): retry later"}).encode()
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)  # the accepting thread never waits on a client
+            request.send(head + body)
+            request.recv(65536)  # what already arrived, so that closing sends FIN rather than RST
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        now = time.monotonic()
+        with self._count_lock:
+            self._refused += 1
+            if now - self._refusals_logged_at < 1.0:
+                return
+            refused, self._refused, self._refusals_logged_at = self._refused, 0, now
+        logger.warning("refused %d connection(s) with 503, the latest from %s: %d connections in progress "
+                       "(the limit)", refused, printable(str(client_address[0])), self.max_connections)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a reply: one log line for a client gone away, a traceback else."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.info("connection from %s ended: %s: %s", printable(str(client_address[0])),
+                        type(exc).__name__, exc)
+        else:
+            logger.exception("error while serving %s", printable(str(client_address[0])))
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.store.close()
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: WebhookServer
-    timeout = 30  # seconds a client may take to send its request (no thread held forever)
+    timeout = None  # no per-read timeout: `_DeadlineReader` bounds the whole request instead
     server_version = "sunday-release-webhook"
     sys_version = ""
+    _deadline = 0.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket file made by StreamRequestHandler; ours bounds every read
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, lambda: self._deadline))
+
+    def handle_one_request(self) -> None:
+        # The deadline runs from when the request (or, on a kept-alive connection, the next one) is awaited
+        # until its body is read: an idle or slow client holds the thread for request_deadline at most.
+        self._deadline = time.monotonic() + self.server.request_deadline
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
-        logger.info("%s %s", self.address_string(), format % args)
+        text = format % tuple(printable(a) if isinstance(a, str) else a for a in args)
+        logger.info("%s %s", self.address_string(), text)
+
+    def _delivery(self) -> str:
+        """The X-GitHub-Delivery header for a log line (unsigned: escaped and cut to 100 characters)."""
+        return printable((self.headers.get("X-GitHub-Delivery") or "-").strip()[:100])
 
     def _reply(self, code: int, /, **body: Any) -> None:
+        self.connection.settimeout(self.server.request_deadline)  # a reply is small; a client must take it
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -315,7 +456,11 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         try:
             body = self.rfile.read(length)
-        except OSError:  # the client stopped sending (socket timeout) or went away
+        except TimeoutError:
+            self.close_connection = True
+            self._reply(408, error=f"the request was not received within {self.server.request_deadline:g}s")
+            return None
+        except OSError:  # the client went away
             self.close_connection = True
             return None
         if len(body) != length:
@@ -335,8 +480,7 @@ class _Handler(BaseHTTPRequestHandler):
         signature = self.headers.get("X-Hub-Signature-256")
         if not verify_signature(server.secret, body, signature):
             logger.warning("rejected a delivery from %s (delivery %s): %s X-Hub-Signature-256", self.address_string(),
-                           (self.headers.get("X-GitHub-Delivery") or "-").strip()[:100],
-                           "invalid" if signature else "missing")
+                           self._delivery(), "invalid" if signature else "missing")
             self._reply(401, error="missing or invalid X-Hub-Signature-256")
             return
         kind = self.headers.get("X-GitHub-Event")
@@ -361,47 +505,82 @@ class _Handler(BaseHTTPRequestHandler):
                 f"({server.release_tags.pattern})")
             self._reply(202, status="ignored", reason=reason)
             return
-        if delivery and not server.deliveries.add(delivery):
-            self._reply(200, status="duplicate", delivery=delivery)
+        self._emit_once(event, body_key(body))
+
+    def _emit_once(self, event: PushEvent, key: str) -> None:
+        """Emit `event` unless its body was accepted before (a redelivery, or a replay with a new delivery id)."""
+        server = self.server
+        try:
+            first = server.store.claim(key)
+        except sqlite3.Error as exc:  # fail closed: without the store a replay could not be told apart
+            logger.error("could not record the delivery %s in %s: %s: %s", self._delivery(), server.store.path,
+                         type(exc).__name__, exc)
+            self._reply(503, error="could not record the delivery in the replay store")
+            return
+        if not first:
+            logger.info("duplicate of an accepted push (%s at %s, body sha256 %s, delivery %s): not emitted again",
+                        printable(event.ref), event.sha[:12], key[:16], self._delivery())
+            self._reply(200, status="duplicate", delivery=event.delivery)
             return
         try:
             server.context.copy().run(server.emit, event)
         except Exception as exc:
-            if delivery:
-                server.deliveries.discard(delivery)  # the sender may redeliver once the cause is fixed
-            logger.error("could not emit %s for %s at %s (delivery %s): %s: %s", EVENT_NAME, event.ref,
-                         event.sha[:12], delivery or "-", type(exc).__name__, exc)
+            try:
+                server.store.release(key)  # the sender may redeliver once the cause is fixed
+            except sqlite3.Error as store_exc:  # the claim then lapses after the store's pending_timeout
+                logger.error("could not forget the failed delivery %s: %s", self._delivery(), store_exc)
+            logger.error("could not emit %s for %s at %s (delivery %s): %s: %s", EVENT_NAME, printable(event.ref),
+                         event.sha[:12], self._delivery(), type(exc).__name__, printable(str(exc)))
             self._reply(503, error=f"could not emit the {EVENT_NAME} event: {type(exc).__name__}")
             return
-        logger.info("%s %s at %s by %s (delivery %s)", EVENT_NAME, event.ref, event.sha[:12], event.pusher,
-                    delivery or "-")
-        self._reply(202, status="accepted", ref=short_ref(event.ref), sha=event.sha, delivery=delivery)
+        try:
+            server.store.confirm(key)
+        except sqlite3.Error as exc:  # emitted: say so; the pending claim still refuses replays for a while
+            logger.error("could not mark the delivery %s as emitted: %s", self._delivery(), exc)
+        logger.info("%s %s at %s by %s (delivery %s)", EVENT_NAME, printable(event.ref), event.sha[:12],
+                    printable(event.pusher), self._delivery())
+        self._reply(202, status="accepted", ref=short_ref(event.ref), sha=event.sha, delivery=event.delivery)
 
 
 def make_server(host: str, port: int, secret: bytes, emit: Callable[[PushEvent], None], *,
                 default_branch: str = DEFAULT_BRANCH, release_tags: str = DEFAULT_RELEASE_TAGS,
-                max_body: int = MAX_BODY) -> WebhookServer:
+                max_body: int = MAX_BODY, store: Path | ReplayStore | None = None,
+                request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS) -> WebhookServer:
     """A bound, not yet serving receiver; call `serve_forever()` (and `shutdown()`, `server_close()`).
 
     Args:
         host: the address to listen on.
         port: the port (0 picks a free one; see `server_address`).
         secret: the shared HMAC secret; must not be empty.
-        emit: called once per accepted push (a duplicate delivery is not emitted again).
+        emit: called once per accepted push (a body accepted before is not emitted again).
         default_branch: pushes to this branch are built.
         release_tags: tags matching this regex are built.
         max_body: larger bodies are refused with 413 without being read.
+        store: the replay store (or its SQLite file) remembering accepted bodies across restarts;
+            default `SUNDAY_HOME/webhook/seen.sqlite3`. The server closes it in `server_close()`.
+        request_deadline: seconds a client has for a request's line, headers and body together.
+        max_connections: connections served at once; more are answered 503 at once.
     """
     if not secret:
         raise InputError("webhook secret is empty: an empty HMAC key signs nothing")
     if max_body < 1:
         raise InputError(f"max_body: expected a positive number of bytes, got {max_body}")
+    if not request_deadline > 0:
+        raise InputError(f"request_deadline: expected a positive number of seconds, got {request_deadline}")
+    if max_connections < 1:
+        raise InputError(f"max_connections: expected a positive number, got {max_connections}")
     try:
         re.compile(release_tags)
     except re.error as exc:
         raise InputError(f"release_tags: not a regular expression: {exc}") from None
-    return WebhookServer((host, port), secret, emit, default_branch=default_branch, release_tags=release_tags,
-                         max_body=max_body)
+    replay = store if isinstance(store, ReplayStore) else ReplayStore(store or default_store_path())
+    try:
+        return WebhookServer((host, port), secret, emit, default_branch=default_branch, release_tags=release_tags,
+                             max_body=max_body, store=replay, request_deadline=request_deadline,
+                             max_connections=max_connections)
+    except BaseException:
+        replay.close()
+        raise
 
 
 # --- Prefect: the event and the secret -------------------------------------------------------
@@ -513,7 +692,7 @@ def _build_rule(config_path: Path | None) -> tuple[str, str]:
     return config.default_branch, config.release_tags
 
 
-def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None) -> None:
+def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None, store_path: Path | None = None) -> None:
     """Run the receiver until interrupted; accepted pushes become `git.push` events.
 
     Args:
@@ -521,6 +700,7 @@ def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None) -
         host: the address to listen on (`0.0.0.0` to take pushes from other machines).
         config_path: a `sunday-release.yaml` (or the repository holding one) whose `default_branch`
             and `release_tags` decide what is built; defaults `main` and `^v\\d+\\.\\d+\\.\\d+$`.
+        store_path: the replay store's SQLite file; default `SUNDAY_HOME/webhook/seen.sqlite3`.
     """
     _require_api()
     default_branch, release_tags = _build_rule(config_path)
@@ -533,11 +713,12 @@ def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None) -
         logger.propagate = False
     try:
         server = make_server(host, port, secret, emit_prefect_event, default_branch=default_branch,
-                             release_tags=release_tags)
+                             release_tags=release_tags, store=store_path)
     except OSError as exc:
         raise InputError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    logger.info("webhook receiver listening on http://%s:%s/webhook (builds %s and tags matching %s)",
-                host, server.server_address[1], default_branch, release_tags)
+    logger.info("webhook receiver listening on http://%s:%s/webhook (builds %s and tags matching %s; "
+                "accepted bodies kept in %s)", host, server.server_address[1], default_branch, release_tags,
+                server.store.path)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
