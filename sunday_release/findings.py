@@ -1,16 +1,18 @@
-"""Trivy's JSON report → findings, counts by severity and a gate verdict (no Prefect here)."""
+"""Trivy's JSON report → findings, counts by severity and a gate verdict; the DB's age gate (no Prefect here)."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sunday_release.config import ScanPolicy
+from sunday_release.errors import GateFailed
 
-__all__ = ["SEVERITIES", "Finding", "ImageScan", "ScanReport", "parse_trivy_json"]
+__all__ = ["SEVERITIES", "Finding", "ImageScan", "ScanReport", "check_db_fresh", "parse_trivy_json"]
 
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
 
@@ -111,3 +113,58 @@ def parse_trivy_json(text: str, policy: ScanPolicy, today: date | None = None) -
             notes.append(f"allow-list entry {f.id} expired on {entry.expires}: it blocks again")
         blocking.append(f)
     return ScanReport(tuple(findings), tuple(blocking), tuple(allowed), tuple(dict.fromkeys(notes)))
+
+
+def _ago(age: timedelta) -> str:
+    """An age in its two largest units: "13 days", "3 days 30 minutes", "5 hours 2 seconds"."""
+    amounts = (age.days, age.seconds // 3600, age.seconds // 60 % 60, age.seconds % 60)
+    parts = [f"{n} {unit}{'s' * (n != 1)}" for n, unit in zip(amounts, ("day", "hour", "minute", "second"), strict=True)
+             if n]
+    return " ".join(parts[:2]) or "0 seconds"
+
+
+def check_db_fresh(cache_dir: Path, max_age_days: int, now: datetime) -> datetime:
+    """When the Trivy vulnerability DB in `cache_dir` was updated; GateFailed when that is too long ago.
+
+    The date is `UpdatedAt` (RFC 3339) of `cache_dir/db/metadata.json`, which `trivy image
+    --download-db-only` writes with the DB. A DB exactly `max_age_days` old still passes; one
+    updated after `now` (clock skew) passes too. Findings against a stale DB are not evidence:
+    advisories published since are missing from it.
+
+    Args:
+        cache_dir: Trivy's cache dir (SUNDAY_TRIVY_CACHE).
+        max_age_days: the oldest DB the gate accepts (`scan.db_max_age_days`).
+        now: the current time (timezone-aware).
+
+    Returns:
+        The DB's update time, in UTC.
+
+    Raises:
+        GateFailed: the metadata is missing, unreadable or has no valid `UpdatedAt`, or the DB
+            is older than `max_age_days`.
+    """
+    path = cache_dir / "db" / "metadata.json"
+    update = (f"update the offline DB (SUNDAY_TRIVY_CACHE={cache_dir}: "
+              f"`trivy image --download-db-only --cache-dir {cache_dir}` where the network allows)")
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise GateFailed(f"cannot read the Trivy vulnerability DB's metadata {path} "
+                         f"({exc.strerror or exc}): its age is unknown; {update}") from None
+    except ValueError as exc:
+        raise GateFailed(f"the Trivy vulnerability DB's metadata {path} is not JSON ({exc}): "
+                         f"its age is unknown; {update}") from None
+    raw = data.get("UpdatedAt") if isinstance(data, dict) else None
+    try:
+        updated = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        updated = None
+    if updated is None or updated.tzinfo is None:
+        raise GateFailed(f"the Trivy vulnerability DB's metadata {path} has no valid UpdatedAt "
+                         f"(an RFC 3339 time, got {raw!r}): its age is unknown; {update}")
+    updated = updated.astimezone(UTC)
+    age = now - updated
+    if age > timedelta(days=max_age_days):
+        raise GateFailed(f"the Trivy vulnerability DB was updated {updated:%Y-%m-%dT%H:%M:%SZ} ({_ago(age)} ago), "
+                         f"older than the allowed {max_age_days} day{'s' * (max_age_days != 1)}: {update}")
+    return updated

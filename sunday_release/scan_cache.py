@@ -5,7 +5,9 @@ same vulnerability DB and the same flags gives the same report. A warm CI run (s
 unchanged service) reuses the report instead of scanning again; the gate (severities, allow-list
 with its expiry dates) is applied to it afresh every run, so an expired allow-list entry still
 blocks. A new DB (a different `metadata.json` or `trivy.db`), another Trivy or other flags make a
-new key: the cache never answers for a DB it was not made with.
+new key: the cache never answers for a DB it was not made with. The key does not age, the DB does:
+the image scan checks the DB's age (`findings.check_db_fresh`) every run before it asks the cache,
+so a report made with a DB that has since gone stale is never reused past the gate.
 """
 
 from __future__ import annotations

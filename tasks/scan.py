@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import task
 
 from sunday_release.config import ScanPolicy
 from sunday_release.errors import GateFailed, PipelineError
-from sunday_release.findings import ImageScan, ScanReport, parse_trivy_json
+from sunday_release.findings import ImageScan, ScanReport, check_db_fresh, parse_trivy_json
 from sunday_release.runner import run
 from sunday_release.scan_cache import ScanCache, scan_cache_key
 from sunday_release.settings import Settings
@@ -66,7 +67,8 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
 
     Uses the Trivy DB in SUNDAY_TRIVY_CACHE and never downloads one: with no DB there the scan
     fails (it never reports "0 vulnerabilities" for a scan that did not run). GateFailed when the
-    policy blocks a finding.
+    DB is older than `policy.db_max_age_days` (checked every run, before a cached report is looked
+    up: a report of the same digest and DB ages with the DB) or when the policy blocks a finding.
 
     Args:
         service: the service's name.
@@ -81,6 +83,10 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
         raise PipelineError(f"no Trivy vulnerability DB at {db}: the image scan cannot run. Put one there "
                             "(`trivy image --download-db-only --cache-dir DIR` where the network allows) and "
                             "point SUNDAY_TRIVY_CACHE at DIR")
+    try:
+        updated = check_db_fresh(settings.trivy_cache, policy.db_max_age_days, datetime.now(UTC))
+    except GateFailed as exc:
+        raise GateFailed(f"{service} image {image} ({platform}): {exc}") from None
     registry = image.split("/", 1)[0]
     insecure = registry.split(":")[0] in ("localhost", "127.0.0.1")
     Path(sarif_dir).mkdir(parents=True, exist_ok=True)
@@ -104,7 +110,7 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
         cache.put(key, report_json, sarif)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no vulnerabilities"
     reused = " (report reused: same digest, same DB)" if cached is not None else ""
-    progress(f"{counts}; gate {'passed' if report.passed else 'FAILED'}{reused}")
+    progress(f"{counts} (DB of {updated:%Y-%m-%d}); gate {'passed' if report.passed else 'FAILED'}{reused}")
     scan = ImageScan(service, platform, image, report, str(sarif))
     if not report.passed:
         worst = ", ".join(f"{f.id} in {f.package} {f.installed}" for f in report.blocking[:3])

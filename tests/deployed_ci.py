@@ -124,7 +124,10 @@ def task_run_states(run_id: Any) -> dict[str, list[str]]:
 
 
 def write_clean_trivy_db(cache: Path) -> Path:
-    """An offline Trivy DB holding one FAKE advisory, for a package no image has: every image scan passes."""
+    """An offline Trivy DB holding one FAKE advisory, for a package no image has: every image scan passes.
+
+    Dated now (`write_trivy_db`'s default): the image scan refuses a DB older than `scan.db_max_age_days`.
+    """
     from sunday_release.trivydb import Advisory, write_trivy_db
 
     write_trivy_db(cache, [Advisory("CVE-2099-0999", "debian 12", "no-such-package", "CRITICAL", "FAKE", "1.0")])

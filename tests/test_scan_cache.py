@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,16 @@ from sunday_release.scan_cache import ScanCache, scan_cache_key
 IMAGE = "localhost:5000/sunday/backend@sha256:" + "a" * 64
 
 
+def metadata(updated: datetime) -> str:
+    """Trivy's `db/metadata.json`, dated relative to now so the DB never ages out of the tests."""
+    return json.dumps({"Version": 2, "UpdatedAt": updated.strftime("%Y-%m-%dT%H:%M:%SZ")})
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     cache = tmp_path / "trivy"
     (cache / "db").mkdir(parents=True)
-    (cache / "db" / "metadata.json").write_text('{"Version": 2, "UpdatedAt": "2026-12-01T00:00:00Z"}')
+    (cache / "db" / "metadata.json").write_text(metadata(datetime.now(UTC) - timedelta(days=1)))
     (cache / "db" / "trivy.db").write_bytes(b"bolt" * 100)
     return cache
 
@@ -51,7 +58,7 @@ def test_any_input_change_makes_a_new_key(db: Path, trivy: str, change: str) -> 
     elif change == "flags":
         flags = [*flags, "--ignore-unfixed"]
     elif change == "metadata":
-        (db / "db" / "metadata.json").write_text('{"Version": 2, "UpdatedAt": "2026-12-02T00:00:00Z"}')
+        (db / "db" / "metadata.json").write_text(metadata(datetime.now(UTC)))  # the DB was updated
     elif change == "db-file":  # a new DB of the same size written over the old one
         path = db / "db" / "trivy.db"
         st = path.stat()
@@ -80,3 +87,35 @@ def test_a_torn_report_is_a_miss(tmp_path: Path) -> None:
     cache.put("k", '{"Results": []}', sarif)
     (tmp_path / "cache" / "k.json").write_text('{"Resul')
     assert cache.get("k") is None
+
+
+@pytest.mark.parametrize("age_days", [1, 4], ids=["fresh-db-reuses", "stale-db-refused"])
+def test_a_cached_report_does_not_outlive_the_db_age_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         age_days: int) -> None:
+    """The key does not age but the DB does: the task checks the DB's age before it asks the cache.
+
+    Trivy is a file that cannot run, so a passing scan here can only be the cached report.
+    """
+    from sunday_release.config import ScanPolicy
+    from sunday_release.errors import GateFailed
+    from sunday_release.trivydb import write_trivy_db
+    from tasks.scan import image_scan_argv, scan_image
+
+    trivy = tmp_path / "trivy-bin"
+    trivy.write_bytes(b"not a program")
+    monkeypatch.setenv("SUNDAY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SUNDAY_TRIVY", str(trivy))
+    monkeypatch.setenv("SUNDAY_TRIVY_CACHE", str(tmp_path / "trivy"))
+    write_trivy_db(tmp_path / "trivy", [], now=datetime.now(UTC) - timedelta(days=age_days))
+    key = scan_cache_key(IMAGE, str(trivy), tmp_path / "trivy", image_scan_argv("trivy", "", "", ScanPolicy(), True))
+    sarif = tmp_path / "made-when-fresh.sarif"
+    sarif.write_text('{"runs": []}')
+    assert key
+    ScanCache(tmp_path / "home" / "scan-cache").put(key, '{"SchemaVersion": 2, "Results": []}', sarif)
+
+    if age_days < 3:
+        scan = scan_image.fn("backend", "linux/amd64", IMAGE, ScanPolicy(), str(tmp_path / "sarif"))
+        assert scan.report.passed and Path(scan.sarif).read_text() == '{"runs": []}'
+    else:
+        with pytest.raises(GateFailed, match=r"backend image .* the Trivy vulnerability DB was updated .* \(4 days"):
+            scan_image.fn("backend", "linux/amd64", IMAGE, ScanPolicy(), str(tmp_path / "sarif"))

@@ -1,17 +1,28 @@
-"""The bbolt writer (checked by an independent page walker) and the offline Trivy DB, scanned by real Trivy."""
+"""The bbolt writer (checked by an independent page walker), the offline Trivy DB (real Trivy scans it), its age."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 
+from sunday_release.config import ScanPolicy
+from sunday_release.errors import GateFailed
+from sunday_release.findings import check_db_fresh
 from sunday_release.trivydb import Advisory, BoltTree, read_bbolt, trivy_db_tree, write_bbolt, write_trivy_db
+from tests.conftest import FIXTURES, Registry
+from tests.test_ci_flow import sunday
 
 BASE_IMAGE = "localhost:5000/base/debian:bookworm"
 TRIVY = str(Path(sys.executable).parent / "trivy")
@@ -195,6 +206,8 @@ def test_write_trivy_db_lays_out_the_cache_dir(tmp_path: Path) -> None:
     metadata = json.loads((db_dir / "metadata.json").read_text())
     assert metadata["Version"] == 2 and metadata["NextUpdate"].startswith("2999-")
     assert metadata["UpdatedAt"].endswith("Z") and metadata["DownloadedAt"].endswith("Z")
+    age = datetime.now(UTC) - datetime.fromisoformat(metadata["UpdatedAt"])
+    assert timedelta(0) <= age < timedelta(minutes=1)  # dated now unless told otherwise: the age gate passes
     check_file(db_dir / "trivy.db")
     assert read_bbolt(db_dir / "trivy.db") == trivy_db_tree([TAR, FOO])
 
@@ -248,3 +261,189 @@ def test_trivy_fs_scan_finds_planted_pip_advisory(tmp_path: Path) -> None:
     keys = ("VulnerabilityID", "PkgName", "InstalledVersion", "FixedVersion", "Severity")
     found = [tuple(v[k] for k in keys) for v in vulns]
     assert found == [("GHSA-fake-0001-0001", "foo", "1.0", "2.0", "HIGH")]
+
+
+# --- the DB's age gate (scan.db_max_age_days) ---
+
+NOW = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)
+
+
+def write_metadata(cache: Path, text: str) -> Path:
+    (cache / "db").mkdir(parents=True, exist_ok=True)
+    (cache / "db" / "metadata.json").write_text(text)
+    return cache / "db" / "metadata.json"
+
+
+def test_a_fresh_db_passes_and_its_date_is_returned(tmp_path: Path) -> None:
+    write_trivy_db(tmp_path, [TAR], now=NOW - timedelta(days=2, hours=23))
+    assert check_db_fresh(tmp_path, 3, NOW) == NOW - timedelta(days=2, hours=23)
+
+
+def test_a_db_exactly_max_age_old_passes_one_second_more_fails(tmp_path: Path) -> None:
+    write_trivy_db(tmp_path, [TAR], now=NOW - timedelta(days=3))
+    assert check_db_fresh(tmp_path, 3, NOW) == NOW - timedelta(days=3)
+    with pytest.raises(GateFailed, match=r"updated 2026-11-30T00:00:00Z \(3 days 1 second ago\), older than the "
+                                          r"allowed 3 days"):
+        check_db_fresh(tmp_path, 3, NOW + timedelta(seconds=1))
+
+
+def test_a_stale_db_fails_naming_its_date_age_limit_and_where_to_update(tmp_path: Path) -> None:
+    write_trivy_db(tmp_path, [TAR], now=datetime(2026, 11, 20, tzinfo=UTC))
+    with pytest.raises(GateFailed) as failed:
+        check_db_fresh(tmp_path, 3, NOW)
+    assert str(failed.value).startswith(
+        "the Trivy vulnerability DB was updated 2026-11-20T00:00:00Z (13 days ago), older than the allowed 3 days: "
+        f"update the offline DB (SUNDAY_TRIVY_CACHE={tmp_path}: ")
+    assert "\n" not in str(failed.value)  # the CI summary shows a failure's first line
+    assert check_db_fresh(tmp_path, 14, NOW) == datetime(2026, 11, 20, tzinfo=UTC)  # a looser policy accepts it
+
+
+def test_trivys_own_metadata_format_is_read(tmp_path: Path) -> None:
+    """`trivy --download-db-only` writes nanoseconds; any RFC 3339 offset is turned into UTC."""
+    write_metadata(tmp_path, json.dumps({"Version": 2, "NextUpdate": "2026-12-03T12:00:00.1Z",
+                                         "UpdatedAt": "2026-12-02T06:11:07.524485797Z",
+                                         "DownloadedAt": "2026-12-02T07:00:00.5Z"}))
+    assert check_db_fresh(tmp_path, 3, NOW) == datetime(2026, 12, 2, 6, 11, 7, 524485, tzinfo=UTC)
+    write_metadata(tmp_path, '{"UpdatedAt": "2026-11-30T01:30:00+02:00"}')
+    assert check_db_fresh(tmp_path, 4, NOW) == datetime(2026, 11, 29, 23, 30, tzinfo=UTC)
+    with pytest.raises(GateFailed, match=r"updated 2026-11-29T23:30:00Z \(3 days 30 minutes ago\)"):
+        check_db_fresh(tmp_path, 3, NOW)
+
+
+def test_a_db_dated_after_now_passes(tmp_path: Path) -> None:  # the clocks of two machines disagree a little
+    write_trivy_db(tmp_path, [TAR], now=NOW + timedelta(hours=1))
+    assert check_db_fresh(tmp_path, 3, NOW) == NOW + timedelta(hours=1)
+
+
+def test_missing_metadata_fails_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "trivy.db").write_bytes(b"")  # a DB without its metadata: its age is unknown
+    with pytest.raises(GateFailed) as failed:
+        check_db_fresh(tmp_path, 3, NOW)
+    message = str(failed.value)
+    assert f"cannot read the Trivy vulnerability DB's metadata {tmp_path / 'db' / 'metadata.json'}" in message
+    assert "No such file or directory" in message and "its age is unknown" in message
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"Version": 2, "UpdatedAt": "2026-12-0', "is not JSON"),
+    ('["2026-12-01T00:00:00Z"]', "has no valid UpdatedAt .*got None"),
+    ('{"Version": 2}', "has no valid UpdatedAt .*got None"),
+    ('{"UpdatedAt": 1764547200}', "has no valid UpdatedAt .*got 1764547200"),
+    ('{"UpdatedAt": "yesterday"}', "has no valid UpdatedAt .*got 'yesterday'"),
+    ('{"UpdatedAt": "2026-12-01T00:00:00"}', "has no valid UpdatedAt .*got '2026-12-01T00:00:00'"),  # no offset
+], ids=["torn", "not-an-object", "no-UpdatedAt", "a-number", "not-a-time", "no-offset"])
+def test_malformed_metadata_fails_naming_the_path(tmp_path: Path, text: str, message: str) -> None:
+    path = write_metadata(tmp_path, text)
+    with pytest.raises(GateFailed, match=message) as failed:
+        check_db_fresh(tmp_path, 3, NOW)
+    assert str(path) in str(failed.value) and "its age is unknown" in str(failed.value)
+
+
+def test_the_policy_default_is_three_days_and_bounded() -> None:
+    assert ScanPolicy().db_max_age_days == 3
+    for bad in (0, 366):
+        with pytest.raises(ValueError, match="db_max_age_days"):
+            ScanPolicy(db_max_age_days=bad)
+
+
+# --- the demo's DB is dated now, and refreshed once a day old ---
+
+
+def demo_db_module() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "infra" / "local" / "demo_trivy_db.py"
+    spec = importlib.util.spec_from_file_location("demo_trivy_db", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_demo_writes_a_fresh_db_and_refreshes_only_its_own(tmp_path: Path) -> None:
+    demo = demo_db_module()
+    assert demo.main(tmp_path / "new").startswith("wrote")
+    check_db_fresh(tmp_path / "new", 1, datetime.now(UTC))
+    assert demo.main(tmp_path / "new").startswith("Trivy DB present")  # fresh: kept (the scan cache stays warm)
+
+    write_trivy_db(tmp_path / "old", demo.DEMO_ADVISORIES, now=datetime.now(UTC) - timedelta(days=2))
+    assert demo.main(tmp_path / "old").startswith("refreshed the FAKE demo Trivy DB")
+    check_db_fresh(tmp_path / "old", 1, datetime.now(UTC))
+
+    write_trivy_db(tmp_path / "real", [TAR], now=datetime.now(UTC) - timedelta(days=2))  # not the demo's
+    before = (tmp_path / "real" / "db" / "metadata.json").read_text()
+    assert "not the demo's, left alone" in demo.main(tmp_path / "real")
+    assert (tmp_path / "real" / "db" / "metadata.json").read_text() == before
+
+
+# --- integration: the image scan task refuses a stale DB, cached report or not ---
+
+
+def platform_ref(repository: str, tag: str, arch: str) -> str:
+    """`localhost:5000/REPO@sha256:…` of one platform's manifest in the local registry."""
+    index = httpx.get(f"http://localhost:5000/v2/{repository}/manifests/{tag}", headers={"Accept": ", ".join((
+        "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"))})
+    index.raise_for_status()
+    (digest,) = [m["digest"] for m in index.json()["manifests"] if m["platform"]["architecture"] == arch]
+    return f"localhost:5000/{repository}@{digest}"
+
+
+@pytest.mark.docker
+def test_image_scan_refuses_a_stale_db_even_with_a_cached_report(docker_engine: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from sunday_release.scan_cache import ScanCache, scan_cache_key
+    from sunday_release.settings import Settings
+    from tasks.scan import image_scan_argv, scan_image
+
+    cache = tmp_path / "trivy"
+    monkeypatch.setenv("SUNDAY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SUNDAY_TRIVY_CACHE", str(cache))
+    image = platform_ref("base/debian", "bookworm", "amd64")
+    medium_tar = Advisory("CVE-2099-0100", "debian 12", "tar", "MEDIUM", "FAKE: tar", "9.9-1")
+    updated = datetime.now(UTC) - timedelta(days=4)
+    write_trivy_db(cache, [medium_tar], now=updated)
+    sarif = str(tmp_path / "sarif")
+
+    # a policy that accepts a 5-day-old DB: real Trivy scans the image, its report is cached
+    scan = scan_image.fn("base", "linux/amd64", image, ScanPolicy(db_max_age_days=5), sarif)
+    assert scan.report.passed and [f.id for f in scan.report.findings] == ["CVE-2099-0100"]
+    settings = Settings.from_env()
+    key = scan_cache_key(image, settings.trivy, cache, image_scan_argv("trivy", "", "", ScanPolicy(), True))
+    assert key and ScanCache(settings.home / "scan-cache").get(key) is not None
+
+    # the default policy (3 days): the same digest, the same DB, a cached report — and the gate says no
+    with pytest.raises(GateFailed) as failed:
+        scan_image.fn("base", "linux/amd64", image, ScanPolicy(), sarif)
+    assert re.match(re.escape(f"base image {image} (linux/amd64): the Trivy vulnerability DB was updated "
+                              f"{updated:%Y-%m-%dT%H:%M:%SZ} (4 days") + r"( \d+ seconds?)? ago\), older than the "
+                    r"allowed 3 days: update the offline DB", str(failed.value)), str(failed.value)
+    assert failed.value.report is None  # no findings are reported from a stale DB
+
+    # the DB updated: a new key, a real scan, the gate passes
+    write_trivy_db(cache, [medium_tar])
+    again = scan_image.fn("base", "linux/amd64", image, ScanPolicy(), sarif)
+    assert again.report.passed and again.report.counts["MEDIUM"] == 1
+    assert re.fullmatch(r".*/base-linux-amd64\.sarif", again.sarif)
+
+
+@pytest.mark.docker
+def test_ci_with_a_stale_db_exits_1_naming_the_date(prefect_api: str, docker_engine: str,
+                                                    make_repo: Callable[..., Path], tmp_path: Path,
+                                                    registry: Registry) -> None:
+    """The whole path: scan task → the images stage's failure lines → `sunday-release ci` (exit 1, stderr)."""
+    def use_registry(repo: Path) -> None:
+        config = repo / "sunday-release.yaml"
+        config.write_text(f"registry: {registry.address}\n" + config.read_text())
+
+    cache = tmp_path / "trivy"
+    updated = datetime.now(UTC) - timedelta(days=4)
+    write_trivy_db(cache, [ABSENT], now=updated)
+    repo = make_repo(FIXTURES / "other-app", edit=use_registry)
+    done = sunday("ci", "--repo", str(repo), "--ref", "main", "--json", api=prefect_api,
+                  env={"SUNDAY_TRIVY_CACHE": str(cache)})
+    assert done.returncode == 1, done.stderr
+    assert re.search(rf"CI failed:\nvulnerability scan failed: tool image {re.escape(registry.address)}/wordcount/tool"
+                     rf"@sha256:\w+ \(linux/amd64\): the Trivy vulnerability DB was updated "
+                     rf"{updated:%Y-%m-%dT%H:%M:%SZ} \(4 days( \d+ seconds?)? ago\), older than the allowed 3 days",
+                     done.stderr), done.stderr
+    tool = json.loads(done.stdout)["services"]["tool"]
+    assert tool["vulnerabilities"] is None  # nothing is reported from a stale DB, not even "0 found"
