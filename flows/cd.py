@@ -15,15 +15,24 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
-from sunday_release.refs import validate_ref, validate_repo
 from sunday_release.settings import Settings
 from sunday_release.targets import make_target
 from sunday_release.targets.docker import DockerTarget
 from tasks._common import progress
-from tasks.deploy import describe, resolve_version, run_migrations, smoke_test, start_color, switch_traffic, watch_live
+from tasks.deploy import (
+    describe,
+    refuse_older_version,
+    resolve_version,
+    run_migrations,
+    smoke_test,
+    start_color,
+    switch_traffic,
+    watch_live,
+)
 from tasks.notify import notify
 from tasks.source import clone_repo, load_pipeline_config
 
@@ -60,7 +69,7 @@ def target_for(config: PipelineConfig, env: str) -> Any:
 
 def saved_config(env: str) -> PipelineConfig:
     """The config of the environment's last deploy (rollback and scale need no repository)."""
-    path = Settings.from_env().home / "envs" / env / "config.json"
+    path = Settings.from_env().home / "envs" / validate.name(env, "--env") / "config.json"
     if not path.exists():
         raise InputError(f"--env: {env!r} has never been deployed on this machine")
     return PipelineConfig.model_validate_json(path.read_text())
@@ -103,14 +112,16 @@ def _artifact(env: str, release: Release, evidence: list[str]) -> None:
 
 
 @flow(name="cd", flow_run_name="cd-{env}-{version}", persist_result=True)
-def cd(env: str, version: str, repo: str) -> dict[str, Any]:
+def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str, Any]:
     """Deploy `version` (commit SHA or release tag that passed CI) of `repo` to `env`, blue-green.
 
     Backup (where required) → migrations → start the idle color → health → smoke → approval
     (where required) → switch traffic → watch → keep the old color stopped. Any failure after the
-    idle color started rolls back: traffic back to the old color, the new one stopped.
+    idle color started rolls back: traffic back to the old color, the new one stopped. A version
+    older than the live one (an ancestor commit, a lower release tag) is refused unless
+    `allow_older` (a person asking for it).
     """
-    repo, version = validate_repo(repo), validate_ref(version)
+    env, repo, version = validate.name(env, "--env"), validate.repo(repo), validate.ref(version, "--version")
     settings = Settings.from_env()
     run_id = str(flow_run.get_id() or "local")
     checkout = clone_repo(repo, version, workspace=str(settings.workspaces / run_id))
@@ -119,8 +130,9 @@ def cd(env: str, version: str, repo: str) -> dict[str, Any]:
     environment = config.environments[env]
     images = resolve_version(config, version)
     with env_lock(target):
-        (target.root / "config.json").write_text(config.model_dump_json())
         state = reconcile(target)
+        order = refuse_older_version(checkout, version, state.live_release(), config.release_tags, allow_older)
+        (target.root / "config.json").write_text(config.model_dump_json())
         live = state.live
         idle: Color = other(live) if live else "blue"
         release = Release(revision=state.next_revision(), version=version, digests=images, color=idle,
@@ -128,7 +140,7 @@ def cd(env: str, version: str, repo: str) -> dict[str, Any]:
         state.history.append(release)
         target.save_state(state)
         notify(env, "start", f"deploying {version} to {env} (revision {release.revision}, {idle})")
-        evidence: list[str] = []
+        evidence: list[str] = [order]
         switched = False
         try:
             if environment.needs_backup(env):
@@ -196,6 +208,7 @@ def cd(env: str, version: str, repo: str) -> dict[str, Any]:
 @flow(name="rollback", flow_run_name="rollback-{env}", persist_result=True)
 def rollback(env: str, to: int | None = None) -> dict[str, Any]:
     """Emergency rollback of `env` to the previous live revision or to revision `to`."""
+    env = validate.name(env, "--env")
     config = saved_config(env)
     target = target_for(config, env)
     environment = config.environments[env]
@@ -239,6 +252,7 @@ def rollback(env: str, to: int | None = None) -> dict[str, Any]:
 @flow(name="scale", flow_run_name="scale-{env}-{service}-{replicas}", persist_result=True)
 def scale(env: str, service: str, replicas: int) -> dict[str, Any]:
     """Run `replicas` containers of `service` in the live color of `env` (router updated, no downtime)."""
+    env, service = validate.name(env, "--env"), validate.name(service, "--service")
     config = saved_config(env)
     target = target_for(config, env)
     if service not in config.services:

@@ -131,7 +131,7 @@ def _announce_pass(config: PipelineConfig, checkout: Checkout, ref: str) -> None
     emit_event(event="sunday.ci.passed",
                resource={"prefect.resource.id": f"sunday.project.{config.project}",
                          "sunday.project": config.project, "sunday.deploy-to": deploy_target_of(config, ref)},
-               payload={"sha": checkout.commit, "ref": ref, "repo": checkout.repo, "version":
+               payload={"sha": checkout.commit, "ref": ref, "version":
                         ref if re.match(config.release_tags, ref) else checkout.commit})
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from sunday_release import validate
 from sunday_release.config import SmokeCheck
 
 __all__ = [
@@ -162,7 +163,16 @@ def render_router_config(env: str, listen: int, routes: Mapping[str, str], upstr
     Every upstream lists the live color's replicas (`127.0.0.1:PORT`). Idempotent GETs are retried
     on the next replica when one resets (`proxy_next_upstream`), and keep-alive connections make a
     reload cheap. The access log records the upstream and the color for the watch window.
+
+    Raises:
+        InputError: a name or route that does not match its grammar (`sunday_release.validate`): the
+            config validates them already; this keeps anything else out of the nginx config.
     """
+    validate.name(env, "--env")
+    for path, service in routes.items():
+        validate.route(path, f"services.{service}.route")
+    for service in {*routes.values(), *upstreams}:
+        validate.name(service, "services")
     lines = [
         f"# sunday-release router of environment {env}: live color {color}. Written by the pipeline.",
         f"pid {run_dir}/nginx.pid;",

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sunday_release.errors import ConfigError
+from sunday_release import validate
+from sunday_release.errors import ConfigError, InputError
 
 __all__ = [
     "CONFIG_FILE",
@@ -32,7 +33,7 @@ __all__ = [
 CONFIG_FILE = "sunday-release.yaml"
 STEPS = ("test", "lint", "typecheck")
 
-Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+Name = Annotated[str, Field(pattern=validate.NAME_PATTERN)]  # environments, project, services
 Severity = Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
 Platform = Literal["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le", "linux/s390x"]
 _DEFAULT_PLATFORMS: tuple[Platform, ...] = ("linux/amd64", "linux/arm64")
@@ -41,12 +42,33 @@ Argv = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 
 
 def _relative_path(value: str) -> str:
-    if not value or value.startswith("/") or ".." in value.split("/"):
-        raise ValueError(f"expected a path relative to the repository root, without '..'; got {value!r}")
+    if not value or value.startswith("/") or ".." in value.split("/") or re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError(f"expected a path relative to the repository root, without '..' or control characters; "
+                         f"got {value!r}")
+    return value
+
+
+def _route(value: str) -> str:
+    if not validate.is_route(value):
+        raise ValueError(validate.ROUTE_RULE)
+    return value
+
+
+def _variable_name(value: str) -> str:
+    if not validate.is_env_key(value):
+        raise ValueError("expected a variable name: letters, digits and '_', not starting with a digit")
+    return value
+
+
+def _one_line(value: str) -> str:
+    if re.search(r"[\n\r\x00]", value):
+        raise ValueError("expected one line (no newline, carriage return or NUL)")
     return value
 
 
 RelativePath = Annotated[str, AfterValidator(_relative_path)]
+Route = Annotated[str, AfterValidator(_route)]  # becomes an nginx `location` and an Ingress path
+Variables = dict[Annotated[str, AfterValidator(_variable_name)], Annotated[str, AfterValidator(_one_line)]]
 
 
 class _Model(BaseModel):
@@ -75,11 +97,11 @@ class Service(_Model):
     port: int = Field(ge=1, le=65535)
     health_path: str = Field("/healthz", pattern=r"^/")
     platforms: list[Platform] = Field(default_factory=lambda: list(_DEFAULT_PLATFORMS), min_length=1)
-    build_args: dict[str, str] = Field(default_factory=dict)
+    build_args: Variables = Field(default_factory=dict)
     target: str | None = Field(None, min_length=1)
-    route: str | None = Field(None, pattern=r"^/")
+    route: Route | None = None
     migrate: Argv | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Variables = Field(default_factory=dict)
     checks: Checks = Field(default_factory=Checks)
 
     @field_validator("platforms")
@@ -129,6 +151,8 @@ class ScanPolicy(_Model):
     ignore_unfixed: bool = False
     allow: list[AllowedFinding] = Field(default_factory=list)
     skip_dirs: list[str] = Field(default_factory=list)
+    db_max_age_days: int = Field(3, ge=1, le=365)
+    """The image scan fails when the Trivy vulnerability DB was updated longer ago than this."""
 
 
 class SmokeCheck(_Model):
@@ -265,16 +289,24 @@ def load_config(repo_root: str | Path, *, check_files: bool = True) -> PipelineC
 
 
 def check_paths(config: PipelineConfig, repo_root: str | Path, file: str = CONFIG_FILE) -> None:
-    """Raise ConfigError for a service whose build context or Dockerfile is not in the repository."""
+    """Raise ConfigError for a service whose build context or Dockerfile is not in the repository.
+
+    Paths are resolved with their symlinks (`validate.inside`): a Dockerfile that is, or whose directory
+    passes through, a symlink leading out of the repository is refused (`docker build -f` would read it).
+    """
     root = Path(repo_root).resolve()
     for name, svc in config.services.items():
-        context = (root / svc.context).resolve()
-        if not context.is_relative_to(root):
-            raise ConfigError(file, f"services.{name}.context", f"{svc.context!r} leaves the repository")
+        try:
+            context = validate.inside(root, svc.context, "")
+        except InputError as exc:
+            raise ConfigError(file, f"services.{name}.context", str(exc)) from None
         if not context.is_dir():
             raise ConfigError(file, f"services.{name}.context",
                               f"expected a directory in the repository; {svc.context!r} does not exist")
-        dockerfile = context / svc.dockerfile
+        try:
+            dockerfile = validate.inside(root, f"{svc.context}/{svc.dockerfile}", "")
+        except InputError as exc:
+            raise ConfigError(file, f"services.{name}.dockerfile", str(exc)) from None
         if not dockerfile.is_file():
             raise ConfigError(file, f"services.{name}.dockerfile",
                               f"expected a Dockerfile at {svc.context}/{svc.dockerfile}; it does not exist")

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from sunday_release import validate
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError
 from sunday_release.settings import Settings
@@ -18,7 +19,7 @@ __all__ = ["environment_status", "render_status"]
 def environment_status(env: str) -> dict[str, Any]:
     """Live color, revision, version, per-replica health and whether the URL answers."""
     settings = Settings.from_env()
-    path = settings.home / "envs" / env / "config.json"
+    path = settings.home / "envs" / validate.name(env, "--env") / "config.json"
     if not path.exists():
         raise InputError(f"--env: {env!r} has never been deployed on this machine")
     config = PipelineConfig.model_validate_json(path.read_text())

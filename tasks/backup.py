@@ -11,6 +11,7 @@ from typing import Any
 from prefect import task
 from pydantic import SecretStr
 
+from sunday_release import validate
 from sunday_release.backup import (
     BackupFailed,
     BackupRecord,
@@ -108,6 +109,7 @@ def backup_database(
     Raises:
         BackupFailed: any step failed; the message names it.
     """
+    env = validate.name(env, "--env")  # part of a file name and of the S3 key
     if keep < 1:
         raise BackupFailed(f"backup retention must keep at least 1 backup, not {keep}")
     database = _secret(dsn)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefect import task
 
+from sunday_release import validate
 from sunday_release.ci_report import StepResult
 from sunday_release.config import Service
 from sunday_release.errors import CheckFailed, CommandFailed
@@ -41,13 +42,15 @@ def build_check_image(project: str, service: str, spec: Service, checkout: Check
     """
     settings = Settings.from_env()
     context = Path(checkout.path) / spec.context
+    # `docker build -f` follows symlinks: the resolved Dockerfile must be in the checkout
+    dockerfile = validate.inside(checkout.path, f"{spec.context}/{spec.dockerfile}", f"services.{service}.dockerfile")
     tag = check_image_tag(project, service, spec.checks.stage, checkout.commit)
     build_args = [a for k, v in {"BASE_IMAGE": base_image, **spec.build_args}.items()
                   for a in ("--build-arg", f"{k}={v}")]
     with tempfile.TemporaryDirectory(prefix="sunday-iid-") as tmp:
         iidfile = Path(tmp) / "iid"  # docker build writes the image id there
         argv = [settings.docker, "build", "--target", spec.checks.stage, *build_args, "--iidfile", str(iidfile),
-                "-f", str(context / spec.dockerfile), "-t", tag, str(context)]
+                "-f", str(dockerfile), "-t", tag, str(context)]
         started = time.monotonic()
         progress(f"building {spec.checks.stage} stage of {service}")
         built = run(argv, env={"DOCKER_BUILDKIT": "1"}, timeout=1800, check=False)

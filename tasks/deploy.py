@@ -10,15 +10,19 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sunday_release.bluegreen import Color, SmokeResult, WatchVerdict, evaluate_smoke, watch_verdict
+from sunday_release.bluegreen import Color, Release, SmokeResult, WatchVerdict, evaluate_smoke, watch_verdict
 from sunday_release.config import PipelineConfig, SmokeCheck
 from sunday_release.errors import InputError, RolloutAborted
+from sunday_release.ordering import tag_is_older
 from sunday_release.refs import is_sha
+from sunday_release.runner import run
 from sunday_release.targets.docker import DockerTarget
 from tasks._common import RETRY_DELAYS, progress
 from tasks.images import registry_client
+from tasks.source import Checkout
 
-__all__ = ["resolve_version", "run_migrations", "smoke_test", "start_color", "switch_traffic", "watch_live"]
+__all__ = ["refuse_older_version", "resolve_version", "run_migrations", "smoke_test", "start_color", "switch_traffic",
+           "watch_live"]
 
 
 @task(name="resolve-version", task_run_name="resolve[{version}]", retries=2, retry_delay_seconds=RETRY_DELAYS,
@@ -47,6 +51,45 @@ def resolve_version(config: PipelineConfig, version: str) -> dict[str, str]:
             images[service] = f"{config.registry}/{repository}@{found.digest}"
     progress(f"{version}: " + ", ".join(f"{s} {ref.split('@')[1][:19]}" for s, ref in images.items()))
     return images
+
+
+def _is_ancestor(checkout: Checkout, older: str) -> bool | None:
+    """Is `older` an ancestor of the checked-out commit? None when `older` cannot be fetched (history rewritten)."""
+    path = checkout.path
+    shallow = run(["git", "-C", path, "rev-parse", "--is-shallow-repository"]).stdout.strip() == "true"
+    fetched = run(["git", "-C", path, "fetch", "-q", "--no-tags", *(["--unshallow"] if shallow else []),
+                   "--end-of-options", checkout.repo, older], timeout=600, check=False)
+    if not fetched.ok:
+        return None
+    return run(["git", "-C", path, "merge-base", "--is-ancestor", "--end-of-options", checkout.commit, older],
+               check=False).ok
+
+
+@task(name="check-not-older", task_run_name="check-not-older[{version}]", cache_policy=NO_CACHE)
+def refuse_older_version(checkout: Checkout, version: str, live: Release | None, release_tags: str,
+                         allow_older: bool = False) -> str:
+    """InputError when `version` is older than the live release (a replayed or late event); else the evidence.
+
+    Older means: both are release tags and `version`'s numbers sort lower (production), or the
+    commit is an ancestor of the live commit (staging). Only a person asks for an older one, with
+    `allow_older` (`cd --allow-older`) or the rollback flow.
+    """
+    if live is None:
+        return "nothing live before: no version order to keep"
+    if checkout.commit == live.commit:
+        return f"{version} is the live commit (a redeploy)"
+    older = tag_is_older(version, live.version, release_tags)
+    if not older and live.commit:
+        ancestor = _is_ancestor(checkout, live.commit)
+        if ancestor is None:
+            progress(f"the live commit {live.commit[:12]} is not in {checkout.repo} any more: order not checked")
+        older = bool(ancestor)
+    if older and not allow_older:
+        raise InputError(f"--version: {version} ({checkout.commit[:12]}) is older than the live revision "
+                         f"{live.revision} ({live.version}, {live.commit[:12]}); refusing to go back. To do it on "
+                         "purpose: `sunday-release rollback`, or `cd --allow-older`")
+    return (f"{version} is older than the live {live.version}: deployed on request (--allow-older)" if older
+            else f"{version} is newer than the live {live.version}")
 
 
 @task(name="migrate", task_run_name="migrate[{service}]", cache_policy=NO_CACHE)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefect import task
 
+from sunday_release import validate
 from sunday_release.config import PipelineConfig, Service
 from sunday_release.content_key import content_key
 from sunday_release.ecr import EcrClient, ecr_credentials, ensure_repository, is_ecr, region_of
@@ -122,7 +123,9 @@ def build_platform_image(service: str, spec: Service, checkout: Checkout, config
     args = {"BASE_IMAGE": config.base_image, **spec.build_args}
     if ca := settings.ca_bundle():
         args["EXTRA_CA_CERTS"] = ca
-    argv = [settings.docker, "build", "--platform", platform, "-f", str(context / spec.dockerfile), "-t", tag,
+    # `docker build -f` follows symlinks: the resolved Dockerfile must be in the checkout
+    dockerfile = validate.inside(checkout.path, f"{spec.context}/{spec.dockerfile}", f"services.{service}.dockerfile")
+    argv = [settings.docker, "build", "--platform", platform, "-f", str(dockerfile), "-t", tag,
             *[a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")],
             "--label", f"org.opencontainers.image.revision={checkout.commit}",
             "--label", f"org.opencontainers.image.source={checkout.repo}",

@@ -108,6 +108,11 @@ def test_deploy_switch_rollback_and_scale(prefect_api: str, docker_engine: str, 
     assert "v2</title>" in httpx.get(f"{env.url}/").text
     assert httpx.get(f"{env.url}/api/boards").json()["boards"][0]["name"] == "launch"  # the data outlived it
 
+    late = deploy(env, repo, v1, prefect_api)  # an older commit arriving late: a replay, an out-of-order CI
+    assert late.returncode == 2 and "is older than the live revision 2" in late.stderr, late.stderr
+    st = status(env)
+    assert st["version"] == v2 and st["revision"] == 2 and "v2</title>" in httpx.get(f"{env.url}/").text
+
     back = sunday("rollback", "--env", env.name, "--json", api=prefect_api, env=env.env)
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout) | {"env": env.name} == {"env": env.name, "revision": 3, "version": v1,

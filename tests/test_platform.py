@@ -41,3 +41,8 @@ def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: P
     expects = {name: sorted(getattr(t, "expect", []) or []) for name, t in triggers.items()}
     assert any(e == ["git.push"] for e in expects.values()), expects
     assert sum(1 for e in expects.values() if e == ["sunday.ci.passed"]) == 2, expects
+    # an event names a ref, a sha or a version, never the repository: the deployments pin it
+    templated = {a.name: getattr(action, "parameters", None) or {} for a in automations for action in a.actions}
+    assert templated and all("repo" not in params for params in templated.values()), templated
+    assert all(deployments[d].parameters["repo"] == str(tmp_path / "app-repo") for d in ("ci", "cd-staging",
+                                                                                          "cd-production"))

@@ -72,3 +72,28 @@ def test_a_config_error_names_the_repository_and_commit_not_the_workspace(
         load_pipeline_config.fn(checkout)
     assert str(caught.value).startswith(f"{repo} at main ({checkout.commit[:12]}): sunday-release.yaml: servces: ")
     assert str(tmp_path / "ws") not in str(caught.value)
+
+
+EVIL_REF = "refs/heads/--upload-pack=touch${IFS}%s;git-upload-pack"  # ran a command on the CI worker (issue 12)
+
+
+def test_the_upload_pack_ref_is_refused_by_the_task_itself(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    """A deployment run or a `git.push` event reaches the task without the CLI's checks: it checks itself."""
+    repo, marker = str(make_repo(FIXTURES / "other-app")), tmp_path / "pwned"
+    for ref in (EVIL_REF % marker, f"--upload-pack=touch {marker}", f"refs/tags/--upload-pack=touch {marker}"):
+        with pytest.raises(InputError, match=r"^--ref: .*git would read it as an option"):
+            clone_repo.fn(repo, ref, str(tmp_path / "ws"))
+    assert not marker.exists() and not (tmp_path / "ws").exists()  # nothing cloned, no workspace
+
+
+def test_git_itself_never_sees_the_option_even_past_validation(make_repo: Callable[..., Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: with the ref check switched off, `--end-of-options` still keeps git from running it."""
+    import tasks.source
+
+    repo, marker = str(make_repo(FIXTURES / "other-app")), tmp_path / "pwned"
+    monkeypatch.setattr(tasks.source.validate, "ref", lambda value, arg="--ref": value)
+    for ref in (f"--upload-pack=touch {marker};git-upload-pack", EVIL_REF % marker):
+        with pytest.raises(InputError, match="was not found"):
+            clone_repo.fn(repo, ref, str(tmp_path / "ws"))
+    assert not marker.exists()

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, render_router_config
 from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import ConfigError, PipelineError, RolloutAborted
@@ -42,6 +43,7 @@ class DockerTarget:
 
     def __init__(self, config: PipelineConfig, env_name: str, env: Environment, home: Path, docker: str,
                  db_root: Path) -> None:
+        validate.name(env_name, "--env")  # it becomes a directory, container names and labels
         if env.port is None:
             raise ConfigError("sunday-release.yaml", f"environments.{env_name}.port",
                               "the docker target needs the port of the environment's entry point")

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
+from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState
 from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import PipelineError, RolloutAborted
@@ -471,7 +472,7 @@ class KubernetesTarget:
     def __init__(self, config: PipelineConfig, env_name: str, env: Environment, home: Path,
                  api: KubeApi | None = None, namespace: str | None = None, *, url: str | None = None,
                  timing: Timing | None = None) -> None:
-        self.config, self.env_name, self.env = config, env_name, env
+        self.config, self.env_name, self.env = config, validate.name(env_name, "--env"), env
         self.namespace = namespace or f"sunday-{env_name}"
         self.root = home / "envs" / env_name
         self.state_path = self.root / "state.json"
