@@ -56,6 +56,7 @@ def prefect_server(home: Path) -> Iterator[float]:
     server = LocalServer(home, port=free_port())
     started = time.monotonic()
     os.environ["PREFECT_API_URL"] = server.start()
+    os.environ["PREFECT_API_AUTH_STRING"] = server.auth_string()  # the CLI children authenticate too
     try:
         yield time.monotonic() - started
     finally:

@@ -72,6 +72,7 @@ def api_server(home: Path) -> Iterator[None]:
         return
     server = LocalServer(home, port=free_port())
     os.environ["PREFECT_API_URL"] = server.start()
+    os.environ["PREFECT_API_AUTH_STRING"] = server.auth_string()  # the CLI children authenticate too
     try:
         yield
     finally:

@@ -12,12 +12,11 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
 from flows.cd import saved_config, target_for
+from sunday_release import validate
 from sunday_release.errors import CheckFailed, GateFailed, StageFailed
 from sunday_release.settings import Settings
 from tasks._common import progress
 from tasks.e2e import (
-    LOADTEST_DIR,
-    SUITE_DIR,
     artifact_keys,
     check_visual,
     publish_e2e_reports,
@@ -66,9 +65,12 @@ def _lines(functional: dict[str, Any], visual: dict[str, Any], load: dict[str, A
 
 
 @flow(name="e2e", flow_run_name="e2e-{env}", persist_result=True)
-def e2e(env: str, update_baselines: bool = False, vus: int | None = None, duration: str | None = None,
-        suite_dir: str | None = None, loadtest_dir: str | None = None) -> dict[str, Any]:
+def e2e(env: str, update_baselines: bool = False, vus: int | None = None,
+        duration: str | None = None) -> dict[str, Any]:
     """Run the functional journeys and the visual regression check side by side, then the k6 load test.
+
+    The suite and the k6 script are this repository's (app/e2e, app/loadtest), never a parameter: a run
+    request of the deployment must not choose what is executed.
 
     Each part reports even when another fails. Reports land under SUNDAY_HOME/runs/FLOW_RUN_ID/e2e/
     and in the artifacts `e2e-{summary,functional,visual,load,trend}-ENV`; the run's key numbers are
@@ -79,17 +81,15 @@ def e2e(env: str, update_baselines: bool = False, vus: int | None = None, durati
         update_baselines: rewrite the visual baselines from this run's screenshots (deliberately).
         vus: k6 virtual users (default SUNDAY_K6_VUS or 10).
         duration: k6 duration (default SUNDAY_K6_DURATION or 30s).
-        suite_dir: the E2E suite (default app/e2e of this repository).
-        loadtest_dir: the k6 script and thresholds (default app/loadtest of this repository).
 
     Returns:
         The summary (state, url, one report per part, artifact keys). Raises StageFailed carrying the same
         summary when a part failed or could not run.
     """
+    env = validate.name(env, "--env")
     url = target_for(saved_config(env), env).url
     run_id = str(flow_run.get_id() or "local")
     run_dir = Settings.from_env().home / "runs" / run_id / "e2e"
-    suite = suite_dir or str(SUITE_DIR)
     vus = vus or int(os.environ.get("SUNDAY_K6_VUS", "10"))
     duration = duration or os.environ.get("SUNDAY_K6_DURATION", "30s")
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
@@ -98,12 +98,11 @@ def e2e(env: str, update_baselines: bool = False, vus: int | None = None, durati
     # The browsers run side by side; the load test runs after them, on a machine they no longer
     # load: otherwise k6 would measure two Chromiums sharing the CPU, not the application.
     browsers = {
-        "functional": run_functional_suite.submit(url, str(run_dir / "functional"), suite),
-        "visual": check_visual.submit(url, str(run_dir / "visual"), update_baselines, suite),
+        "functional": run_functional_suite.submit(url, str(run_dir / "functional")),
+        "visual": check_visual.submit(url, str(run_dir / "visual"), update_baselines),
     }
     parts = {name: _outcome(future) for name, future in browsers.items()}
-    parts["load"] = _outcome(run_load_test.submit(url, str(run_dir / "load"), vus, duration,
-                                                  loadtest_dir or str(LOADTEST_DIR)))
+    parts["load"] = _outcome(run_load_test.submit(url, str(run_dir / "load"), vus, duration))
     failed = [name for name in PARTS if parts[name].get("verdict") != "passed"]
     lines = _lines(parts["functional"], parts["visual"], parts["load"])
     keys = artifact_keys(env)

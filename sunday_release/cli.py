@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sunday_release import validate
 from sunday_release.config import CONFIG_FILE, load_config
 from sunday_release.errors import InputError, PipelineError, StageFailed
 from sunday_release.refs import validate_ref, validate_repo, validate_sha
@@ -41,7 +42,8 @@ class _Progress(logging.Handler):
 
 
 def _connect(verbose: bool) -> str:
-    """Point Prefect at PREFECT_API_URL, or at the local server (started if need be)."""
+    """Point Prefect at PREFECT_API_URL (with the caller's PREFECT_API_AUTH_STRING), or at the local server
+    (started if need be) with the auth string of its home."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     if os.environ.get("PREFECT_API_URL"):
@@ -49,10 +51,16 @@ def _connect(verbose: bool) -> str:
     from sunday_release.server import LocalServer
 
     server = LocalServer(Settings.from_env().home)
+    auth = server.auth_string()
+    if os.environ.get("PREFECT_API_AUTH_STRING", auth) != auth:
+        raise InputError("PREFECT_API_AUTH_STRING is set but PREFECT_API_URL is not: export PREFECT_API_URL of the "
+                         "server it belongs to (`make server`: http://127.0.0.1:4200/api), or unset it to use the "
+                         "local server")
     if not server.healthy():
         sys.stderr.write(f"starting a local Prefect server on 127.0.0.1:{server.port} "
-                         "(stop it with `sunday-release server stop`)\n")
+                         f"(stop it with `sunday-release server stop`; its auth string is in {server.auth_file})\n")
     os.environ["PREFECT_API_URL"] = server.start()
+    os.environ["PREFECT_API_AUTH_STRING"] = auth  # read by Prefect when it is imported, after this
     return os.environ["PREFECT_API_URL"]
 
 
@@ -65,11 +73,79 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise InputError(f"--repo: {args.repo!r} is not a directory")
     config = load_config(root)
+    from sunday_release.policy import default_policy, enforce
+
+    policy = None
+    if os.environ.get("PREFECT_API_URL"):  # the policy registered on that server, if any
+        from deployments.projects import read_policy
+
+        try:
+            policy = read_policy(config.project)
+        except Exception as exc:  # the server is down or refuses us: say so, do not guess a policy
+            raise PipelineError(f"cannot read the policy of {config.project!r} from {os.environ['PREFECT_API_URL']}: "
+                                f"{exc}") from None
+    policy = policy or default_policy(config.project)
+    config = enforce(config, policy, str(root / CONFIG_FILE))
+    whose = "the registered policy" if policy.registered else "the default policy (project not registered)"
     if args.json:
         _print_json(config.model_dump(mode="json"))
     else:
         print(f"{root / CONFIG_FILE}: valid — project {config.project}; services: {', '.join(config.services)}; "
-              f"environments: {', '.join(config.environments)}")
+              f"environments: {', '.join(config.environments)}; within {whose}")
+    return EXIT_OK
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    """Register, show, list or remove a project's release policy on the Prefect server."""
+    from deployments.projects import list_policies, read_policy, remove_policy, save_policy
+    from sunday_release.policy import parse_policy
+
+    _connect(args.verbose)
+    if args.action == "list":
+        policies = list_policies()
+        if args.json:
+            _print_json([p.model_dump(mode="json") for p in policies])
+        else:
+            print("\n".join(f"{p.project}\t{p.repo}" for p in policies) or "no project is registered")
+        return EXIT_OK
+    if not args.name:
+        raise InputError(f"project {args.action}: a project NAME is required")
+    validate.name(args.name, "project NAME")
+    if args.action == "add":
+        if not args.repo:
+            raise InputError("project add: --repo is required (the one repository that may build the project)")
+        data: dict[str, Any] = {}
+        if args.policy:
+            import yaml
+
+            try:
+                data = yaml.safe_load(Path(args.policy).read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise InputError(f"--policy: cannot read {args.policy}: {exc}") from None
+            if not isinstance(data, dict):
+                raise InputError(f"--policy: {args.policy}: expected a mapping at the top level")
+            for key in ("project", "repo"):
+                if key in data:
+                    raise InputError(f"--policy: {args.policy}: {key}: set by the command line, not the file")
+        data.setdefault("registry", args.registry or "localhost:5000")
+        data.setdefault("default_branch", "main")
+        policy = parse_policy({**data, "project": args.name, "repo": validate_repo(args.repo)},
+                              args.policy or "project add")
+        save_policy(policy)
+        print(f"project {policy.project} registered for {policy.repo}")
+        return EXIT_OK
+    if args.action == "remove":
+        print(f"project {args.name} removed" if remove_policy(args.name) else f"project {args.name} was not registered")
+        return EXIT_OK
+    found = read_policy(args.name)
+    if found is None:
+        raise InputError(f"project {args.name!r} is not registered (`sunday-release project list`)")
+    if args.json:
+        _print_json(found.model_dump(mode="json"))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(found.model_dump(mode="json"), sort_keys=False).rstrip())
     return EXIT_OK
 
 
@@ -125,24 +201,29 @@ def _finish(code: int, result: dict[str, Any] | None, error: str, as_json: bool,
 
 
 def cmd_cd(args: argparse.Namespace) -> int:
-    repo, version = validate_repo(args.repo), validate_ref(args.version)
+    validate.name(args.env, "--env")
+    repo, version = validate_repo(args.repo), validate.ref(args.version, "--version")
     code, result, error = _run_flow("cd", args.verbose, f"CD of {version} to {args.env}", env=args.env,
-                                    version=version, repo=repo)
+                                    version=version, repo=repo, allow_older=args.allow_older)
     return _finish(code, result, error, args.json, "CD")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    validate.name(args.env, "--env")
     code, result, error = _run_flow("rollback", args.verbose, f"rollback of {args.env}", env=args.env, to=args.to)
     return _finish(code, result, error, args.json, "rollback")
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    validate.name(args.env, "--env")
+    validate.name(args.service, "--service")
     code, result, error = _run_flow("scale", args.verbose, f"scale {args.service} of {args.env}", env=args.env,
                                     service=args.service, replicas=args.replicas)
     return _finish(code, result, error, args.json, "scale")
 
 
 def cmd_e2e(args: argparse.Namespace) -> int:
+    validate.name(args.env, "--env")
     if args.history:
         from sunday_release.e2e import history, render_history
 
@@ -204,7 +285,7 @@ def cmd_dora(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from sunday_release.status import environment_status, render_status
 
-    status = environment_status(args.env)
+    status = environment_status(validate.name(args.env, "--env"))
     if args.json:
         _print_json(status)
     else:
@@ -235,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the config with all defaults filled in")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("project", help="register a project's release policy on the Prefect server")
+    p.add_argument("action", choices=["add", "show", "list", "remove"])
+    p.add_argument("name", nargs="?", help="the project (as in sunday-release.yaml)")
+    p.add_argument("--repo", help="add: the one repository that may build the project")
+    p.add_argument("--registry", help="add: the registry its images go to (default localhost:5000)")
+    p.add_argument("--policy", help="add: a YAML file of policy keys (docs/security.md)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_project)
+
     p = sub.add_parser("ci", help="run CI on a ref: checks of every service, repository scan")
     p.add_argument("--repo", required=True, help="a local git repository or a git URL")
     p.add_argument("--ref", required=True, help="branch, tag or commit SHA")
@@ -246,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True, help="environment name from the config")
     p.add_argument("--version", required=True, help="full commit SHA or release tag")
     p.add_argument("--repo", default=".", help="the application repository (its config at that version)")
+    p.add_argument("--allow-older", action="store_true",
+                   help="deploy even if the version is older than the live one (otherwise refused)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cd)
 

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from sunday_release import validate
 from sunday_release.e2e import (
     K6Summary,
     ViewResult,
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the tasks execute is this repository's, never a parameter: a deployment run request chooses parameters.
 SUITE_DIR = ROOT / "app" / "e2e"  # Playwright journeys, capture_views.py, visual.json, baselines/
 LOADTEST_DIR = ROOT / "app" / "loadtest"  # script.js, thresholds.json
 K6_THRESHOLD_EXIT = 99  # k6's exit code when a threshold was crossed
@@ -76,21 +78,19 @@ def _fresh(directory: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ functional
 @task(name="e2e-functional", persist_result=True)
-def run_functional_suite(base_url: str, out_dir: str, suite_dir: str = str(SUITE_DIR),
-                         timeout: int = 900) -> dict[str, Any]:
-    """Run the Playwright journeys (`pytest SUITE`) against `base_url`; JUnit, screenshots and traces in `out_dir`.
+def run_functional_suite(base_url: str, out_dir: str, timeout: int = 900) -> dict[str, Any]:
+    """Run the Playwright journeys (`pytest SUITE_DIR`) against `base_url`; JUnit, screenshots and traces in `out_dir`.
 
     A failing journey raises CheckFailed carrying the report (not retried: a failing test is not flaky I/O).
 
     Args:
         base_url: the environment's URL (given to the suite as E2E_BASE_URL).
         out_dir: where junit.xml and, for failed tests, the screenshot and trace.zip go (emptied first).
-        suite_dir: the E2E suite (default app/e2e of this repository).
         timeout: seconds before the suite is killed.
     """
     out = _fresh(out_dir)
     junit = out / "junit.xml"
-    argv = [sys.executable, "-m", "pytest", suite_dir, "-q", f"--junitxml={junit}",
+    argv = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-q", f"--junitxml={junit}",
             "--screenshot", "only-on-failure", "--tracing", "retain-on-failure", "--output", str(out / "failures")]
     progress(f"functional journeys against {base_url}")
     started = time.monotonic()
@@ -116,9 +116,8 @@ def run_functional_suite(base_url: str, out_dir: str, suite_dir: str = str(SUITE
 
 # ------------------------------------------------------------------------------------------ visual
 @task(name="e2e-visual", persist_result=True)
-def check_visual(base_url: str, out_dir: str, update_baselines: bool = False, suite_dir: str = str(SUITE_DIR),
-                 timeout: int = 300) -> dict[str, Any]:
-    """Screenshot the named views of visual.json and compare them with the committed baselines.
+def check_visual(base_url: str, out_dir: str, update_baselines: bool = False, timeout: int = 300) -> dict[str, Any]:
+    """Screenshot the named views of SUITE_DIR/visual.json and compare them with the committed baselines.
 
     Each view passes when its fraction of differing pixels (beyond the channel tolerance, anti-aliased
     edges excepted) is within its threshold; a diff image is written for every view that differs.
@@ -128,11 +127,10 @@ def check_visual(base_url: str, out_dir: str, update_baselines: bool = False, su
     Args:
         base_url: the environment's URL.
         out_dir: where the screenshots (actual/) and diff images (diffs/) go (emptied first).
-        update_baselines: rewrite SUITE/baselines/VIEW.png from this run's screenshots.
-        suite_dir: the E2E suite holding capture_views.py, visual.json and baselines/.
+        update_baselines: rewrite SUITE_DIR/baselines/VIEW.png from this run's screenshots.
         timeout: seconds before the capture is killed.
     """
-    suite, out = Path(suite_dir), _fresh(out_dir)
+    suite, out = SUITE_DIR, _fresh(out_dir)
     config = load_visual_config(suite / "visual.json")
     actual, diffs, baselines = out / "actual", out / "diffs", suite / "baselines"
     argv = [sys.executable, str(suite / "capture_views.py"), str(actual)]
@@ -197,9 +195,8 @@ def _seconds(duration: str) -> float:
 
 
 @task(name="e2e-load", persist_result=True)
-def run_load_test(base_url: str, out_dir: str, vus: int = 10, duration: str = "30s",
-                  loadtest_dir: str = str(LOADTEST_DIR)) -> dict[str, Any]:
-    """Run k6 (script.js, thresholds.json) with `vus` constant users for `duration` against `base_url`.
+def run_load_test(base_url: str, out_dir: str, vus: int = 10, duration: str = "30s") -> dict[str, Any]:
+    """Run k6 (LOADTEST_DIR: script.js, thresholds.json) with `vus` constant users for `duration` against `base_url`.
 
     k6 exit 99 means a threshold was crossed: GateFailed carrying the report (the crossed thresholds).
     Any other non-zero exit, or no summary, means k6 could not run: CommandFailed — never a pass.
@@ -209,16 +206,15 @@ def run_load_test(base_url: str, out_dir: str, vus: int = 10, duration: str = "3
         out_dir: where summary.json and k6's output go (emptied first).
         vus: constant virtual users.
         duration: k6 duration (30s, 2m, ...).
-        loadtest_dir: the directory of script.js and thresholds.json.
     """
     out = _fresh(out_dir)
     summary_file = out / "summary.json"
     argv = [k6_binary(), "run", "--no-usage-report", "--quiet", "--vus", str(vus), "--duration", duration,
             "--env", f"BASE_URL={base_url}", "--summary-export", str(summary_file),
-            str(Path(loadtest_dir) / "script.js")]
+            str(LOADTEST_DIR / "script.js")]
     progress(f"k6: {vus} VUs for {duration} against {base_url}")
     started = time.monotonic()
-    done = run(argv, cwd=loadtest_dir, env={"K6_NO_USAGE_REPORT": "true"}, timeout=_seconds(duration) + 120,
+    done = run(argv, cwd=str(LOADTEST_DIR), env={"K6_NO_USAGE_REPORT": "true"}, timeout=_seconds(duration) + 120,
                check=False)
     seconds = round(time.monotonic() - started, 1)
     (out / "k6-output.txt").write_text(done.stdout + "\n" + done.stderr)
@@ -289,7 +285,7 @@ def _visual_md(part: dict[str, Any]) -> str:
 def publish_e2e_reports(env: str, summary: dict[str, Any], trend: list[dict[str, Any]]) -> list[str]:
     """Publish the artifacts `e2e-summary-ENV`, `e2e-functional-ENV`, `e2e-visual-ENV` (diff images embedded),
     `e2e-load-ENV` (k6 table) and `e2e-trend-ENV`; return their keys."""
-    keys = artifact_keys(env)
+    keys = artifact_keys(validate.name(env, "--env"))
     lines = [f"# E2E of {env}: {summary['state']}", "", f"URL {summary['url']}, run directory `{summary['run_dir']}`",
              "", *[f"- {line}" for line in summary["lines"]]]
     create_markdown_artifact(key=keys["summary"], markdown="\n".join(lines) + "\n", description=f"E2E of {env}")

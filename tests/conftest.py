@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from sunday_release.server import LocalServer
+
 _HOME = Path(tempfile.mkdtemp(prefix="sunday-tests-"))
 # Before anything imports Prefect: results, settings and workspaces of the tests stay in _HOME.
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
@@ -21,6 +23,10 @@ os.environ["SUNDAY_HOME"] = str(_HOME / "sunday")
 os.environ["SUNDAY_TRIVY_CACHE"] = str(_HOME / "trivy")
 os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
 os.environ.pop("PREFECT_API_URL", None)
+# The tests' Prefect server (fixture prefect_api) takes basic auth: its string is in the environment
+# before Prefect reads its settings, so every client (other threads, subprocess workers) sends it.
+_SERVER_HOME = _HOME / "server-home"
+os.environ["PREFECT_API_AUTH_STRING"] = LocalServer(_SERVER_HOME).auth_string()
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app"
@@ -36,16 +42,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
-    """A real `prefect server start` on a free port (SQLite in a temp dir), stopped afterwards."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """A real `prefect server start` on a free port (SQLite in a temp dir, basic auth), stopped afterwards."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from sunday_release.server import LocalServer
-
-    server = LocalServer(_HOME / "server-home", port=free_port())
+    server = LocalServer(_SERVER_HOME, port=free_port())
     url = server.start(timeout=120)
-    os.environ["PREFECT_API_URL"] = url
+    auth = server.auth_string()
+    os.environ["PREFECT_API_URL"], os.environ["PREFECT_API_AUTH_STRING"] = url, auth
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
             yield url
     finally:
         from prefect.logging.handlers import APILogWorker

@@ -132,12 +132,26 @@ def test_k6_that_cannot_run_is_an_error_never_a_pass(tmp_path: Path, monkeypatch
     loadtest = tmp_path / "loadtest"
     shutil.copytree(APP / "loadtest", loadtest)
     (loadtest / "script.js").write_text("export default function ( {\n")  # a syntax error
-    with pytest.raises(CommandFailed, match="k6 could not run"):
-        run_load_test.fn("http://127.0.0.1:9", str(tmp_path / "out"), 1, "1s", str(loadtest))
+    with monkeypatch.context() as patch, pytest.raises(CommandFailed, match="k6 could not run"):
+        patch.setattr("tasks.e2e.LOADTEST_DIR", loadtest)
+        run_load_test.fn("http://127.0.0.1:9", str(tmp_path / "out"), 1, "1s")
     monkeypatch.setenv("SUNDAY_K6", str(tmp_path / "no-such-k6"))
     with pytest.raises(CommandFailed) as missing:
-        run_load_test.fn("http://127.0.0.1:9", str(tmp_path / "out"), 1, "1s", str(APP / "loadtest"))
+        run_load_test.fn("http://127.0.0.1:9", str(tmp_path / "out"), 1, "1s")
     assert missing.value.returncode == 127
+
+
+def test_a_run_request_cannot_choose_what_the_e2e_flow_executes() -> None:
+    """The e2e-nightly deployment takes parameters from run requests: none of them names a directory."""
+    import inspect
+
+    from flows.e2e import e2e
+    from tasks.e2e import LOADTEST_DIR, SUITE_DIR, check_visual, run_functional_suite, run_load_test
+
+    assert set(e2e.parameters.properties) == {"env", "update_baselines", "vus", "duration"}
+    for task in (run_functional_suite, check_visual, run_load_test):
+        assert not {"suite_dir", "loadtest_dir"} & set(inspect.signature(task.fn).parameters), task.name
+    assert (SUITE_DIR, LOADTEST_DIR) == (APP / "e2e", APP / "loadtest")
 
 
 # ------------------------------------------------------------------------------------------ trends
@@ -231,11 +245,13 @@ def test_loadtest(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(loadtest)
 
 
-def _run_e2e(env_name: str, loadtest: str) -> tuple[bool, dict[str, Any]]:
+def _run_e2e(env_name: str, loadtest: str, monkeypatch: pytest.MonkeyPatch) -> tuple[bool, dict[str, Any]]:
+    """The flow, with the k6 thresholds of `loadtest` (the tasks run in this process: the constant is theirs)."""
     from flows.e2e import e2e
     from sunday_release.errors import StageFailed
 
-    state = e2e(env=env_name, vus=5, duration="5s", loadtest_dir=loadtest, return_state=True)
+    monkeypatch.setattr("tasks.e2e.LOADTEST_DIR", Path(loadtest))
+    state = e2e(env=env_name, vus=5, duration="5s", return_state=True)
     if state.is_completed():
         return True, state.result()
     exc = state.result(raise_on_failure=False)
@@ -251,8 +267,9 @@ def _artifact_keys() -> set[str]:
 
 
 @pytest.mark.docker
-def test_the_deployed_app_passes_all_three_parts(deployed: Deployed, test_loadtest: str) -> None:
-    ok, summary = _run_e2e(deployed.env.name, test_loadtest)
+def test_the_deployed_app_passes_all_three_parts(deployed: Deployed, test_loadtest: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    ok, summary = _run_e2e(deployed.env.name, test_loadtest, monkeypatch)
     assert ok, summary.get("lines")
     functional, visual, load = summary["functional"], summary["visual"], summary["load"]
     assert functional["verdict"] == "passed" and functional["passed"] >= 4 and functional["failed"] == 0
@@ -284,7 +301,7 @@ def test_a_moved_button_fails_the_visual_check_only(deployed: Deployed, test_loa
     receiver = Receiver()  # the nightly's failure goes to the same webhook as CD's notifications
     monkeypatch.setenv("SUNDAY_NOTIFY_URL", receiver.url)
     try:
-        ok, summary = _run_e2e(deployed.env.name, test_loadtest)
+        ok, summary = _run_e2e(deployed.env.name, test_loadtest, monkeypatch)
     finally:
         receiver.server.shutdown()
     assert not ok
@@ -314,9 +331,10 @@ def _rename_add_item(repo: Path) -> None:
 
 
 @pytest.mark.docker
-def test_a_broken_journey_fails_functional_with_screenshot_and_trace(deployed: Deployed, test_loadtest: str) -> None:
+def test_a_broken_journey_fails_functional_with_screenshot_and_trace(deployed: Deployed, test_loadtest: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     deployed.release(_rename_add_item, "rename add-item")
-    ok, summary = _run_e2e(deployed.env.name, test_loadtest)
+    ok, summary = _run_e2e(deployed.env.name, test_loadtest, monkeypatch)
     assert not ok
     functional = summary["functional"]
     assert functional["verdict"] == "failed" and functional["failed"] >= 1 and functional["passed"] >= 1
@@ -337,9 +355,10 @@ def _slow_backend(repo: Path) -> None:
 
 
 @pytest.mark.docker
-def test_a_slow_backend_crosses_the_k6_threshold(deployed: Deployed, test_loadtest: str) -> None:
+def test_a_slow_backend_crosses_the_k6_threshold(deployed: Deployed, test_loadtest: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     deployed.release(_slow_backend, "500 ms per board list")
-    ok, summary = _run_e2e(deployed.env.name, test_loadtest)
+    ok, summary = _run_e2e(deployed.env.name, test_loadtest, monkeypatch)
     assert not ok
     load = summary["load"]
     assert load["verdict"] == "failed" and load["crossed"] == ["http_req_duration{name:api-boards}: min<400"]

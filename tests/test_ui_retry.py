@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,7 +66,11 @@ def chromium_page() -> Iterator[Any]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": 1280, "height": 800})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            # the server asks for its auth string: the UI keeps it, base64, in localStorage["prefect-password"]
+            token = base64.b64encode(os.environ["PREFECT_API_AUTH_STRING"].encode()).decode()
+            page.add_init_script(f"localStorage.setItem('prefect-password', {json.dumps(token)})")
+            yield page
         finally:
             browser.close()
 

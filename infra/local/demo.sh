@@ -26,4 +26,4 @@ echo "[demo] arm64 backend image: uname -m = $(/usr/bin/docker run --rm --platfo
 "$top/.venv/bin/sunday-release" status --env staging
 echo "[demo] GET http://127.0.0.1:8081/api/boards -> $(curl -fsS http://127.0.0.1:8081/api/boards)"
 echo "[demo] GET http://127.0.0.1:8081/ -> $(curl -fsS http://127.0.0.1:8081/ | grep -o '<title>[^<]*</title>')"
-echo "[demo] staging stays up at http://127.0.0.1:8081; the Prefect UI is at http://127.0.0.1:4200"
+echo "[demo] staging stays up at http://127.0.0.1:8081; the Prefect UI is at http://127.0.0.1:4200 (it asks for the auth string in ${SUNDAY_HOME:-$HOME/.sunday-release}/server/api-auth)"

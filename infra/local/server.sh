@@ -9,6 +9,9 @@
 # The S3 endpoint is moto_server, a stand-in for AWS S3 (in memory: its objects are gone when it stops).
 # It holds the workers' shared result storage (bucket sunday-results, block s3-bucket/sunday-results)
 # and the deploy worker's database backups (bucket sunday-backups).
+# The API takes Prefect's basic authentication: the string is generated once into $dir/api-auth (0600) and
+# given to every client started here (PREFECT_API_AUTH_STRING); the UI asks for it. $dir is root's and
+# PostgreSQL's group only (0710), its logs and secrets are 0600.
 # Env: SUNDAY_APP_REPO (the application repository the deployments build; default: a copy of app/),
 #      SUNDAY_PLATFORM_DIR (default /var/lib/sunday-release/platform), PREFECT_PORT (4200), PREFECT_DB_PORT (5433),
 #      SUNDAY_S3_PORT (9000).
@@ -24,6 +27,10 @@ bin=$top/.venv/bin
 pools=(sunday-ci sunday-deploy sunday-e2e)
 log() { printf '[server] %s\n' "$*" >&2; }
 as_pg() { runuser -u postgres -- "$@"; }
+# curl with the API's auth string, never on its command line (visible to every local user in ps)
+api() { printf 'user = "%s"\n' "$PREFECT_API_AUTH_STRING" | curl -K - "$@"; }
+# a log file only its owner reads (truncated)
+logfile() { : > "$dir/logs/$1.log"; chmod 600 "$dir/logs/$1.log"; echo "$dir/logs/$1.log"; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # stop the process of a PID file: SIGTERM, up to 30 s to exit, then SIGKILL
 halt() {
@@ -34,7 +41,13 @@ halt() {
 }
 
 start() {
-  mkdir -p "$dir/pg" "$dir/pids" "$dir/logs"
+  # PostgreSQL (user postgres) must reach $dir/pg: the group may traverse $dir, nobody else may enter it
+  mkdir -p "$dir"
+  chgrp postgres "$dir"
+  chmod 0710 "$dir"
+  install -d -m 0700 "$dir/pg" "$dir/pids" "$dir/logs" "$dir/prefect"
+  chmod 0700 "$dir/pg" "$dir/pids" "$dir/logs" "$dir/prefect"
+  find "$dir/logs" -type f -exec chmod 600 {} +
   chown postgres:postgres "$dir/pg"
   if [ ! -f "$dir/pg/PG_VERSION" ]; then
     log "initdb $dir/pg"
@@ -44,30 +57,50 @@ start() {
   fi
   if ! as_pg "$pg/pg_ctl" status -D "$dir/pg" >/dev/null 2>&1; then
     as_pg "$pg/pg_ctl" start -w -D "$dir/pg" -l "$dir/pg/postgres.log" >/dev/null
+    chmod 600 "$dir/pg/postgres.log"
   fi
   [ -f "$dir/db-password" ] || { head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$dir/db-password"; chmod 600 "$dir/db-password"; }
+  chmod 600 "$dir/db-password"
   pw=$(cat "$dir/db-password")
+  if [ ! -s "$dir/api-auth" ]; then
+    (umask 077; printf 'admin:%s\n' "$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" > "$dir/api-auth.tmp")
+    mv "$dir/api-auth.tmp" "$dir/api-auth"
+  fi
+  chmod 600 "$dir/api-auth"
   psql=(as_pg "$pg/psql" -h "$dir/pg" -p "$dbport" -d postgres -qAt)
   if [ -z "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname='prefect'")" ]; then
     "${psql[@]}" <<<"CREATE ROLE prefect LOGIN PASSWORD '$pw'; CREATE DATABASE prefect OWNER prefect;"
     as_pg "$pg/psql" -h "$dir/pg" -p "$dbport" -d prefect -qAt -c "CREATE EXTENSION IF NOT EXISTS pg_trgm"
   fi
-  export PREFECT_HOME=$dir/prefect PREFECT_API_URL=http://127.0.0.1:$port/api
+  # every client started below (python, prefect CLI, prewarmed server, workers and their flow runs) sends it
+  PREFECT_API_AUTH_STRING=$(cat "$dir/api-auth")
+  export PREFECT_HOME=$dir/prefect PREFECT_API_URL=http://127.0.0.1:$port/api PREFECT_API_AUTH_STRING
+  unset PREFECT_API_KEY  # a client would send it instead of the auth string
+  # /api/health answers without authentication (Prefect lets probes through); /api/admin/version does not
   if ! alive "$dir/pids/server" && curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then
     log "another Prefect server answers on port $port (the CLI's? \`sunday-release server stop\`); or set PREFECT_PORT"
     exit 1
   fi
+  if alive "$dir/pids/server" && curl -fsS "$PREFECT_API_URL/admin/version" >/dev/null 2>&1; then
+    log "the running server takes requests without authentication (started before it was configured): restarting it"
+    for pool in "${pools[@]}"; do halt "$dir/pids/worker-$pool"; done
+    halt "$dir/pids/prewarmed"
+    halt "$dir/pids/server"
+  fi
   if ! alive "$dir/pids/server"; then
     log "prefect server on 127.0.0.1:$port (PostgreSQL 127.0.0.1:$dbport)"
-    PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" PREFECT_UI_API_URL=$PREFECT_API_URL \
-      nohup "$bin/prefect" server start --host 127.0.0.1 --port "$port" >"$dir/logs/server.log" 2>&1 &
-    echo $! > "$dir/pids/server"
+    (umask 077  # its PREFECT_HOME and files: root's only
+     PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" \
+       PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_UI_API_URL=$PREFECT_API_URL \
+       nohup "$bin/prefect" server start --host 127.0.0.1 --port "$port" >"$(logfile server)" 2>&1 &
+     echo $! > "$dir/pids/server")
   fi
-  for _ in $(seq 1 120); do curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1 && break; sleep 1; done
-  curl -fsS "$PREFECT_API_URL/health" >/dev/null || { log "server did not start; see $dir/logs/server.log"; exit 1; }
+  for _ in $(seq 1 120); do api -fsS "$PREFECT_API_URL/admin/version" >/dev/null 2>&1 && break; sleep 1; done
+  api -fsS "$PREFECT_API_URL/admin/version" >/dev/null \
+    || { log "server did not start or refuses $dir/api-auth; see $dir/logs/server.log"; exit 1; }
   if ! alive "$dir/pids/s3"; then
     log "S3 endpoint (moto_server, stand-in for AWS S3) on $s3"
-    nohup "$bin/moto_server" -H 127.0.0.1 -p "$s3port" >"$dir/logs/s3.log" 2>&1 &
+    nohup "$bin/moto_server" -H 127.0.0.1 -p "$s3port" >"$(logfile s3)" 2>&1 &
     echo $! > "$dir/pids/s3"
   fi
   for _ in $(seq 1 60); do curl -fsS "$s3" >/dev/null 2>&1 && break; sleep 0.5; done
@@ -79,17 +112,30 @@ start() {
     --bucket sunday-results --also-create sunday-backups) \
     || { log "could not register the result storage on $s3; see $dir/logs/s3.log"; exit 1; }
   # every pool starts its flow runs through deployments.launch: in the prewarmed server when it answers
-  (cd "$top" && "$bin/python" -m deployments.prewarmed --pool-template) > "$dir/pool-template.json"
-  for pool in "${pools[@]}"; do
-    if "$bin/prefect" work-pool inspect "$pool" >/dev/null 2>&1; then
-      "$bin/prefect" work-pool update "$pool" --base-job-template "$dir/pool-template.json" >/dev/null
-    else
-      "$bin/prefect" work-pool create "$pool" --type process --base-job-template "$dir/pool-template.json" >/dev/null
-    fi
-  done
+  # (one Python for the three pools: each `prefect work-pool` command would import Prefect again)
+  (cd "$top" && "$bin/python" - "${pools[@]}" <<'EOF'
+import sys
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectNotFound
+
+from deployments.prewarmed import pool_job_template
+
+template = pool_job_template()
+with get_client(sync_client=True) as client:
+    for pool in sys.argv[1:]:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+        else:
+            client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
+EOF
+  ) || { log "could not create or update the work pools ${pools[*]}"; exit 1; }
   if ! alive "$dir/pids/prewarmed"; then
     nohup env -C "$top" "$bin/python" -m deployments.prewarmed --socket "$dir/prewarm.sock" \
-      >"$dir/logs/prewarmed.log" 2>&1 &
+      >"$(logfile prewarmed)" 2>&1 &
     echo $! > "$dir/pids/prewarmed"
   fi
   if [ -z "${SUNDAY_APP_REPO:-}" ]; then
@@ -102,7 +148,7 @@ start() {
     fi
   fi
   export SUNDAY_RELEASE_DIR=$top
-  (cd "$top" && "$bin/prefect" --no-prompt deploy --all >"$dir/logs/deploy.log" 2>&1) \
+  (cd "$top" && "$bin/prefect" --no-prompt deploy --all >"$(logfile deploy)" 2>&1) \
     || { log "prefect deploy --all failed; see $dir/logs/deploy.log"; exit 1; }
   # a script's background jobs ignore SIGINT, and a worker stops on SIGTERM by sending itself SIGINT:
   # env --default-signal=INT gives it back, or `stop` could not stop the workers
@@ -111,13 +157,16 @@ start() {
       PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
         SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=0.5 \
         SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock \
-        nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" >"$dir/logs/worker-$pool.log" 2>&1 &
+        nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" >"$(logfile "worker-$pool")" 2>&1 &
       echo $! > "$dir/pids/worker-$pool"
     fi
   done
-  log "UI http://127.0.0.1:$port — deployments: $("$bin/prefect" deployment ls 2>/dev/null | grep -c '/' || true) registered"
+  log "UI http://127.0.0.1:$port — deployments: $(api -fsS -X POST -H 'Content-Type: application/json' -d '{}' \
+    "$PREFECT_API_URL/deployments/count" || echo '?') registered"
   log "app repository: $SUNDAY_APP_REPO"
   log "results: $results_block (s3://sunday-results at $s3); backups: s3://sunday-backups"
+  log "the API and the UI take the auth string in $dir/api-auth; a client: export PREFECT_API_URL=$PREFECT_API_URL" \
+    "PREFECT_API_AUTH_STRING=\$(cat $dir/api-auth)"
 }
 
 stop() {

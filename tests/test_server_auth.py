@@ -1,0 +1,283 @@
+"""The Prefect API takes basic authentication: the CLI's local server and `make server` (infra/local/server.sh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sunday_release.server import LocalServer
+from sunday_release.webhook import repository_slug, sign
+from tests.conftest import _SERVER_HOME, ROOT, free_port
+
+CLI = [sys.executable, "-m", "sunday_release.cli"]
+POOLS = ("sunday-ci", "sunday-deploy", "sunday-e2e")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _basic(auth: str) -> tuple[str, str]:
+    user, _, password = auth.partition(":")
+    return user, password
+
+
+# --- the CLI's local server -----------------------------------------------------------------------
+
+
+def test_the_local_server_refuses_requests_without_its_auth_string(prefect_api: str) -> None:
+    server = LocalServer(_SERVER_HOME)
+    auth = server.auth_string()
+    assert os.environ["PREFECT_API_AUTH_STRING"] == auth  # what every test's client sends
+    for method, path in (("POST", "/flows/filter"), ("POST", "/block_documents/filter"), ("GET", "/admin/version"),
+                         ("POST", "/deployments/filter")):
+        assert httpx.request(method, prefect_api + path, json={} if method == "POST" else None,
+                             timeout=10).status_code == 401, path
+    assert httpx.post(f"{prefect_api}/flows/filter", json={}, auth=("sunday", "wrong"), timeout=10).status_code == 401
+    assert httpx.post(f"{prefect_api}/flows/filter", json={}, auth=_basic(auth), timeout=10).status_code == 200
+    # Prefect lets GET /health through for probes; it tells nothing but "up"
+    assert httpx.get(f"{prefect_api}/health", timeout=10).status_code == 200
+
+
+def test_the_local_servers_home_is_the_owners_only(prefect_api: str) -> None:
+    home = _SERVER_HOME / "server"
+    assert _mode(home) == 0o700 and _mode(home / "prefect") == 0o700
+    assert _mode(home / "api-auth") == 0o600
+    assert _mode(home / "server.log") & 0o077 == 0
+    databases = list((home / "prefect").glob("prefect.db*"))
+    assert databases and all(_mode(db) & 0o077 == 0 for db in databases), [(db, oct(_mode(db))) for db in databases]
+
+
+def test_the_events_socket_refuses_a_client_without_the_string(prefect_api: str) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    socket_url = prefect_api.replace("http://", "ws://") + "/events/in"
+    for token in (None, "sunday:wrong"):
+        with connect(socket_url, subprotocols=["prefect"], open_timeout=10) as ws:  # type: ignore[list-item]
+            ws.send(json.dumps({"type": "auth", "token": token}))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, token
+
+
+def test_an_existing_home_is_made_the_owners_only(tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    (home / "prefect").mkdir(parents=True)
+    home.chmod(0o755)
+    (home / "prefect").chmod(0o755)
+    db = home / "prefect" / "prefect.db"
+    db.write_text("")
+    db.chmod(0o644)
+    server = LocalServer(tmp_path, port=free_port())
+    auth = server.auth_string()
+    assert auth.startswith("sunday:") and len(auth) > 30 and server.auth_string() == auth  # generated once
+    assert (_mode(home), _mode(home / "prefect"), _mode(db), _mode(home / "api-auth")) == (0o700, 0o700, 0o600, 0o600)
+    assert not server.healthy()  # nothing answers on its port
+
+
+@pytest.mark.parametrize(("status", "why"), [(200, "it has no authentication"), (401, "it refuses the string")])
+def test_another_processs_server_on_the_port_is_never_used(tmp_path: Path, status: int, why: str) -> None:
+    """An open server (or one with another string) that is not this home's: an error, not a silent fallback."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from sunday_release.errors import PipelineError
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        server = LocalServer(tmp_path, port=other.server_address[1])
+        assert not server.healthy()
+        with pytest.raises(PipelineError, match=why):
+            server.start(timeout=5)
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_the_cli_keeps_a_callers_auth_string_for_another_server(tmp_path: Path) -> None:
+    """Without PREFECT_API_URL the CLI would use its local server: a string meant for another one is a mistake."""
+    env = {**os.environ, "SUNDAY_HOME": str(tmp_path / "home"), "PREFECT_API_AUTH_STRING": "admin:for-another-server"}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([*CLI, "dora", "--json"], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert "PREFECT_API_AUTH_STRING is set but PREFECT_API_URL is not" in done.stderr
+    assert "for-another-server" not in done.stderr + done.stdout
+
+
+# --- make server --------------------------------------------------------------------------------
+
+
+@dataclass
+class Platform:
+    dir: Path
+    api: str
+    auth: str
+    started: str  # what `server.sh start` printed
+    seconds: float
+
+    def get(self, path: str, auth: bool = True) -> httpx.Response:
+        return httpx.get(self.api + path, auth=_basic(self.auth) if auth else None, timeout=30)
+
+    def post(self, path: str, body: Any = None, auth: bool = True) -> httpx.Response:
+        return httpx.post(self.api + path, json={} if body is None else body,
+                          auth=_basic(self.auth) if auth else None, timeout=30)
+
+    def client_env(self, auth: bool = True) -> dict[str, str]:
+        env = {**os.environ, "PREFECT_API_URL": self.api}
+        env.pop("PREFECT_API_AUTH_STRING", None)
+        if auth:
+            env["PREFECT_API_AUTH_STRING"] = self.auth
+        return env
+
+
+def _server_sh(action: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(ROOT / "infra" / "local" / "server.sh"), action], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[Platform]:
+    """`make server` in a private directory on free ports; always stopped and removed afterwards."""
+    top = Path(tempfile.mkdtemp(prefix="sunday-platform-"))
+    top.chmod(0o711)  # PostgreSQL (user postgres) traverses it to its data directory
+    port = free_port()
+    env = {**os.environ, "SUNDAY_PLATFORM_DIR": str(top / "platform"), "PREFECT_PORT": str(port),
+           "PREFECT_DB_PORT": str(free_port()), "SUNDAY_S3_PORT": str(free_port())}
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_HOME", "SUNDAY_APP_REPO"):
+        env.pop(name, None)
+    started = time.monotonic()
+    try:
+        done = _server_sh("start", env, timeout=240)
+        seconds = time.monotonic() - started
+        assert done.returncode == 0, done.stderr[-3000:]
+        auth = (top / "platform" / "api-auth").read_text().strip()
+        yield Platform(top / "platform", f"http://127.0.0.1:{port}/api", auth, done.stdout + done.stderr, seconds)
+    finally:
+        stopped = _server_sh("stop", env, timeout=180)
+        shutil.rmtree(top, ignore_errors=True)
+        assert stopped.returncode == 0, stopped.stderr[-3000:]
+
+
+@pytest.mark.docker
+def test_make_server_keeps_its_secrets_to_itself(platform: Platform) -> None:
+    print(f"server.sh start took {platform.seconds:.1f} s")
+    assert _mode(platform.dir) == 0o710 and platform.dir.group() == "postgres"
+    assert _mode(platform.dir / "api-auth") == 0o600 and _mode(platform.dir / "db-password") == 0o600
+    assert _mode(platform.dir / "logs") == 0o700
+    assert all(_mode(log) == 0o600 for log in (platform.dir / "logs").iterdir())
+    assert _mode(platform.dir / "prefect") == 0o700
+    assert platform.auth.startswith("admin:") and len(platform.auth) > 20
+    assert platform.auth.partition(":")[2] not in platform.started  # never printed
+    assert f"{platform.dir / 'api-auth'}" in platform.started and "export" in platform.started
+
+
+@pytest.mark.docker
+def test_make_server_refuses_requests_without_the_auth_string(platform: Platform) -> None:
+    assert platform.get("/admin/version", auth=False).status_code == 401
+    for path in ("/deployments/filter", "/flow_runs/filter", "/block_documents/filter", "/variables/filter"):
+        assert platform.post(path, auth=False).status_code == 401, path
+    assert httpx.post(f"{platform.api}/deployments/filter", json={}, auth=("admin", "guess"), timeout=30
+                      ).status_code == 401
+    assert platform.get("/health", auth=False).status_code == 200  # Prefect's unauthenticated probe
+    listed = platform.post("/deployments/filter")
+    assert listed.status_code == 200, listed.text
+    assert {"ci", "cd-staging", "cd-production", "rollback", "e2e-nightly"} <= {d["name"] for d in listed.json()}
+
+
+@pytest.mark.docker
+def test_make_servers_workers_are_online_with_the_string(platform: Platform) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        online = {pool: [w["status"] for w in platform.post(f"/work_pools/{pool}/workers/filter").json()]
+                  for pool in POOLS}
+        if all("ONLINE" in statuses for statuses in online.values()):
+            break
+        assert time.monotonic() < deadline, online
+        time.sleep(1)
+
+
+def _webhook(platform: Platform, port: int, auth: bool, home: Path) -> subprocess.Popen[str]:
+    env = {**platform.client_env(auth), "SUNDAY_WEBHOOK_SECRET": "webhook-test-secret", "SUNDAY_HOME": str(home)}
+    return subprocess.Popen([*CLI, "webhook", "--port", str(port)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.docker
+def test_the_webhook_receiver_emits_to_make_server_with_the_string(platform: Platform, tmp_path: Path) -> None:
+    # the ci deployment's trigger would start a CI run on this push: its pool holds it
+    assert httpx.patch(f"{platform.api}/work_pools/sunday-ci", json={"is_paused": True}, auth=_basic(platform.auth),
+                       timeout=30).status_code == 204
+    refused = _webhook(platform, free_port(), auth=False, home=tmp_path / "no-auth")
+    _, stderr = refused.communicate(timeout=120)
+    assert refused.returncode == 1 and "cannot read the Secret block" in stderr, stderr
+
+    port = free_port()
+    proc = _webhook(platform, port, auth=True, home=tmp_path / "auth")
+    repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the webhook receiver did not start"
+            time.sleep(0.2)
+        body = json.dumps({"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567",
+                           "repository": {"clone_url": repo}, "pusher": {"name": "octocat"}}).encode()
+        response = httpx.post(f"http://127.0.0.1:{port}/webhook", content=body, timeout=30, headers={
+            "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": sign(b"webhook-test-secret", body)})
+        assert response.status_code == 202 and response.json()["status"] == "accepted", response.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert platform.auth.partition(":")[2] not in stderr
+
+    query = {"filter": {"event": {"name": ["git.push"]},
+                        "resource": {"id": [f"git.repository.{repository_slug(repo)}"]}}, "limit": 10}
+    deadline = time.monotonic() + 30
+    while not (events := platform.post("/events/filter", query).json()["events"]):
+        assert time.monotonic() < deadline, "the server did not store the git.push event"
+        time.sleep(0.5)
+    assert [e["payload"]["ref"] for e in events] == ["main"]
+
+
+@pytest.mark.docker
+def test_the_cli_works_against_make_server_with_the_string_only(platform: Platform) -> None:
+    done = subprocess.run([*CLI, "dora", "--json"], env=platform.client_env(auth=True), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert isinstance(json.loads(done.stdout), dict)
+    refused = subprocess.run([*CLI, "dora", "--json"], env=platform.client_env(auth=False), cwd=ROOT,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-2000:]
