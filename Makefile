@@ -30,7 +30,7 @@ lint: venv
 test: setup
 	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 lock: venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock

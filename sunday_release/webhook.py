@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import sqlite3
 import sys
@@ -719,9 +720,22 @@ def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None, s
     logger.info("webhook receiver listening on http://%s:%s/webhook (builds %s and tags matching %s; "
                 "accepted bodies kept in %s)", host, server.server_address[1], default_branch, release_tags,
                 server.store.path)
+    _stop_on_signals()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         logger.info("webhook receiver stopped")
     finally:
         server.server_close()
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the receiver, even when it inherited SIGINT ignored (a script's background job)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)

@@ -863,6 +863,33 @@ def test_serve_end_to_end_with_the_config_build_rule(prefect_api: str, tmp_path:
     assert [e.payload["ref"] for e in events] == ["trunk"]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_receiver_stops_on_a_signal_even_started_as_a_scripts_background_job(
+        prefect_api: str, tmp_path: Any, signum: int) -> None:
+    """A script's background job inherits SIGINT ignored: `serve` stops on SIGINT and SIGTERM all the same."""
+    port = free_port()
+    code = f"from sunday_release.webhook import serve\nserve({port})\n"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "SUNDAY_HOME": str(tmp_path / "sunday"), "SUNDAY_WEBHOOK_SECRET": SECRET.decode()}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "webhook receiver stopped" in stderr, stderr
+
+
 # --- fuzzing the receiver over HTTP --------------------------------------------------------------
 
 _PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
