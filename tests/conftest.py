@@ -168,3 +168,15 @@ def git() -> Callable[..., str]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+# Markers follow from the fixtures a test uses, so they cannot lie: `make test-fast` runs what needs neither.
+_FIXTURE_MARKERS = {"docker_engine": "docker", "registry": "docker", "prefect_api": "server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in names:
+                item.add_marker(getattr(pytest.mark, marker))
