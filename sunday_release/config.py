@@ -66,7 +66,16 @@ def _one_line(value: str) -> str:
     return value
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
 RelativePath = Annotated[str, AfterValidator(_relative_path)]
+Regex = Annotated[str, AfterValidator(_regex)]
 Route = Annotated[str, AfterValidator(_route)]  # becomes an nginx `location` and an Ingress path
 Variables = dict[Annotated[str, AfterValidator(_variable_name)], Annotated[str, AfterValidator(_one_line)]]
 
@@ -173,22 +182,13 @@ class PipelineConfig(_Model):
     registry: str = Field("localhost:5000", min_length=1)
     base_image: str = Field("localhost:5000/base/debian:bookworm", min_length=1)
     default_branch: str = Field("main", min_length=1)
-    release_tags: str = Field(r"^v\d+\.\d+\.\d+$", min_length=1)
+    release_tags: Regex = Field(r"^v\d+\.\d+\.\d+$", min_length=1)
     services: dict[Name, Service] = Field(min_length=1)
     environments: dict[Name, Environment] = Field(
         default_factory=lambda: {"staging": Environment(), "production": Environment(approval=True)}
     )
     scan: ScanPolicy = Field(default_factory=ScanPolicy)
     smoke: list[SmokeCheck] = Field(default_factory=list)
-
-    @field_validator("release_tags")
-    @classmethod
-    def _regex(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        return value
 
     @model_validator(mode="after")
     def _known_services(self) -> PipelineConfig:

@@ -11,14 +11,13 @@ that would loosen it is a ConfigError naming the key. Pure: no Prefect, no I/O.
 
 from __future__ import annotations
 
-import re
 from datetime import date, timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sunday_release import validate
-from sunday_release.config import _BLOCKING, PipelineConfig, Severity
+from sunday_release.config import _BLOCKING, PipelineConfig, Regex, Severity
 from sunday_release.errors import ConfigError, InputError
 
 __all__ = ["DEFAULT_RELEASE_TAGS", "EnvPolicy", "GatePolicy", "ProjectPolicy", "default_policy", "enforce",
@@ -58,20 +57,11 @@ class ProjectPolicy(_Model):
     repo: str | None = None  # the trusted repository; None: not registered (the defaults)
     registry: str | None = None  # None: the commit's (unregistered only)
     default_branch: str | None = None  # None: the commit's (unregistered only)
-    release_tags: str = Field(DEFAULT_RELEASE_TAGS, min_length=1)
+    release_tags: Regex = Field(DEFAULT_RELEASE_TAGS, min_length=1)
     environments: dict[Annotated[str, Field(pattern=_NAME)], EnvPolicy] = Field(
         default_factory=lambda: {"production": EnvPolicy(approval=True, backup=True, max_error_rate=0.01)})
     only_registered_environments: bool = False  # registered projects: a commit may not invent environments
     scan: GatePolicy = Field(default_factory=GatePolicy)
-
-    @field_validator("release_tags")
-    @classmethod
-    def _regex(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        return value
 
     @property
     def registered(self) -> bool:
