@@ -1,6 +1,7 @@
 """Trigger latency and Retry cost on the deployed platform: git push → CI Running; Retry vs a full CI run.
 
-Part 1 sends signed pushes to the webhook receiver (`sunday-release webhook`); the `git.push` event of each
+Part 1 sends signed pushes (each of a new empty commit: the receiver drops a repeated one) to the webhook
+receiver (`sunday-release webhook`); the `git.push` event of each
 makes the `ci` deployment's trigger (prefect.yaml) create a CI run, which a process worker starts. Pushes
 alternate between the two ways a run can start: `plain` (Prefect's own `python -m prefect.engine`, which
 imports Prefect and the flow first) and `prewarmed` (the pools' command under `make server`:
@@ -20,7 +21,7 @@ the final state.
 Everything is its own: a Prefect server, a registry, the `sunday-ci` pool with one worker, the webhook, the
 prewarmed server. Part 2 empties the machine's Docker build cache.
 
-    .venv/bin/python bench/trigger_latency.py [--pushes 20] [--poll 0.5] [--latency-only]
+    .venv/bin/python bench/trigger_latency.py [--pushes 20] [--poll 0.5] [--latency-only] [--server-timeout 300]
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, free_port, git, make_repo, prefect_server
+from _common import ROOT, free_port, git, make_repo
 from ci_cache import start_registry
 
 from deployments.prewarmed import launch_command
@@ -54,6 +56,20 @@ from tests.deployed_ci import PREFECT, ProcessWorker, wait_for_flow_run, write_c
 
 CLI = str(ROOT / ".venv/bin/sunday-release")
 POOL = "sunday-ci"  # prefect.yaml's pool of the ci deployment
+
+
+@contextmanager
+def prefect_server(home: Path, timeout: float) -> Iterator[None]:
+    """A Prefect server of the benchmark's own (given `timeout` seconds to start: a busy machine is slow)."""
+    from sunday_release.server import LocalServer
+
+    server = LocalServer(home, port=free_port())
+    os.environ["PREFECT_API_URL"] = server.start(timeout=timeout)
+    os.environ["PREFECT_API_AUTH_STRING"] = server.auth_string()  # the CLI children authenticate too
+    try:
+        yield
+    finally:
+        server.stop()
 
 
 def deploy_ci(repo: Path) -> Any:
@@ -79,7 +95,7 @@ def start_webhook(repo: Path, secret: str, stack: ExitStack, log: Path) -> str:
         proc = subprocess.Popen([CLI, "webhook", "--port", str(port), "--repo", str(repo)], stdout=out,
                                 stderr=subprocess.STDOUT, env={**os.environ, "SUNDAY_WEBHOOK_SECRET": secret})
     stack.callback(lambda: (proc.send_signal(signal.SIGINT), proc.wait(30)))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a busy machine takes its time to import the CLI
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -139,14 +155,14 @@ def trigger_latencies(url: str, secret: str, repo: Path, deployment_id: Any, wor
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
 
-    sha = git(repo, "rev-parse", "HEAD")
     seen: set[Any] = set()
     out: dict[str, list[tuple[float, float, float]]] = {way: [] for way in WAYS}
     with get_client(sync_client=True) as client:
         for i in range(pushes):
             way = WAYS[i % 2]  # alternating: a noisy machine hurts both alike
             start_way(client, deployment_id, way)
-            sent = push(url, secret, repo, sha)
+            git(repo, "commit", "-q", "--allow-empty", "-m", f"bench push {i + 1}")  # the webhook drops duplicates
+            sent = push(url, secret, repo, git(repo, "rev-parse", "HEAD"))
             run = next_run(client, deployment_id, seen)
             seen.add(run.id)
             wait_for_flow_run(run.id, worker, until=lambda s: s is not None and (s.is_running() or s.is_final()),
@@ -222,6 +238,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pushes", type=int, default=20)
     parser.add_argument("--latency-only", action="store_true", help="part 1 only (leaves the build cache alone)")
+    parser.add_argument("--server-timeout", type=float, default=300,
+                        help="seconds the Prefect server may take to start")
     parser.add_argument("--poll", type=float, default=0.5,
                         help="the worker's PREFECT_WORKER_QUERY_SECONDS (make server: 0.5; Prefect's default is 10)")
     args = parser.parse_args()
@@ -229,7 +247,8 @@ def main() -> None:
         work = Path(tmp)
         registry, address = start_registry(work / "registry")
         stack.callback(lambda: (registry.terminate(), registry.wait(10)))
-        stack.enter_context(prefect_server(work / "home"))
+        os.environ["SUNDAY_HOME"] = str(work / "home")
+        stack.enter_context(prefect_server(work / "home", args.server_timeout))
         repo = make_repo(work / "repo", config_prefix=f"registry: {address}\n")
         deployment_id = deploy_ci(repo)
         trivy_cache = work / "trivy-cache"  # the workers' offline Trivy DB: part 2 takes it away and back

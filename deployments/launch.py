@@ -5,9 +5,12 @@ seconds importing Prefect and the flow's modules before the run turns Running. T
 the pools' `command` instead (`make server` sets it): it hands the run to the prewarmed server
 (`deployments.prewarmed`, modules already imported) through the Unix socket named by
 SUNDAY_PREWARM_SOCKET, with this process's environment, working directory and stdin/stdout/stderr,
-then relays signals to the run's process and exits with its exit code. The worker sees an ordinary
-child process. When no prewarmed server answers, or it says its code is stale, the launcher
-becomes `python -m prefect.engine` itself (exec), so a run never depends on the prewarmed server.
+then relays SIGTERM/SIGINT/SIGHUP to the run's process group (the run and every process it started:
+the worker signals only the launcher) and exits with the run's exit code. The worker sees an
+ordinary child process. When no prewarmed server answers, or it refuses (its code is stale, it has
+a second thread, …), the launcher starts `python -m prefect.engine` itself, in a session of its
+own, and relays the signals to that group the same way, so a run never depends on the prewarmed
+server and a cancelled run leaves no process behind either way.
 
 Only the standard library is imported here: this module's own start-up is the cost it saves.
 """
@@ -27,9 +30,34 @@ SOCKET_ENV = "SUNDAY_PREWARM_SOCKET"
 HEADER = struct.Struct("!Q")  # length of the JSON request that follows the header and the fds
 
 
-def _engine(argv: list[str]) -> None:
-    """Become `python -m prefect.engine ARGV` (never returns)."""
-    os.execv(sys.executable, [sys.executable, "-m", "prefect.engine", *argv])
+def _relay_to_group(pid: int) -> None:
+    """From now on, SIGTERM/SIGINT/SIGHUP to this process go to the process group led by `pid`."""
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:  # not a group leader yet (just forked) or gone
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+
+
+def _engine(argv: list[str]) -> int:
+    """Run `python -m prefect.engine ARGV` in a session of its own; its exit code."""
+    pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "prefect.engine", *argv], os.environ,
+                         setsid=True)
+    _relay_to_group(pid)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        return code if code >= 0 else 128 - code
 
 
 def _handoff(path: str, argv: list[str]) -> int | None:
@@ -45,24 +73,15 @@ def _handoff(path: str, argv: list[str]) -> int | None:
     except OSError:
         conn.close()
         return None
-    if len(first) != 2 or first[0] != "PID":  # "STALE" or a server that went away: run it here
+    if len(first) != 2 or first[0] != "PID":  # "STALE", "REFUSED …" or a server that went away: run it here
         conn.close()
         return None
-    pid = int(first[1])
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
+    _relay_to_group(int(first[1]))
     last = reader.readline().split()
     conn.close()
     if len(last) == 2 and last[0] == "EXIT":
         return int(last[1])
-    sys.stderr.write(f"prewarmed server lost flow-run process {pid}\n")
+    sys.stderr.write(f"prewarmed server lost flow-run process {first[1]}\n")
     return 1
 
 
@@ -70,9 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     path = os.environ.get(SOCKET_ENV)
     code = _handoff(path, args) if path else None
-    if code is None:
-        _engine(args)
-    sys.exit(code)
+    sys.exit(_engine(args) if code is None else code)
 
 
 if __name__ == "__main__":

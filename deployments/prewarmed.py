@@ -8,23 +8,37 @@ the API, so forking it is safe: for each request it forks a handler, which forks
 (environment, working directory and stdio of the launcher; Prefect's settings re-read from that
 environment), sends back its PID, waits for it and sends back its exit code. The run's process
 then does exactly what `python -m prefect.engine` does (the module is run as `__main__`), only
-without the imports.
+without the imports, and before it exits it waits for Prefect's event and log workers to send what
+they hold (`EventsWorker.drain_all()`, `APILogWorker.drain_all()`: what the interpreter's shutdown
+does for a plain `python -m prefect.engine`), so the run's last logs and events reach the server.
 
-Stale code is never run: before each fork the server compares the modification times of the
-project's modules it imported with those it loaded; if one changed, it answers `STALE` (the
-launcher runs that flow run the ordinary way) and re-executes itself to import the new code.
+The run's process leads a process group of its own: the launcher relays SIGTERM/SIGINT/SIGHUP to
+that whole group (the run and every process it started), and when the launcher dies (the worker's
+SIGKILL after its grace period) the handler kills the group.
+
+The server never forks when it could hand out something other than what a fresh
+`python -m prefect.engine` would run; it answers `REFUSED <reason>` (the launcher then runs that
+flow run the ordinary way) when it has more than one thread (a fork would copy locks another thread
+holds), and when the request names another project directory (SUNDAY_RELEASE_DIR); and `STALE`,
+then re-executes itself to import the new code, when one of the modules it imported from the
+project or from Prefect changed on disk, a Python file appeared or went away beside them, the
+project directory was replaced, or the installed Prefect's version changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import os
 import runpy
+import select
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,30 +48,65 @@ __all__ = ["main"]
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_PRELOAD = ("flows.ci", "flows.cd", "flows.e2e")
+DRAIN_SECONDS = 30.0  # at most this long for the run's last events and logs to be sent
+
+Snapshot = tuple[object, ...]
 
 
-def _project_modules() -> dict[str, int]:
-    """Source files of the project's imported modules and their modification times (ns)."""
-    seen: dict[str, int] = {}
+def _code_roots() -> tuple[str, ...]:
+    """The directories whose imported modules a run must see as they are on disk: the project and Prefect."""
+    import prefect
+
+    return str(PROJECT) + os.sep, str(Path(prefect.__file__).resolve().parent) + os.sep
+
+
+def _snapshot() -> Snapshot:
+    """What the imported code is made of: every module file of the project and Prefect with its mtime (ns),
+    the Python files beside them, the project directory's identity and Prefect's installed version."""
+    roots = _code_roots()
+    venv = os.path.realpath(sys.prefix) + os.sep  # inside the project here: its modules are Prefect's kind
+    files: dict[str, int] = {}
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
-        if not file or not file.startswith(str(PROJECT) + os.sep):
+        if not file or not file.startswith(roots):
             continue
         try:
-            seen[file] = os.stat(file).st_mtime_ns
+            files[file] = os.stat(file).st_mtime_ns
         except OSError:
-            seen[file] = -1
-    return seen
-
-
-def _stale(loaded: dict[str, int]) -> bool:
-    for file, mtime in loaded.items():
+            files[file] = -1
+    listings: dict[str, frozenset[str]] = {}
+    for folder in {os.path.dirname(f) for f in files if f.startswith(roots[0]) and not f.startswith(venv)}:
         try:
-            if os.stat(file).st_mtime_ns != mtime:
-                return True
+            listings[folder] = frozenset(n for n in os.listdir(folder) if n.endswith(".py"))
         except OSError:
-            return True
-    return False
+            listings[folder] = frozenset()
+    try:
+        st = os.stat(PROJECT)
+        project: tuple[int, int] = (st.st_dev, st.st_ino)
+    except OSError:
+        project = (-1, -1)
+    try:
+        version = importlib.metadata.version("prefect")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    return files, listings, project, version
+
+
+def _threads() -> int:
+    """Threads of this process, those Python does not know about included (Linux), else Python's count."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _other_project(request: dict[str, object]) -> str | None:
+    """The project directory the request asks for when it is not the one this server imported, else None."""
+    env = request.get("env")
+    wanted = env.get("SUNDAY_RELEASE_DIR") if isinstance(env, dict) else None
+    if wanted and Path(str(wanted)).resolve() != PROJECT:
+        return str(wanted)
+    return None
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes:
@@ -71,8 +120,24 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
+def _drain() -> None:
+    """Send what Prefect's event and log workers still hold, as the interpreter's shutdown would."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    deadline = time.monotonic() + DRAIN_SECONDS
+    for worker in (EventsWorker, APILogWorker):  # events first: sending them may log
+        try:
+            worker.drain_all(timeout=max(deadline - time.monotonic(), 1.0))
+        except Exception:  # a run's exit code never depends on its telemetry
+            import traceback
+
+            traceback.print_exc()
+
+
 def _run_engine(request: dict[str, object], fds: list[int], server_pid: int) -> None:
     """In the run's process: take over the launcher's stdio, cwd and environment; run prefect.engine."""
+    os.setsid()  # a process group of its own: a cancel reaches every process the run starts
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
     for fd in fds:
@@ -104,13 +169,40 @@ def _run_engine(request: dict[str, object], fds: list[int], server_pid: int) -> 
 
         traceback.print_exc()
         code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-    os._exit(code)
+    _drain()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)  # not the server's stack: its `finally` blocks are the server's, not this run's
+
+
+def _kill_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGTERM to the process group, SIGKILL to what is left of it after `grace` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _peek(conn: socket.socket) -> bytes:
+    """A byte the launcher sent without taking it; b"" once the launcher is gone."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return b""
 
 
 def _handle(conn: socket.socket) -> None:
@@ -122,6 +214,11 @@ def _handle(conn: socket.socket) -> None:
         request = json.loads(_recv_exactly(conn, size))
     except (ConnectionError, ValueError, OSError):
         os._exit(1)
+    other = _other_project(request)
+    if other is not None:
+        print(f"REFUSED other-project: the run wants {other}, this server imported {PROJECT}", flush=True)
+        conn.sendall(b"REFUSED other-project\n")
+        os._exit(0)
     server_pid = os.getppid()
     pid = os.fork()
     if pid == 0:
@@ -136,7 +233,16 @@ def _handle(conn: socket.socket) -> None:
         conn.sendall(f"PID {pid}\n".encode())
     except OSError:
         pass
-    _, status = os.waitpid(pid, 0)
+    status = None
+    while status is None:  # the run's exit, or the launcher's death (then the run goes with it)
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = wait_status
+            break
+        readable, _, _ = select.select([conn], [], [], 0.2)
+        if readable and not _peek(conn):
+            _kill_group(pid)
+            status = os.waitpid(pid, 0)[1]
     code = os.waitstatus_to_exitcode(status)
     try:
         conn.sendall(f"EXIT {code if code >= 0 else 128 - code}\n".encode())
@@ -146,13 +252,13 @@ def _handle(conn: socket.socket) -> None:
 
 
 def serve(path: Path, preload: Sequence[str]) -> None:
-    """Import `preload`, listen on `path` and fork a handler per request; re-exec on stale code."""
+    """Import `preload`, listen on `path` and fork a handler per request; refuse or re-exec (module docstring)."""
     import prefect.engine  # what `python -m prefect.engine` imports first
     import prefect.flow_engine  # noqa: F401
 
     for name in preload:
         importlib.import_module(name)
-    loaded = _project_modules()
+    loaded = _snapshot()
     if path.exists() or path.is_symlink():
         path.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -173,11 +279,18 @@ def serve(path: Path, preload: Sequence[str]) -> None:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            if _stale(loaded):
+            threads = _threads()
+            if threads > 1:
+                print(f"REFUSED threads: this process has {threads} threads, a fork would copy their locks",
+                      flush=True)
+                conn.sendall(b"REFUSED threads\n")
+                conn.close()
+                continue
+            if _snapshot() != loaded:
                 conn.sendall(b"STALE\n")
                 conn.close()
                 listener.close()
-                print("project code changed: re-importing", flush=True)
+                print("project or Prefect code changed: re-importing", flush=True)
                 os.execv(sys.executable, [sys.executable, "-m", "deployments.prewarmed", "--socket", str(path),
                                           "--preload", ",".join(preload)])
             if os.fork() == 0:

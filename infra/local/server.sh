@@ -6,6 +6,9 @@
 # Flow runs start in the prewarmed server (deployments/prewarmed.py: Prefect and the flows imported once,
 # each run a fork), through the pools' command deployments.launch, which falls back to a plain
 # `python -m prefect.engine` when the server does not answer.
+# Flow runs send heartbeats every 60 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY); prefect.yaml's `automations:`
+# (registered by infra/prefect/automations.py) mark a run Crashed when they stop, and post crashed pipeline
+# runs to SUNDAY_NOTIFY_URL (or the Secret block sunday-notify-webhook) when one is set.
 # The S3 endpoint is moto_server, a stand-in for AWS S3 (in memory: its objects are gone when it stops).
 # It holds the workers' shared result storage (bucket sunday-results, block s3-bucket/sunday-results)
 # and the deploy worker's database backups (bucket sunday-backups).
@@ -150,13 +153,16 @@ EOF
   export SUNDAY_RELEASE_DIR=$top
   (cd "$top" && "$bin/prefect" --no-prompt deploy --all >"$(logfile deploy)" 2>&1) \
     || { log "prefect deploy --all failed; see $dir/logs/deploy.log"; exit 1; }
+  # the automations (zombie runs → Crashed, crashed pipeline runs → notification): by name, updated in place
+  (cd "$top" && "$bin/python" infra/prefect/automations.py prefect.yaml >>"$dir/logs/deploy.log" 2>&1) \
+    || { log "could not register the automations of prefect.yaml; see $dir/logs/deploy.log"; exit 1; }
   # a script's background jobs ignore SIGINT, and a worker stops on SIGTERM by sending itself SIGINT:
   # env --default-signal=INT gives it back, or `stop` could not stop the workers
   for pool in "${pools[@]}"; do
     if ! alive "$dir/pids/worker-$pool"; then
       PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
         SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=0.5 \
-        SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock \
+        SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock PREFECT_FLOWS_HEARTBEAT_FREQUENCY=60 \
         nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" >"$(logfile "worker-$pool")" 2>&1 &
       echo $! > "$dir/pids/worker-$pool"
     fi
