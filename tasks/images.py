@@ -5,16 +5,29 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+import docker.auth
 from prefect import task
+from prefect.context import TaskRunContext
 
 from sunday_release import validate
 from sunday_release.config import PipelineConfig, Service
 from sunday_release.content_key import content_key
 from sunday_release.ecr import EcrClient, ecr_credentials, ensure_repository, is_ecr, region_of
-from sunday_release.errors import CheckFailed, CommandFailed
-from sunday_release.registry import Descriptor, PublishedImage, RegistryClient, RegistryUnavailable, manifest_list
+from sunday_release.errors import CheckFailed, CommandFailed, ConfigError, InputError
+from sunday_release.registry import (
+    DOCKER_HUB,
+    Descriptor,
+    PublishedImage,
+    RegistryClient,
+    RegistryUnavailable,
+    TagLock,
+    digest_of,
+    manifest_list,
+    parse_image_ref,
+)
 from sunday_release.runner import run, tail
 from sunday_release.settings import Settings
 from tasks._common import ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
@@ -40,11 +53,53 @@ def _ecr_client(registry: str) -> EcrClient:
     return client
 
 
+def _docker_credentials(registry: str) -> tuple[str, str] | None:
+    """The (user, password) `docker login REGISTRY` stored (config.json, a credential helper), or None."""
+    try:
+        found = docker.auth.load_config().resolve_authconfig(
+            docker.auth.INDEX_NAME if registry == DOCKER_HUB else registry)
+    except Exception:  # a broken credential helper: go on anonymously; a 401 then names the registry
+        return None
+    found = {k.lower(): v for k, v in (found or {}).items()}  # `username` from config.json, `Username` from a helper
+    if not found.get("password"):
+        return None
+    return str(found.get("username") or ""), str(found["password"])
+
+
+def _prefect_tag_lock(registry: str, repository: str, tag: str) -> AbstractContextManager[object]:
+    """A Prefect global concurrency limit (limit 1) per repository: tag writes of runs on every worker take turns.
+
+    Per repository rather than per tag, so the server keeps one limit per service, not one per
+    commit; a tag write holds it for two requests.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = f"sunday-tags {registry} {repository.replace('/', '|')}"  # `/` is not allowed; `|` is in no repo
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass
+    return concurrency(name, occupy=1, timeout_seconds=300, strict=True)
+
+
+def _tag_lock() -> TagLock | None:
+    """In a task run, the Prefect lock (all hosts); a task body called with `.fn()` gets the client's host lock."""
+    return _prefect_tag_lock if TaskRunContext.get() is not None else None
+
+
 def registry_client(registry: str) -> RegistryClient:
-    """A client of `registry`, signed in with an ECR token when it is Amazon ECR."""
+    """A client of `registry`: an ECR token for Amazon ECR, else the docker client's stored credentials.
+
+    Token auth (Docker Hub, GHCR, Harbor) is negotiated by the client; tag writes take a lock
+    per repository (`_tag_lock`).
+    """
     if is_ecr(registry):
-        return RegistryClient(registry, auth=ecr_credentials(registry, _ecr_client(registry)))
-    return RegistryClient(registry)
+        return RegistryClient(registry, auth=ecr_credentials(registry, _ecr_client(registry)), tag_lock=_tag_lock())
+    return RegistryClient(registry, auth=_docker_credentials(registry), tag_lock=_tag_lock())
 
 
 def _docker_login(registry: str, repository: str) -> None:
@@ -67,14 +122,22 @@ def _arch(platform: str) -> str:
 
 
 def _base_digest(base_image: str) -> str:
-    """The base image's manifest digest when its registry is the local one (so a new base rebuilds)."""
-    registry, _, rest = base_image.partition("/")
-    if "." not in registry and ":" not in registry and registry != "localhost":
-        return base_image  # Docker Hub name: the reference is all we know
-    repo, _, tag = rest.rpartition(":") if ":" in rest.split("/")[-1] else (rest, "", "latest")
+    """The base image's manifest digest, from its registry (so a new base under the same tag rebuilds).
+
+    `debian:bookworm-slim` is asked of Docker Hub (anonymous token, or `docker login`'s credentials),
+    `ghcr.io/…` of GHCR, and so on; a pinned `…@sha256:…` is its own digest. When the registry does
+    not answer (offline), the reference itself stands in: the key then changes only when it does.
+    Refused credentials are an error, not a fallback.
+    """
     try:
-        with RegistryClient(registry) as client:
-            found = client.head(repo, tag)
+        ref = parse_image_ref(base_image)
+    except InputError as exc:
+        raise ConfigError("sunday-release.yaml", "base_image", str(exc)) from None
+    if ref.digest:
+        return ref.digest
+    try:
+        with registry_client(ref.registry) as client:
+            found = client.head(ref.repository, ref.reference)
     except RegistryUnavailable:
         return base_image
     return found.digest if found else base_image
@@ -175,7 +238,9 @@ def publish_manifest(service: str, registry: str, repository: str, key: str, pla
     """Point the content-key tag and the immutable release tags (commit, version) at one manifest list.
 
     For an unchanged service (`cached`), the existing manifest list is tagged again: no build.
-    A tag that already points at other content is refused (TagExists), never overwritten.
+    The content-key tag goes to the first writer: a run that finds it written meanwhile (two CI runs
+    of the same content at once) adopts that manifest list instead. Any other tag that already
+    points at other content is refused (TagExists), never overwritten.
     """
     with registry_client(registry) as client:
         if cached is not None:
@@ -183,12 +248,18 @@ def publish_manifest(service: str, registry: str, repository: str, key: str, pla
             platforms = list(cached.platforms)
         else:
             body, media_type = manifest_list(platforms)
-        digest = client.put_tag(repository, key_tag(key), body, media_type)
+        digest = client.claim_tag(repository, key_tag(key), body, media_type)
+        adopted = digest != digest_of(body)
+        if adopted:  # another run published this content key first: its image is this content, use it
+            body, media_type = client.get(repository, digest)
+            platforms = client.platforms(repository, digest)
+            progress(f"{registry}/{repository}:{key_tag(key)} was published by another run meanwhile: "
+                     f"using its {digest[:19]}")
         for tag in tags:
             client.put_tag(repository, tag, body, media_type)
     progress(f"published {registry}/{repository}@{digest[:19]} as {', '.join([key_tag(key), *tags])}")
     return PublishedImage(service, registry, repository, digest, tuple(platforms), (key_tag(key), *tags),
-                          cached=cached is not None, key=key)
+                          cached=cached is not None or adopted, key=key)
 
 
 @task(name="tag-release", task_run_name="tag[{service}]", retries=3, retry_delay_seconds=RETRY_DELAYS,
