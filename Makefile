@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SUNDAY_HOME ?= $(HOME)/.sunday-release
 
-.PHONY: demo test setup venv lint lock server server-stop clean
+.PHONY: demo test test-fast setup venv lint lock server server-stop clean
 
 # requirements.lock pins every dependency (made by `make lock`): pip resolves nothing, so it is fast
 $(BIN)/sunday-release: pyproject.toml requirements.lock
@@ -24,13 +24,18 @@ demo: setup
 	bash infra/local/demo.sh
 
 lint: venv
-	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local
+	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
 
 test: setup
-	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local
+	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
-	$(BIN)/pytest -q --durations=30
+	$(BIN)/pytest -q --durations=15
+
+# The fast tier: every test that needs no Docker engine, no server and no root (tests/conftest.py marks the rest
+# from the fixtures they take, and refuses Docker and the servers in this run), on two workers; no `setup`.
+test-fast: venv
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 -m "not docker and not server and not services"
 
 lock: venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock

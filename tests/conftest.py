@@ -1,11 +1,19 @@
-"""Shared fixtures: a private SUNDAY_HOME/PREFECT_HOME, a real Prefect server, git repositories."""
+"""Shared fixtures: a private SUNDAY_HOME/PREFECT_HOME, a real Prefect server, git repositories.
+
+Tiers: a test's markers follow from the fixtures it takes (`_FIXTURE_MARKERS`), so they cannot lie.
+`docker` (the engine, a registry), `server` (a real Prefect server) and `services` (PostgreSQL, moto_server,
+Trivy) are what `make test-fast` leaves out. When a run selects none of them (the fast tier), the
+`_FastTierGuard` refuses to start any of those programs or reach the Docker socket, and fails the test that tried.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +51,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real `prefect server start` on a free port (SQLite in a temp dir, basic auth), stopped afterwards."""
+    refuse_in_fast_tier("a Prefect server (prefect_api)")
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     server = LocalServer(_SERVER_HOME, port=free_port())
@@ -79,11 +88,31 @@ def read_events(name: str, resource_id: str, timeout: float = 15) -> list[Any]:
 @pytest.fixture(scope="session")
 def docker_engine() -> str:
     """The Docker engine, the local registry and the base image (`make test` sets them up)."""
+    refuse_in_fast_tier("the Docker engine (docker_engine)")
     info = subprocess.run([DOCKER, "image", "inspect", "localhost:5000/base/debian:bookworm"],
                           capture_output=True, text=True, check=False)
     if info.returncode != 0:
         pytest.fail("no Docker engine or base image: run `make setup` (bash infra/local/setup.sh all) first")
     return DOCKER
+
+
+@pytest.fixture(scope="session")
+def trivy() -> Path:
+    """The venv's Trivy binary, for a test that runs it: such a test is marked `services` (a scan takes seconds)."""
+    refuse_in_fast_tier("Trivy (trivy)")
+    return Path(sys.executable).parent / "trivy"
+
+
+@pytest.fixture(scope="session")
+def starts_server() -> None:
+    """Taken by a fixture that starts a Prefect server of its own (`make server`): its tests are marked `server`."""
+    refuse_in_fast_tier("a fixture that starts a server (starts_server)")
+
+
+@pytest.fixture(scope="session")
+def starts_services() -> None:
+    """Taken by a fixture that starts PostgreSQL, moto_server, nginx or Trivy itself: its tests are `services`."""
+    refuse_in_fast_tier("a fixture that starts a service (starts_services)")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -130,6 +159,7 @@ class Registry:
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
     """An empty registry of the test's own, torn down afterwards."""
+    refuse_in_fast_tier("a registry (registry)")
     reg = Registry(tmp_path / "registry").start()
     try:
         yield reg
@@ -155,7 +185,9 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
             edit(repo)
         _git(repo, "init", "-q", "-b", "main")
         _git(repo, "add", "-A")
-        _git(repo, "commit", "-q", "-m", "initial")
+        # a commit of its own even when another worker or run commits the same tree in the same second: CI
+        # tags images by commit, in the shared registry on localhost:5000
+        _git(repo, "commit", "-q", "-m", "initial", "-m", f"test repository {secrets.token_hex(6)}")
         return repo
 
     return make
@@ -170,13 +202,112 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
-# Markers follow from the fixtures a test uses, so they cannot lie: `make test-fast` runs what needs neither.
-_FIXTURE_MARKERS = {"docker_engine": "docker", "registry": "docker", "prefect_api": "server"}
+# Markers follow from the fixtures a test uses, so they cannot lie: `make test-fast` runs what needs none of them.
+_FIXTURE_MARKERS = {
+    "docker_engine": "docker", "registry": "docker",  # the Docker engine; a docker-registry process
+    "prefect_api": "server", "starts_server": "server",  # a real Prefect server
+    "postgres": "services", "s3": "services", "trivy": "services",  # tests/pg.py: PostgreSQL, moto_server; Trivy
+    "starts_services": "services",
+}
+TIER_MARKERS = frozenset({*_FIXTURE_MARKERS.values(), "docker", "server", "services"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         for fixture, marker in _FIXTURE_MARKERS.items():
             if fixture in names:
                 item.add_marker(getattr(pytest.mark, marker))
+        if xdist and _shares_a_module_fixture(item):
+            # `--dist loadgroup`: the tests of a module-scoped fixture (one deployed app, one `make server`) run
+            # on one worker, which sets it up once; every other test goes to whichever worker is free
+            item.add_marker(pytest.mark.xdist_group(name=item.nodeid.split("::", 1)[0]))
+
+
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(defs[-1].scope in ("module", "package", "class") for defs in info.name2fixturedefs.values() if defs)
+
+
+# --- the fast tier's guard ------------------------------------------------------------------------------------
+
+# Programs the fast tier never starts (by base name): the Docker client and engine, the servers, Trivy, root.
+_FORBIDDEN_PROGRAMS = frozenset({
+    "docker", "dockerd", "containerd", "docker-registry", "nginx", "trivy", "moto_server",
+    "postgres", "pg_ctl", "initdb", "pg_ctlcluster", "runuser", "sudo",
+})
+# TCP ports of this machine's shared services: the local registry, the CLI's and `make server`'s Prefect, S3.
+_FORBIDDEN_PORTS = frozenset({5000, 4200, 9000})
+
+
+class _FastTierGuard:
+    """An audit hook (sys.addaudithook: it cannot be removed, so it is installed only in a fast-tier run) that
+    refuses to start a forbidden program or connect to Docker's socket or a shared service's port, and records
+    the attempt: the autouse fixture `_fast_tier_guard` fails the test even if it caught the refusal."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.attempts: list[str] = []
+
+    def __call__(self, event: str, args: tuple[Any, ...]) -> None:  # called for every audited event: cheap first
+        if not self.active:
+            return
+        if event == "subprocess.Popen":
+            what = self._program(args[0], args[1])
+        elif event == "socket.connect":
+            what = self._address(args[1])
+        else:
+            return
+        if what:
+            self.attempts.append(what)
+            raise PermissionError(f"the fast tier (no Docker, no servers) may not {what}: take the fixture that "
+                                  "provides it (tests/conftest.py _FIXTURE_MARKERS) so the test is marked")
+
+    @staticmethod
+    def _program(executable: Any, argv: Any) -> str:
+        words = [os.fsdecode(a) for a in ([argv] if isinstance(argv, str | bytes | os.PathLike) else argv or [])]
+        program = os.fsdecode(executable) if executable is not None else (words[0] if words else "")
+        if os.path.basename(program) in _FORBIDDEN_PROGRAMS:
+            return f"run {program}"
+        if "prefect" in " ".join(words) and "server" in words and "start" in words:
+            return "start a Prefect server"
+        return ""
+
+    @staticmethod
+    def _address(address: Any) -> str:
+        if isinstance(address, str | bytes) and os.fsdecode(address).endswith("docker.sock"):
+            return f"connect to {os.fsdecode(address)}"
+        if isinstance(address, tuple) and len(address) >= 2 and address[1] in _FORBIDDEN_PORTS:
+            return f"connect to {address[0]}:{address[1]}"
+        return ""
+
+
+_GUARD = _FastTierGuard()
+
+
+def refuse_in_fast_tier(what: str) -> None:
+    """Fail loudly when a fixture of the slow tiers is reached in a fast-tier run (e.g. by getfixturevalue)."""
+    if _GUARD.active:
+        pytest.fail(f"{what} was requested in the fast tier: take the fixture by name, so the test is marked")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.items and not any(item.get_closest_marker(m) for item in session.items for m in TIER_MARKERS):
+        if not _GUARD.active:
+            sys.addaudithook(_GUARD)
+        _GUARD.active = True
+        os.environ["DOCKER_HOST"] = "unix:///nonexistent/fast-tier-docker.sock"  # docker clients, subprocesses too
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard() -> Iterator[None]:
+    """In the fast tier: fail a test that tried to start a forbidden program or reach a shared service."""
+    _GUARD.attempts.clear()
+    yield
+    if _GUARD.attempts:
+        attempts, _GUARD.attempts[:] = list(_GUARD.attempts), []
+        pytest.fail(f"the fast tier (no Docker, no servers) was left: {'; '.join(attempts)}")

@@ -3,12 +3,14 @@
 Every check is a pure function returning a list of violation messages that name the object
 (`Deployment/backend-blue`, or the file and module for Terraform) and the field path
 (`spec.template.spec.containers[0].resources.limits`). An empty list means the input passes.
-The two runners (`render_kustomize`, `trivy_config`) call the real kubectl and trivy binaries.
+The two runners (`render_kustomize`, `trivy_config`) call the real kubectl and trivy binaries
+(trivy's from the `trivy` fixture of tests/conftest.py, which keeps those tests out of `make test-fast`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,7 +29,9 @@ TRIVYIGNORE = INFRA / ".trivyignore"
 BIN = ROOT / ".venv" / "bin"
 KUBECTL = BIN / "kubectl"
 TRIVY = BIN / "trivy"
-TRIVY_CACHE = Path(tempfile.gettempdir()) / "trivy-infra-cache"
+# kept across runs; one per pytest-xdist worker, since trivy holds a lock on its cache for the whole scan
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+TRIVY_CACHE = Path(tempfile.gettempdir()) / ("trivy-infra-cache" + (f"-{_WORKER}" if _WORKER else ""))
 
 # Kubernetes version the manifests are validated against (the EKS version in infra/terraform).
 K8S_VERSION = "1.33"
@@ -273,10 +277,13 @@ def find(objects: Iterable[Manifest], kind: str, name: str) -> Manifest:
 # --- trivy ------------------------------------------------------------------------------------
 
 
-def trivy_config(path: Path, ignorefile: Path | None = TRIVYIGNORE) -> list[str]:
-    """`trivy config` (offline, embedded checks) of path; one message per HIGH/CRITICAL failure."""
+def trivy_config(trivy: Path, path: Path, ignorefile: Path | None = TRIVYIGNORE) -> list[str]:
+    """`trivy config` (offline, embedded checks) of path; one message per HIGH/CRITICAL failure.
+
+    `trivy` is the binary, from the `trivy` fixture: a test that runs it is then marked `services`.
+    """
     argv = [
-        str(TRIVY), "config", "--quiet", "--skip-check-update", "--cache-dir", str(TRIVY_CACHE),
+        str(trivy), "config", "--quiet", "--skip-check-update", "--cache-dir", str(TRIVY_CACHE),
         "--format", "json", "--severity", ",".join(BLOCKING_SEVERITIES), "--exit-code", "0",
     ]
     if ignorefile is not None:

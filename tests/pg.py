@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from sunday_release.runner import run
-from tests.conftest import free_port
+from tests.conftest import free_port, refuse_in_fast_tier
 
 PG_BIN = Path(os.environ.get("SUNDAY_PG_BIN", "/usr/lib/postgresql/15/bin"))
 ADMIN_PASSWORD = "adm1n-Pa55-9f3e"
@@ -117,6 +117,7 @@ def stop_postgres(pg: Postgres) -> None:
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
     """A PostgreSQL 15 server of the module's own with the sample schema; stopped and removed afterwards."""
+    refuse_in_fast_tier("PostgreSQL (postgres)")
     pg = start_postgres()
     try:
         yield pg
@@ -148,6 +149,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
     """
     import boto3
 
+    refuse_in_fast_tier("moto_server (s3)")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-not-a-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-not-a-secret")
     monkeypatch.delenv("AWS_PROFILE", raising=False)

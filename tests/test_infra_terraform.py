@@ -272,8 +272,8 @@ def test_both_role_arns_are_outputs_of_the_module_and_every_environment() -> Non
         assert "pipeline_role_arn" not in env_outputs  # one role for CI and CD is gone
 
 
-def test_trivy_config_finds_no_high_or_critical() -> None:
-    assert trivy_config(TERRAFORM, TRIVYIGNORE) == []
+def test_trivy_config_finds_no_high_or_critical(trivy: Path) -> None:
+    assert trivy_config(trivy, TERRAFORM, TRIVYIGNORE) == []
 
 
 # --- the checks catch broken configurations -----------------------------------------------------
@@ -314,7 +314,7 @@ def test_untyped_or_undescribed_variable_is_reported(tmp_path: Path) -> None:
     ]
 
 
-def test_trivy_reports_a_public_unencrypted_database(tmp_path: Path) -> None:
+def test_trivy_reports_a_public_unencrypted_database(tmp_path: Path, trivy: Path) -> None:
     (tmp_path / "main.tf").write_text(
         'resource "aws_db_instance" "bad" {\n'
         '  engine              = "postgres"\n'
@@ -324,5 +324,5 @@ def test_trivy_reports_a_public_unencrypted_database(tmp_path: Path) -> None:
         '}\n',
         encoding="utf-8",
     )
-    findings = trivy_config(tmp_path)
+    findings = trivy_config(trivy, tmp_path)
     assert any("AWS-0080" in finding and "aws_db_instance.bad" in finding for finding in findings), findings

@@ -23,6 +23,7 @@ import pytest
 from sunday_release.server import LocalServer
 from sunday_release.webhook import repository_slug, sign
 from tests.conftest import _SERVER_HOME, ROOT, free_port
+from tests.waiting import wait_for_healthz
 
 CLI = [sys.executable, "-m", "sunday_release.cli"]
 POOLS = ("sunday-ci", "sunday-deploy", "sunday-e2e")
@@ -109,7 +110,7 @@ def test_another_processs_server_on_the_port_is_never_used(tmp_path: Path, statu
             pass
 
     other = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    Thread(target=other.serve_forever, daemon=True).start()
+    Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         server = LocalServer(tmp_path, port=other.server_address[1])
         assert not server.healthy()
@@ -163,7 +164,7 @@ def _server_sh(action: str, env: dict[str, str], timeout: float) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def platform() -> Iterator[Platform]:
+def platform(starts_server: None) -> Iterator[Platform]:
     """`make server` in a private directory on free ports; always stopped and removed afterwards."""
     top = Path(tempfile.mkdtemp(prefix="sunday-platform-"))
     top.chmod(0o711)  # PostgreSQL (user postgres) traverses it to its data directory
@@ -242,15 +243,7 @@ def test_the_webhook_receiver_emits_to_make_server_with_the_string(platform: Pla
     proc = _webhook(platform, port, auth=True, home=tmp_path / "auth")
     repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the webhook receiver did not start"
-            time.sleep(0.2)
+        wait_for_healthz(proc, port)
         body = json.dumps({"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567",
                            "repository": {"clone_url": repo}, "pusher": {"name": "octocat"}}).encode()
         response = httpx.post(f"http://127.0.0.1:{port}/webhook", content=body, timeout=30, headers={

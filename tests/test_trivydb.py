@@ -7,7 +7,6 @@ import json
 import re
 import struct
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +24,6 @@ from tests.conftest import FIXTURES, Registry
 from tests.test_ci_flow import sunday
 
 BASE_IMAGE = "localhost:5000/base/debian:bookworm"
-TRIVY = str(Path(sys.executable).parent / "trivy")
 PAGE = 4096
 
 
@@ -215,8 +213,9 @@ def test_write_trivy_db_lays_out_the_cache_dir(tmp_path: Path) -> None:
 # --- integration: real Trivy reads the DB offline ---
 
 
-def trivy_json(*args: str) -> list[dict[str, Any]]:
-    proc = subprocess.run([TRIVY, *args, "--format", "json", "--quiet"], capture_output=True, text=True, timeout=300)
+def trivy_json(trivy: Path, *args: str) -> list[dict[str, Any]]:
+    proc = subprocess.run([str(trivy), *args, "--format", "json", "--quiet"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     return [v for result in report.get("Results") or [] for v in result.get("Vulnerabilities") or []]
@@ -226,7 +225,7 @@ OFFLINE = ("--skip-db-update", "--offline-scan", "--skip-java-db-update", "--sca
 
 
 @pytest.mark.docker
-def test_trivy_image_scan_finds_planted_critical(docker_engine: str, tmp_path: Path) -> None:
+def test_trivy_image_scan_finds_planted_critical(docker_engine: str, tmp_path: Path, trivy: Path) -> None:
     padding = [
         Advisory(f"CVE-2098-{i:04d}", "debian 12", f"pad-{i:04d}", "LOW", f"pad {i}", fixed_version="1")
         for i in range(1500)
@@ -242,7 +241,7 @@ def test_trivy_image_scan_finds_planted_critical(docker_engine: str, tmp_path: P
         timeout=120,
     ).stdout
 
-    vulns = trivy_json("image", "--input", str(tarball), "--cache-dir", str(tmp_path / "cache"), *OFFLINE)
+    vulns = trivy_json(trivy, "image", "--input", str(tarball), "--cache-dir", str(tmp_path / "cache"), *OFFLINE)
 
     assert [(v["VulnerabilityID"], v["PkgName"]) for v in vulns] == [("CVE-2099-0001", "tar")]
     (tar,) = vulns
@@ -250,13 +249,13 @@ def test_trivy_image_scan_finds_planted_critical(docker_engine: str, tmp_path: P
     assert tar["InstalledVersion"] == installed and tar["FixedVersion"] == "9.9-1"
 
 
-def test_trivy_fs_scan_finds_planted_pip_advisory(tmp_path: Path) -> None:
+def test_trivy_fs_scan_finds_planted_pip_advisory(tmp_path: Path, trivy: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     (project / "requirements.txt").write_text("foo==1.0\nbar==1.0\n")
     write_trivy_db(tmp_path / "cache", [FOO, Advisory("GHSA-fake-0002", "pip", "bar", "LOW", "t", "0.5", ("<0.5",))])
 
-    vulns = trivy_json("fs", str(project), "--cache-dir", str(tmp_path / "cache"), *OFFLINE)
+    vulns = trivy_json(trivy, "fs", str(project), "--cache-dir", str(tmp_path / "cache"), *OFFLINE)
 
     keys = ("VulnerabilityID", "PkgName", "InstalledVersion", "FixedVersion", "Severity")
     found = [tuple(v[k] for k in keys) for v in vulns]

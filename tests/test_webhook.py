@@ -42,6 +42,7 @@ from sunday_release.webhook import (
     verify_signature,
 )
 from tests.conftest import free_port, read_events
+from tests.waiting import wait_for_healthz
 
 SECRET = b"It's a Secret to Everybody"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -234,7 +235,8 @@ def running(emit: Callable[[PushEvent], None], store: Path, **options: Any) -> I
     """A receiver on a free port serving in a thread, always shut down and closed."""
     srv = make_server("127.0.0.1", free_port(), SECRET, emit, default_branch="main", release_tags=RELEASE_TAGS,
                       max_body=MAX_BODY, store=store, **options)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    # polling for shutdown every 50 ms, not 0.5 s: shutdown() waits for the poll, once per test
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield srv
@@ -772,7 +774,7 @@ def test_emit_prefect_event_reaches_the_server(prefect_api: str) -> None:
 def test_a_signed_push_through_the_server_reaches_prefect(prefect_api: str) -> None:
     repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
     srv = make_server("127.0.0.1", free_port(), SECRET, emit_prefect_event)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         response = deliver(srv, push_body(repository={"clone_url": repo}))
@@ -836,15 +838,7 @@ def test_serve_end_to_end_with_the_config_build_rule(prefect_api: str, tmp_path:
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+        wait_for_healthz(proc, port, what="serve")
         srv_url = f"http://127.0.0.1:{port}/webhook"
         for ref, status in (("refs/heads/main", "ignored"), ("refs/heads/trunk", "accepted")):
             body = push_body(ref=ref, repository={"clone_url": repo})
@@ -874,15 +868,7 @@ def test_the_receiver_stops_on_a_signal_even_started_as_a_scripts_background_job
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+        wait_for_healthz(proc, port, what="serve")
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=15)
     finally:
@@ -926,6 +912,33 @@ def _requests(draw: st.DrawFn) -> tuple[bytes, str | None, str | None, dict[str,
     return body, signature, kind, extra
 
 
+def _answer(client: httpx.Client, srv: WebhookServer, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    """The server's answer to a delivery. A connection closed (or left hanging) without an answer fails: that is
+    what a crashed handler looks like, never a rejection. A body refused unread still gets its 413 (the client
+    reads the answer after its write is cut off)."""
+    try:
+        return client.post(url(srv), content=body, headers=headers)
+    except httpx.TransportError as exc:
+        raise AssertionError(f"the server dropped the connection without an answer: {exc!r}") from exc
+
+
+def test_a_handler_that_crashes_is_a_dropped_connection_not_a_rejection(
+        server: WebhookServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fuzz test's own check: a handler raising (no reply) fails it; a 4xx passes through as an answer."""
+    from sunday_release import webhook
+
+    body = push_body()
+    with httpx.Client(timeout=10) as client:
+        assert _answer(client, server, body, {"X-GitHub-Event": "push"}).status_code == 401
+
+        def crash(self: Any) -> None:
+            raise RuntimeError("handler bug (test double)")
+
+        monkeypatch.setattr(webhook._Handler, "do_POST", crash)
+        with pytest.raises(AssertionError, match="dropped the connection without an answer"):
+            _answer(client, server, body, {"X-GitHub-Event": "push"})
+
+
 def test_fuzzed_deliveries_never_5xx_and_nothing_unsigned_is_emitted(server: WebhookServer,
                                                                      recorded: Recorded) -> None:
     from hypothesis import HealthCheck, settings
@@ -943,13 +956,9 @@ def test_fuzzed_deliveries_never_5xx_and_nothing_unsigned_is_emitted(server: Web
             if signature is not None:
                 headers["X-Hub-Signature-256"] = signature
             before = len(recorded.events)
-            try:
-                response = client.post(url(server), content=body, headers=headers)  # one server for all
-            except httpx.RemoteProtocolError:  # the server closed a request it refused to read: no 5xx
-                response = None
+            response = _answer(client, server, body, headers)  # one server for all; no answer is a failure
             sent["requests"] += 1
-            if response is not None:
-                assert response.status_code < 500, (response.status_code, response.text)
+            assert response.status_code < 500, (response.status_code, response.text)
             emitted = len(recorded.events) - before
             valid = signature == github_signature(SECRET, body) and len(body) <= MAX_BODY
             assert emitted == 0 or (valid and kind == "push"), (signature, kind, body[:80])
