@@ -108,7 +108,7 @@ def throwaway_env(work: Path) -> Iterator[str]:
                              capture_output=True, text=True, check=False).stdout.split()
         if ids:
             subprocess.run(["/usr/bin/docker", "rm", "-f", *ids], capture_output=True, check=False)
-        conf = Path(os.environ["SUNDAY_HOME"]) / "envs" / name / "router" / "nginx.conf"
+        conf = Path(os.environ["SUNDAY_HOME"]) / "projects" / "sunday" / "envs" / name / "router" / "nginx.conf"
         if conf.exists():
             subprocess.run(["nginx", "-s", "quit", "-c", str(conf)], capture_output=True, check=False)
         data = db_root / name / "data"

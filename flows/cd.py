@@ -1,16 +1,23 @@
-"""CD flows: deploy a version to an environment (blue-green), roll back, scale."""
+"""CD flows: deploy a version to an environment (blue-green), roll back, scale.
+
+An environment is `(project, env)`: the project comes from the config's `project` (cd) or from the
+environments deployed on this machine (rollback and scale: `project` may be left out when only one
+project has that environment). The flows sequence tasks; the decisions (phases, undo, crash
+reconcile) are pure functions of `sunday_release.release`.
+"""
 
 from __future__ import annotations
 
-import fcntl
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
@@ -19,24 +26,33 @@ from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
+from sunday_release.release import Phase, advance, failure_outcome, reconcile_action, undo_steps
 from sunday_release.settings import Settings
 from sunday_release.targets import make_target
-from sunday_release.targets.docker import DockerTarget
 from tasks._common import progress
 from tasks.deploy import (
+    claim_ports,
     describe,
+    observe_colors,
+    prepare_database,
+    publish_rollout,
     refuse_older_version,
     resolve_version,
+    restart_color,
     run_migrations,
+    scale_service,
     smoke_test,
     start_color,
+    stop_color,
     switch_traffic,
     watch_live,
 )
-from tasks.notify import notify
+from tasks.notify import send_notification
 from tasks.source import clone_repo, load_pipeline_config
 
-__all__ = ["Approval", "cd", "rollback", "scale"]
+__all__ = ["Approval", "cd", "environment_slot", "limit_name", "rollback", "scale"]
+
+LEASE_SECONDS = 60  # the server's minimum; renewed while held, so only a killed run's slot waits it out
 
 
 class Approval(RunInput):
@@ -46,20 +62,36 @@ class Approval(RunInput):
     reason: str = ""
 
 
+def limit_name(project: str, env: str) -> str:
+    """The Prefect global concurrency limit of one environment: one deploy, rollback or scale at a time."""
+    return f"deploy:{validate.name(project, 'project')}:{validate.name(env, '--env')}"
+
+
 @contextmanager
-def env_lock(target: DockerTarget) -> Iterator[None]:
-    """One CD, rollback or scale per environment at a time (others wait their turn)."""
-    target.root.mkdir(parents=True, exist_ok=True)
-    with open(target.root / "lock", "a+") as handle:
+def environment_slot(project: str, env: str) -> Iterator[None]:
+    """Hold the one slot of `(project, env)` (Prefect global concurrency limit `deploy:PROJECT:ENV`, limit 1).
+
+    The limit is created when missing. The slot is a lease of LEASE_SECONDS renewed while the run
+    lives: a run killed with -9 frees it when the lease expires. Each environment has its own limit,
+    so a production rollback never waits behind staging.
+    """
+    name = limit_name(project, env)
+    with get_client(sync_client=True) as client:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            sys.stderr.write(f"waiting: another deploy of {target.env_name} is running\n")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            limit = client.read_global_concurrency_limit_by_name(name)
+            busy = limit.active_slots >= limit.limit
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # created by a run that started at the same moment
+                pass
+            busy = False
+    if busy:
+        progress(f"waiting: another deploy, rollback or scale of {project}/{env} is running")
+    # strict: a missing limit is an error, not "no limit"; a failed lease renewal (a blip of the API) must not
+    # kill a deploy half-way through a switch, so it is logged by Prefect and the run goes on
+    with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True, raise_on_lease_renewal_failure=False):
+        yield
 
 
 def target_for(config: PipelineConfig, env: str) -> Any:
@@ -67,59 +99,60 @@ def target_for(config: PipelineConfig, env: str) -> Any:
     return make_target(config, env, Settings.from_env())
 
 
-def saved_config(env: str) -> PipelineConfig:
-    """The config of the environment's last deploy (rollback and scale need no repository)."""
-    path = Settings.from_env().home / "envs" / validate.name(env, "--env") / "config.json"
-    if not path.exists():
-        raise InputError(f"--env: {env!r} has never been deployed on this machine")
-    return PipelineConfig.model_validate_json(path.read_text())
+def saved_config(env: str, project: str | None = None) -> PipelineConfig:
+    """The config of the environment's last deploy (rollback and scale need no repository).
+
+    Raises:
+        InputError: never deployed here, or `env` exists in several projects and `project` is None.
+    """
+    env = validate.name(env, "--env")
+    if project is not None:
+        validate.name(project, "--project")
+    settings = Settings.from_env()
+    project = settings.resolve_project(env, project)
+    return PipelineConfig.model_validate_json((settings.env_dir(project, env) / "config.json").read_text())
 
 
-def reconcile(target: DockerTarget) -> EnvState:
-    """After a crash: make the router's color (the truth) live and serving; close interrupted releases."""
+def _save_config(config: PipelineConfig, env: str) -> None:
+    path = Settings.from_env().env_dir(config.project, env) / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.model_dump_json())
+
+
+def reconcile(target: Any, health_timeout: float) -> EnvState:
+    """After a crash: make the router's color (the truth) serve again, as a task; close interrupted releases."""
     state = target.load_state()
-    live = target.live_color()
-    if live is not None:
-        healthy = [r for r in target.replicas(live) if r.health in ("healthy", "starting")]
-        if not healthy:
-            if any(r.health == "healthy" for r in target.replicas(other(live))):
-                target.switch(other(live))
-                live = other(live)
-            else:
-                target.restart_color(live)
-                target.wait_healthy(live, target.env.health_timeout)
-    for release in state.history:
-        if release.outcome == "in-progress":
-            release.outcome, release.finished = "failed", now_iso()
-            release.reason = release.reason or "interrupted (the deploy process died)"
-    if live is not None and state.live != live:
-        state.live = live
-        serving = [r for r in state.history if r.color == live and r.outcome in ("live", "failed", "superseded")]
-        if serving:
-            state.revision = serving[-1].revision
+    live, live_health, other_health = observe_colors(target)
+    action = reconcile_action(live, live_health, other_health)
+    if live is not None and action == "switch-to-other":
+        switch_traffic(target, other(live))
+        live = other(live)
+    elif live is not None and action == "restart-live":
+        restart_color(target, live, health_timeout)
+    state.close_interrupted(live)
     target.save_state(state)
     return state
 
 
-def _artifact(env: str, release: Release, evidence: list[str]) -> None:
-    lines = [f"# {env}: revision {release.revision} — {release.outcome}", "",
-             f"Version `{release.version}` on color **{release.color}**.",
-             *([f"Reason: {release.reason}"] if release.reason else []), "", "| service | image |", "|---|---|"]
-    lines += [f"| {s} | `{d}` |" for s, d in release.digests.items()]
-    lines += ["", "## Evidence", "", *[f"- {e}" for e in evidence]]
-    create_markdown_artifact(key=f"rollout-{env}", markdown="\n".join(lines) + "\n",
-                             description=f"Rollout decision for {env}")
+def _notify(where: str, event: str, text: str, evidence: list[str]) -> None:
+    failed = send_notification(where, event, text)
+    if failed:
+        evidence.append(failed)
 
 
 @flow(name="cd", flow_run_name="cd-{env}-{version}", persist_result=True)
 def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str, Any]:
     """Deploy `version` (commit SHA or release tag that passed CI) of `repo` to `env`, blue-green.
 
-    Backup (where required) → migrations → start the idle color → health → smoke → approval
-    (where required) → switch traffic → watch → keep the old color stopped. Any failure after the
-    idle color started rolls back: traffic back to the old color, the new one stopped. A version
-    older than the live one (an ancestor commit, a lower release tag) is refused unless
-    `allow_older` (a person asking for it).
+    Ports → backup (where required) → migrations → start the idle color → health → smoke →
+    approval (where required) → switch traffic → watch → keep the old color stopped. Each step
+    moves the release's phase (`sunday_release.release`); a failure runs the undo steps the machine
+    names for that phase (traffic back, idle color stopped), each a task. The state save, the
+    notification and the rollout artifact run in `finally`, whatever happened: a plain try/finally
+    rather than a Prefect transaction, because the undo depends on the phase reached (one decision
+    of the machine) and not on which task records were committed. A failed notification is
+    evidence, never a failed release. A version older than the live one is refused unless
+    `allow_older`. A host port held by another environment is refused before anything runs.
     """
     env, repo, version = validate.name(env, "--env"), validate.repo(repo), validate.ref(version, "--version")
     settings = Settings.from_env()
@@ -128,95 +161,127 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
     config = load_pipeline_config(checkout)
     target = target_for(config, env)
     environment = config.environments[env]
+    where = f"{config.project}/{env}"
+    claim_ports(target)
     images = resolve_version(config, version)
-    with env_lock(target):
-        state = reconcile(target)
+    with environment_slot(config.project, env):
+        state = reconcile(target, environment.health_timeout)
         order = refuse_older_version(checkout, version, state.live_release(), config.release_tags, allow_older)
-        (target.root / "config.json").write_text(config.model_dump_json())
+        _save_config(config, env)
         live = state.live
         idle: Color = other(live) if live else "blue"
         release = Release(revision=state.next_revision(), version=version, digests=images, color=idle,
                           started=now_iso(), commit=checkout.commit, committed_at=checkout.committed_at)
         state.history.append(release)
         target.save_state(state)
-        notify(env, "start", f"deploying {version} to {env} (revision {release.revision}, {idle})")
         evidence: list[str] = [order]
-        switched = False
+
+        def move(phase: Phase) -> None:
+            release.phase = advance(release.phase, phase)
+            target.save_state(state)
+
+        _notify(where, "start", f"deploying {version} to {where} (revision {release.revision}, {idle})", evidence)
+        failure: BaseException | None = None
         try:
             if environment.needs_backup(env):
                 from tasks.backup import backup_for_environment
 
                 backup = backup_for_environment(env, target)
                 evidence.append(f"backup {backup.key} verified ({backup.size} bytes, sha256 {backup.sha256[:12]})")
-            target.ensure_database()
+            prepare_database(target)
             for service, spec in config.services.items():
                 if spec.migrate:
                     run_migrations(target, service, images[service], spec.migrate, version)
+            move("migrated")
             started = time.monotonic()
+            move("idle-started")
             start_color(target, idle, images, version, environment.health_timeout)
+            move("healthy")
             healthy_at = time.monotonic()
             evidence.append(f"{idle} healthy in {healthy_at - started:.1f}s")
             smoke = smoke_test(target, idle, list(config.smoke))
             evidence += [f"smoke {s.service} {s.path} at {s.endpoint}: {s.status} in {s.elapsed_ms:.0f} ms"
                          for s in smoke]
+            move("smoke-passed")
             if environment.approval:
                 decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout)
                 if not decision.approve:
                     raise RolloutAborted(f"rejected in the UI: {decision.reason or 'no reason given'}")
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")
+                move("approved")
             took = switch_traffic(target, idle)
-            switched = True
+            move("switched")
             release.timings |= {"healthy_to_switch": time.monotonic() - healthy_at, "switched_at": time.time()}
             evidence.append(f"traffic switched {release.timings['healthy_to_switch']:.2f}s after healthy "
                             f"(reload {took * 1000:.0f} ms)")
             verdict = watch_live(target, idle, list(config.smoke), environment.watch_seconds,
                                  environment.max_error_rate)
             evidence.append(f"watch: {verdict.requests} requests, {verdict.errors} errors")
+            move("watched")
+            time.sleep(environment.drain_seconds)  # in-flight requests of the old color finish
+            if live is not None:
+                stop_color(target, live)
+                for old in state.history:
+                    if old.outcome == "live":
+                        old.outcome = "superseded"
+            release.phase = advance(release.phase, "live")
+            release.outcome, release.finished = "live", now_iso()
+            state.live, state.revision = idle, release.revision
         except BaseException as exc:
-            failed_at = time.monotonic()
-            release.timings["failed_at"] = time.time()
-            if switched and live is not None:
-                target.switch(live)
-            target.stop_color(idle)
-            release.timings["rollback_seconds"] = time.monotonic() - failed_at
-            release.outcome = "rolled-back" if live is not None else "failed"
-            release.reason, release.finished = describe(exc), now_iso()
-            evidence.append(f"rolled back in {time.monotonic() - failed_at:.1f}s: {release.reason}")
+            failure = exc
+            _undo(target, release, live, evidence, exc)
+        finally:
             target.save_state(state)
-            _artifact(env, release, evidence)
-            notify(env, "rollback", f"{version} on {env} rolled back: {release.reason}")
-            if isinstance(exc, Exception):
-                what = "rolled back" if live is not None else "failed (nothing was live before)"
-                raise RolloutAborted(f"deploy of {version} to {env} {what}: {describe(exc)}") from exc
-            raise
-        time.sleep(environment.drain_seconds)  # in-flight requests of the old color finish
-        if live is not None:
-            target.stop_color(live)
-            for old in state.history:
-                if old.outcome == "live":
-                    old.outcome = "superseded"
-        release.outcome, release.finished = "live", now_iso()
-        state.live, state.revision = idle, release.revision
-        target.save_state(state)
-        _artifact(env, release, evidence)
-        notify(env, "success", f"{version} is live on {env} (revision {release.revision}) at {target.url}")
-        progress(f"{env}: revision {release.revision} ({version}) live on {idle} at {target.url}")
-        return {"env": env, "revision": release.revision, "version": version, "color": idle, "url": target.url,
-                "images": images, "flow_run_id": run_id, "committed_at": checkout.committed_at}
+            if failure is None:
+                _notify(where, "success", f"{version} is live on {where} (revision {release.revision}) at "
+                        f"{target.url}", evidence)
+            else:
+                _notify(where, "rollback", f"{version} on {where} {release.outcome}: {release.reason}", evidence)
+            publish_rollout(f"rollout-{config.project}-{env}", where, release, evidence)
+        if isinstance(failure, Exception):
+            what = "rolled back" if live is not None else "failed (nothing was live before)"
+            raise RolloutAborted(f"deploy of {version} to {where} {what}: {describe(failure)}") from failure
+        if failure is not None:
+            raise failure
+        progress(f"{where}: revision {release.revision} ({version}) live on {idle} at {target.url}")
+        return {"project": config.project, "env": env, "revision": release.revision, "version": version,
+                "color": idle, "url": target.url, "images": images, "flow_run_id": run_id,
+                "committed_at": checkout.committed_at,
+                "warnings": [e for e in evidence if e.startswith("notification ")]}
+
+
+def _undo(target: Any, release: Release, live: Color | None, evidence: list[str], exc: BaseException) -> None:
+    """Run the undo steps the machine names for the phase the release reached; each step is tried."""
+    failed_at = time.monotonic()
+    release.timings["failed_at"] = time.time()
+    for step in undo_steps(release.phase, live is not None):
+        try:
+            if step == "switch-back" and live is not None:
+                switch_traffic(target, live)
+            elif step == "stop-idle":
+                stop_color(target, release.color)
+        except Exception as undo_failed:  # the next step still runs; the evidence says what is left
+            evidence.append(f"undo {step} failed: {describe(undo_failed)}")
+    release.timings["rollback_seconds"] = time.monotonic() - failed_at
+    release.phase = advance(release.phase, failure_outcome(live is not None))
+    release.outcome = "rolled-back" if release.phase == "rolled-back" else "failed"
+    release.reason, release.finished = describe(exc), now_iso()
+    evidence.append(f"rolled back in {time.monotonic() - failed_at:.1f}s: {release.reason}")
 
 
 @flow(name="rollback", flow_run_name="rollback-{env}", persist_result=True)
-def rollback(env: str, to: int | None = None) -> dict[str, Any]:
-    """Emergency rollback of `env` to the previous live revision or to revision `to`."""
+def rollback(env: str, to: int | None = None, project: str | None = None) -> dict[str, Any]:
+    """Emergency rollback of `env` (of `project`) to the previous live revision or to revision `to`."""
     env = validate.name(env, "--env")
-    config = saved_config(env)
+    config = saved_config(env, project)
     target = target_for(config, env)
     environment = config.environments[env]
-    with env_lock(target):
-        state = reconcile(target)
+    where = f"{config.project}/{env}"
+    with environment_slot(config.project, env):
+        state = reconcile(target, environment.health_timeout)
         live = state.live
         if live is None:
-            raise InputError(f"--env {env}: nothing is live to roll back from")
+            raise InputError(f"--env {where}: nothing is live to roll back from")
         candidates = [r for r in state.history if r.outcome in ("superseded", "live") and r.revision != state.revision]
         wanted = state.find(to) if to is not None else (candidates[-1] if candidates else None)
         if wanted is None:
@@ -224,18 +289,17 @@ def rollback(env: str, to: int | None = None) -> dict[str, Any]:
             raise InputError(f"--to: revision {to if to is not None else '(previous)'} is not kept "
                              f"(kept revisions: {kept})")
         idle = other(live)
-        kept_there = [r for r in target.replicas(idle, include_stopped=True)]
+        kept_there = target.replicas(idle, include_stopped=True)
         if wanted.color == idle and kept_there and target.version_of(idle) == wanted.version:
-            target.restart_color(idle)
-            target.wait_healthy(idle, environment.health_timeout)
+            restart_color(target, idle, environment.health_timeout)
         else:
             start_color(target, idle, wanted.digests, wanted.version, environment.health_timeout)
         smoke_test(target, idle, list(config.smoke))
         switch_traffic(target, idle)
         time.sleep(environment.drain_seconds)
-        target.stop_color(live)
+        stop_color(target, live)
         release = Release(revision=state.next_revision(), version=wanted.version, digests=wanted.digests,
-                          color=idle, started=now_iso(), finished=now_iso(), outcome="live",
+                          color=idle, started=now_iso(), finished=now_iso(), outcome="live", phase="live",
                           reason=f"rollback to revision {wanted.revision}", commit=wanted.commit,
                           committed_at=wanted.committed_at)
         for old in state.history:
@@ -244,34 +308,35 @@ def rollback(env: str, to: int | None = None) -> dict[str, Any]:
         state.history.append(release)
         state.live, state.revision = idle, release.revision
         target.save_state(state)
-        _artifact(env, release, [f"rolled back from revision {state.history[-2].revision} to {wanted.revision}"])
-        notify(env, "rollback", f"{env} rolled back to revision {wanted.revision} ({wanted.version})")
-        return {"env": env, "revision": release.revision, "version": wanted.version, "color": idle}
+        evidence = [f"rolled back from revision {state.history[-2].revision} to {wanted.revision}"]
+        _notify(where, "rollback", f"{where} rolled back to revision {wanted.revision} ({wanted.version})", evidence)
+        publish_rollout(f"rollout-{config.project}-{env}", where, release, evidence)
+        return {"project": config.project, "env": env, "revision": release.revision, "version": wanted.version,
+                "color": idle}
 
 
 @flow(name="scale", flow_run_name="scale-{env}-{service}-{replicas}", persist_result=True)
-def scale(env: str, service: str, replicas: int) -> dict[str, Any]:
+def scale(env: str, service: str, replicas: int, project: str | None = None) -> dict[str, Any]:
     """Run `replicas` containers of `service` in the live color of `env` (router updated, no downtime)."""
     env, service = validate.name(env, "--env"), validate.name(service, "--service")
-    config = saved_config(env)
+    config = saved_config(env, project)
     target = target_for(config, env)
+    where = f"{config.project}/{env}"
     if service not in config.services:
         raise InputError(f"--service: {service!r} is not a service ({', '.join(config.services)})")
     if not 1 <= replicas <= 100:
         raise InputError(f"--replicas: {replicas} is not between 1 and 100")
-    with env_lock(target):
-        state = reconcile(target)
+    with environment_slot(config.project, env):
+        state = reconcile(target, config.environments[env].health_timeout)
         if state.live is None:
-            raise InputError(f"--env {env}: nothing is live to scale")
+            raise InputError(f"--env {where}: nothing is live to scale")
         release = state.live_release()
         if release is None:
-            raise InputError(f"--env {env}: the live revision is unknown")
+            raise InputError(f"--env {where}: the live revision is unknown")
         state.replicas[service] = replicas
         target.save_state(state)
-        target.scale_service(state.live, service, release.digests[service], release.version, replicas)
-        target.wait_healthy(state.live, config.environments[env].health_timeout)
+        scale_service(target, state.live, service, release.digests[service], release.version, replicas,
+                      config.environments[env].health_timeout)
         switch_traffic(target, state.live)
-        progress(f"{env}: {service} runs {replicas} replica(s)")
-        return {"env": env, "service": service, "replicas": replicas}
-
-
+        progress(f"{where}: {service} runs {replicas} replica(s)")
+        return {"project": config.project, "env": env, "service": service, "replicas": replicas}

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from sunday_release import validate
 from sunday_release.config import SmokeCheck
+from sunday_release.release import TERMINAL, Phase, advance
 
 __all__ = [
     "Color",
@@ -31,6 +32,7 @@ __all__ = [
     "WatchVerdict",
     "evaluate_smoke",
     "other",
+    "render_rollout",
     "render_router_config",
     "watch_verdict",
 ]
@@ -57,6 +59,7 @@ class Release(BaseModel):
     started: str
     finished: str | None = None
     outcome: Literal["in-progress", "live", "rolled-back", "failed", "superseded"] = "in-progress"
+    phase: Phase = "started"  # where the release state machine (sunday_release.release) is
     reason: str = ""
     commit: str = ""
     committed_at: str = ""
@@ -81,6 +84,20 @@ class EnvState(BaseModel):
 
     def next_revision(self) -> int:
         return max((r.revision for r in self.history), default=0) + 1
+
+    def close_interrupted(self, live: Color | None) -> None:
+        """After a crash: releases left in progress failed; `live` (the router's color) is what serves."""
+        for release in self.history:
+            if release.outcome == "in-progress":
+                release.outcome, release.finished = "failed", now_iso()
+                if release.phase not in TERMINAL:
+                    release.phase = advance(release.phase, "failed")
+                release.reason = release.reason or "interrupted (the deploy process died)"
+        if live is not None and self.live != live:
+            self.live = live
+            serving = [r for r in self.history if r.color == live and r.outcome in ("live", "failed", "superseded")]
+            if serving:
+                self.revision = serving[-1].revision
 
     @classmethod
     def load(cls, path: Path, env: str) -> EnvState:
@@ -157,7 +174,7 @@ def watch_verdict(statuses: Sequence[int], smoke: Sequence[SmokeResult], max_err
 
 
 def render_router_config(env: str, listen: int, routes: Mapping[str, str], upstreams: Mapping[str, Sequence[str]],
-                         color: Color, run_dir: Path) -> str:
+                         color: Color, run_dir: Path, project: str = "") -> str:
     """The nginx config of an environment's router: one upstream per service, `routes` path → service.
 
     Every upstream lists the live color's replicas (`127.0.0.1:PORT`). Idempotent GETs are retried
@@ -169,12 +186,15 @@ def render_router_config(env: str, listen: int, routes: Mapping[str, str], upstr
             config validates them already; this keeps anything else out of the nginx config.
     """
     validate.name(env, "--env")
+    if project:
+        validate.name(project, "project")
     for path, service in routes.items():
         validate.route(path, f"services.{service}.route")
     for service in {*routes.values(), *upstreams}:
         validate.name(service, "services")
     lines = [
-        f"# sunday-release router of environment {env}: live color {color}. Written by the pipeline.",
+        f"# sunday-release router of environment {f'{project}/' if project else ''}{env}: live color {color}. "
+        "Written by the pipeline.",
         f"pid {run_dir}/nginx.pid;",
         f"error_log {run_dir}/error.log warn;",
         "worker_processes 2;",
@@ -207,4 +227,14 @@ def render_router_config(env: str, listen: int, routes: Mapping[str, str], upstr
             "    }",
         ]
     lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_rollout(where: str, release: Release, evidence: Sequence[str]) -> str:
+    """The markdown of a rollout decision: outcome, images, and the evidence it rests on (one line each)."""
+    lines = [f"# {where}: revision {release.revision} — {release.outcome}", "",
+             f"Version `{release.version}` on color **{release.color}**.",
+             *([f"Reason: {release.reason}"] if release.reason else []), "", "| service | image |", "|---|---|"]
+    lines += [f"| {s} | `{d}` |" for s, d in release.digests.items()]
+    lines += ["", "## Evidence", "", *[f"- {e}" for e in evidence]]
     return "\n".join(lines) + "\n"

@@ -208,17 +208,27 @@ def cmd_cd(args: argparse.Namespace) -> int:
     return _finish(code, result, error, args.json, "CD")
 
 
+def _project(args: argparse.Namespace) -> str | None:
+    """--project, checked; None when left out (the flow takes the one project that has the environment)."""
+    return validate.name(args.project, "--project") if args.project is not None else None
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     validate.name(args.env, "--env")
-    code, result, error = _run_flow("rollback", args.verbose, f"rollback of {args.env}", env=args.env, to=args.to)
+    project = _project(args)
+    Settings.from_env().resolve_project(args.env, project)  # exit 2 before a run: unknown or ambiguous
+    code, result, error = _run_flow("rollback", args.verbose, f"rollback of {args.env}", env=args.env, to=args.to,
+                                    project=project)
     return _finish(code, result, error, args.json, "rollback")
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
     validate.name(args.env, "--env")
     validate.name(args.service, "--service")
+    project = _project(args)
+    Settings.from_env().resolve_project(args.env, project)  # exit 2 before a run: unknown or ambiguous
     code, result, error = _run_flow("scale", args.verbose, f"scale {args.service} of {args.env}", env=args.env,
-                                    service=args.service, replicas=args.replicas)
+                                    service=args.service, replicas=args.replicas, project=project)
     return _finish(code, result, error, args.json, "scale")
 
 
@@ -285,7 +295,7 @@ def cmd_dora(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from sunday_release.status import environment_status, render_status
 
-    status = environment_status(validate.name(args.env, "--env"))
+    status = environment_status(validate.name(args.env, "--env"), _project(args))
     if args.json:
         _print_json(status)
     else:
@@ -343,17 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="live color, revision, version and health of an environment")
     p.add_argument("--env", required=True)
+    p.add_argument("--project", help="the project (`project:` of its config); needed when several have --env")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("rollback", help="emergency rollback to the previous or a named kept revision")
     p.add_argument("--env", required=True)
+    p.add_argument("--project", help="the project (`project:` of its config); needed when several have --env")
     p.add_argument("--to", type=int, default=None, metavar="REVISION")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("scale", help="set the replicas of a service in the live color")
     p.add_argument("--env", required=True)
+    p.add_argument("--project", help="the project (`project:` of its config); needed when several have --env")
     p.add_argument("--service", required=True)
     p.add_argument("--replicas", type=int, required=True)
     p.add_argument("--json", action="store_true")

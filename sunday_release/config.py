@@ -138,6 +138,9 @@ class Environment(_Model):
     keep_previous_hours: float = Field(24, ge=0)
     approval_timeout: int = Field(3600, ge=10)
     kube_context: str | None = None
+    database_url_secret: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,99}$")
+    """The Prefect Secret block holding the URL of the environment's database (kubernetes target: what the
+    backup dumps). The docker target backs up its own PostgreSQL and ignores it."""
 
     def needs_backup(self, name: str) -> bool:
         """Production backs up unless told not to; other environments only when told to."""

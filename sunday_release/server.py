@@ -150,7 +150,9 @@ class LocalServer:
             if self.pid() is None:
                 break
             time.sleep(0.5)
-        raise PipelineError(f"the local Prefect server did not start on port {self.port}; see {self.logfile}")
+        self.stop()  # not left half-started: the next start begins afresh
+        raise PipelineError(f"the local Prefect server did not start on port {self.port} within {timeout:.0f}s; "
+                            f"see {self.logfile}")
 
     def stop(self) -> bool:
         """Stop the server started by `start`; False when none was running."""

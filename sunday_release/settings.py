@@ -66,3 +66,32 @@ class Settings:
     @property
     def workspaces(self) -> Path:
         return self.home / "workspaces"
+
+    def env_dir(self, project: str, env: str) -> Path:
+        """The directory of environment `env` of `project` (state, router, secrets, last config).
+
+        Every environment is keyed by `(project, env)`: two projects may each have a `staging`.
+        Directories of the layout before projects (SUNDAY_HOME/envs/ENV) are left alone.
+        """
+        return self.home / "projects" / project / "envs" / env
+
+    def projects_with(self, env: str) -> list[str]:
+        """The projects that deployed an environment called `env` on this machine (sorted)."""
+        return sorted(p.parent.parent.parent.name for p in (self.home / "projects").glob(f"*/envs/{env}/config.json"))
+
+    def resolve_project(self, env: str, project: str | None) -> str:
+        """The project whose environment `env` a command means; InputError when none or several could be meant."""
+        from sunday_release.errors import InputError
+
+        found = self.projects_with(env)
+        if project is not None:
+            if project not in found:
+                raise InputError(f"--env: {env!r} of project {project!r} has never been deployed on this machine"
+                                 + (f" (projects with {env!r}: {', '.join(found)})" if found else ""))
+            return project
+        if not found:
+            raise InputError(f"--env: {env!r} has never been deployed on this machine")
+        if len(found) > 1:
+            raise InputError(f"--env: {env!r} exists in several projects ({', '.join(found)}): choose one with "
+                             "--project")
+        return found[0]

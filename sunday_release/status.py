@@ -9,20 +9,24 @@ import httpx
 
 from sunday_release import validate
 from sunday_release.config import PipelineConfig
-from sunday_release.errors import InputError
 from sunday_release.settings import Settings
 from sunday_release.targets import make_target
 
 __all__ = ["environment_status", "render_status"]
 
 
-def environment_status(env: str) -> dict[str, Any]:
-    """Live color, revision, version, per-replica health and whether the URL answers."""
+def environment_status(env: str, project: str | None = None) -> dict[str, Any]:
+    """Live color, revision, version, per-replica health and whether the URL answers, of `project`'s `env`.
+
+    Raises:
+        InputError: never deployed here, or `env` exists in several projects and `project` is None.
+    """
     settings = Settings.from_env()
-    path = settings.home / "envs" / validate.name(env, "--env") / "config.json"
-    if not path.exists():
-        raise InputError(f"--env: {env!r} has never been deployed on this machine")
-    config = PipelineConfig.model_validate_json(path.read_text())
+    validate.name(env, "--env")
+    if project is not None:
+        validate.name(project, "--project")
+    project = settings.resolve_project(env, project)
+    config = PipelineConfig.model_validate_json((settings.env_dir(project, env) / "config.json").read_text())
     target = make_target(config, env, settings)
     state = target.load_state()
     live = target.live_color()
@@ -34,7 +38,7 @@ def environment_status(env: str) -> dict[str, Any]:
     except httpx.HTTPError:
         answered = False
     return {
-        "env": env, "url": target.url, "live_color": live, "revision": state.revision,
+        "project": project, "env": env, "url": target.url, "live_color": live, "revision": state.revision,
         "version": release.version if release else None,
         "serving": answered and bool(replicas) and all(r["health"] == "healthy" for r in replicas),
         "replicas": replicas,
@@ -43,7 +47,8 @@ def environment_status(env: str) -> dict[str, Any]:
 
 
 def render_status(status: dict[str, Any]) -> str:
-    lines = [f"{status['env']}: {'serving' if status['serving'] else 'NOT SERVING'} at {status['url']}",
+    serving = "serving" if status["serving"] else "NOT SERVING"
+    lines = [f"{status['project']}/{status['env']}: {serving} at {status['url']}",
              f"  live color {status['live_color']}, revision {status['revision']}, version {status['version']}"]
     lines += [f"  {r['name']:<40} {r['health']:<10} {r['endpoint']}" for r in status["replicas"]]
     lines += ["  history:"] + [f"    r{h['revision']:<3} {h['version'][:12]:<12} {h['color']:<5} {h['outcome']:<12} "

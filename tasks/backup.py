@@ -6,7 +6,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from pydantic import SecretStr
@@ -25,9 +25,14 @@ from sunday_release.backup import (
     utc_now,
     verify_restore,
 )
+from sunday_release.errors import PipelineError
+from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, DeployTarget
 from tasks._common import RETRY_DELAYS, progress
 
-__all__ = ["backup_database", "upload_with_retries"]
+if TYPE_CHECKING:
+    from sunday_release.targets.docker import DockerTarget
+
+__all__ = ["backup_database", "backup_for_environment", "database_of", "upload_with_retries"]
 
 RETRY_JITTER = 0.5
 
@@ -141,20 +146,48 @@ def backup_database(
                         table_counts=counts, verified=True)
 
 
-def backup_for_environment(env: str, target: Any) -> BackupRecord:
+def database_of(target: DeployTarget | DockerTarget) -> DatabaseAccess | None:
+    """The target's database capability.
+
+    Interim: DockerTarget is to implement `database()` itself (its `LocalDatabase` as a `DatabaseUrl`);
+    until it does, its database is adapted here, by type.
+    """
+    from sunday_release.targets.docker import DockerTarget
+
+    if isinstance(target, DockerTarget):
+        local = target.db
+        return DatabaseUrl(f"the PostgreSQL of {target.env_name} (port {local.port})", lambda: SecretStr(local.dsn()))
+    return target.database()
+
+
+def backup_for_environment(env: str, target: DeployTarget | DockerTarget) -> BackupRecord:
     """The verified backup an environment requires before a deploy, configured from the environment.
 
-    SUNDAY_BACKUP_BUCKET (required), SUNDAY_BACKUP_PREFIX (default `db`), SUNDAY_S3_ENDPOINT (a
+    The database is the target's (`DeployTarget.database()`): the docker target's own PostgreSQL, or
+    for the kubernetes target the URL in the Prefect Secret block `environments.ENV.database_url_secret`.
+    SUNDAY_BACKUP_BUCKET (required), SUNDAY_BACKUP_PREFIX (default `db`; keys are
+    `PREFIX/PROJECT/ENV/…`, so two projects' environments never prune each other's backups), SUNDAY_S3_ENDPOINT (a
     local S3 endpoint; unset for AWS), AWS_REGION (default us-east-1). The environment's
-    `backup_keep` sets the retention. A missing bucket stops the deploy before anything starts.
+    `backup_keep` sets the retention. A missing bucket or database stops the deploy before anything starts.
     """
     bucket = os.environ.get("SUNDAY_BACKUP_BUCKET")
     if not bucket:
         raise BackupFailed(f"{env} requires a verified backup but SUNDAY_BACKUP_BUCKET is not set: "
                            "nothing was deployed")
+    database = database_of(target)
+    if database is None:
+        raise BackupFailed(f"{env} requires a verified backup but its {target.env.target} target has no database "
+                           f"to back up: set environments.{env}.database_url_secret to the Prefect Secret block "
+                           "holding its URL; nothing was deployed")
     target.ensure_database()
+    try:
+        dsn = database.dsn()
+    except PipelineError as exc:
+        raise BackupFailed(f"backup of {env} failed: {database.name}: {exc}") from None
     workdir = target.root / "backups"
     workdir.mkdir(parents=True, exist_ok=True)
-    return backup_database(env, SecretStr(target.db.dsn()), bucket, os.environ.get("SUNDAY_BACKUP_PREFIX", "db"),
+    progress(f"backing up {database.name}")
+    prefix = f"{os.environ.get('SUNDAY_BACKUP_PREFIX', 'db').strip('/')}/{target.config.project}"  # per project
+    return backup_database(env, dsn, bucket, prefix,
                            target.env.backup_keep, os.environ.get("SUNDAY_S3_ENDPOINT") or None, str(workdir),
                            region=os.environ.get("AWS_REGION", "us-east-1"))

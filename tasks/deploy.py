@@ -8,9 +8,19 @@ from typing import Any
 
 import httpx
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from sunday_release.bluegreen import Color, Release, SmokeResult, WatchVerdict, evaluate_smoke, watch_verdict
+from sunday_release.bluegreen import (
+    Color,
+    Release,
+    SmokeResult,
+    WatchVerdict,
+    evaluate_smoke,
+    other,
+    render_rollout,
+    watch_verdict,
+)
 from sunday_release.config import PipelineConfig, SmokeCheck
 from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.ordering import tag_is_older
@@ -21,8 +31,70 @@ from tasks._common import RETRY_DELAYS, progress
 from tasks.images import registry_client
 from tasks.source import Checkout
 
-__all__ = ["refuse_older_version", "resolve_version", "run_migrations", "smoke_test", "start_color", "switch_traffic",
-           "watch_live"]
+__all__ = ["claim_ports", "observe_colors", "prepare_database", "publish_rollout", "refuse_older_version",
+           "resolve_version", "restart_color", "run_migrations", "scale_service", "smoke_test", "start_color",
+           "stop_color", "switch_traffic", "watch_live"]
+
+
+@task(name="claim-ports", cache_policy=NO_CACHE)
+def claim_ports(target: Any) -> dict[str, int]:
+    """Hold the environment's host ports, or refuse (InputError naming the owner) before anything is stopped.
+
+    A target without host ports (`ports()` None, or no such capability: kubernetes) has nothing to claim.
+    """
+    ports = getattr(target, "ports", lambda: None)()
+    if ports is None:
+        return {}
+    ports.claim_ports()
+    return dict(ports.host_ports())
+
+
+@task(name="observe-colors", cache_policy=NO_CACHE)
+def observe_colors(target: Any) -> tuple[Color | None, list[str], list[str]]:
+    """The router's color and the health of each replica of it and of the other color (for reconcile)."""
+    live = target.live_color()
+    if live is None:
+        return None, [], []
+    return (live, [r.health for r in target.replicas(live)],
+            [r.health for r in target.replicas(other(live))])
+
+
+@task(name="restart-color", task_run_name="restart[{color}]", cache_policy=NO_CACHE)
+def restart_color(target: Any, color: Color, timeout: float) -> list[str]:
+    """Start the kept containers of `color` again and wait until they are healthy."""
+    target.restart_color(color)
+    replicas = target.wait_healthy(color, timeout)
+    progress(f"{color}: {len(replicas)} kept replica(s) healthy again")
+    return [r.name for r in replicas]
+
+
+@task(name="stop-color", task_run_name="stop[{color}]", cache_policy=NO_CACHE)
+def stop_color(target: Any, color: Color) -> None:
+    """Stop (and keep) the containers of `color`."""
+    target.stop_color(color)
+    progress(f"{color}: stopped (kept for a rollback)")
+
+
+@task(name="scale-service", task_run_name="scale[{service}={replicas}]", cache_policy=NO_CACHE)
+def scale_service(target: Any, color: Color, service: str, image: str, version: str, replicas: int,
+                  timeout: float) -> list[str]:
+    """Run `replicas` containers of `service` in `color` and wait until every replica of it is healthy."""
+    target.scale_service(color, service, image, version, replicas)
+    return [r.name for r in target.wait_healthy(color, timeout)]
+
+
+@task(name="prepare-database", cache_policy=NO_CACHE)
+def prepare_database(target: Any) -> None:
+    """Start (creating once) the environment's database, where the target owns one."""
+    target.ensure_database()
+
+
+@task(name="publish-rollout", cache_policy=NO_CACHE)
+def publish_rollout(key: str, where: str, release: Release, evidence: list[str]) -> str:
+    """The rollout decision and its evidence as the markdown artifact `key` (stable per environment)."""
+    create_markdown_artifact(key=key, markdown=render_rollout(where, release, evidence),
+                             description=f"Rollout decision for {where}")
+    return key
 
 
 @task(name="resolve-version", task_run_name="resolve[{version}]", retries=2, retry_delay_seconds=RETRY_DELAYS,

@@ -21,10 +21,12 @@ pytestmark = pytest.mark.docker
 
 
 class Env:
-    """A throwaway environment of the sample app: its own name, ports and database root."""
+    """A throwaway environment of the sample app: its own project, name, ports and database root."""
 
-    def __init__(self, backup: bool = False, approval: bool = False) -> None:
-        self.name = f"t-{secrets.token_hex(3)}"
+    def __init__(self, backup: bool = False, approval: bool = False, project: str = "sunday",
+                 name: str | None = None) -> None:
+        self.project = project
+        self.name = name or f"t-{secrets.token_hex(3)}"
         self.port, self.db_port = free_port(), free_port()
         self.backup, self.approval = backup, approval
         self.db_root = Path(tempfile.mkdtemp(prefix="sunday-db-", dir="/tmp"))
@@ -39,25 +41,39 @@ class Env:
         """Add the environment to the config; build amd64 only (the tests need no second platform)."""
         config = repo / "sunday-release.yaml"
         text = config.read_text().replace("    route: /", "    platforms: [linux/amd64]\n    route: /")
+        text = text.replace("project: sunday\n", f"project: {self.project}\n", 1)
+        text = "\n".join(line for line in text.split("\n") if not line.startswith(f"  {self.name}: "))
         text = text.replace("environments:\n", f"environments:\n  {self.name}: {{port: {self.port}, "
                             f"db_port: {self.db_port}, watch_seconds: 2, drain_seconds: 1, health_timeout: 90, "
                             f"backup: {str(self.backup).lower()}, approval: {str(self.approval).lower()}}}\n", 1)
         config.write_text(text)
 
+    @property
+    def home(self) -> Path:
+        """The environment's directory under SUNDAY_HOME."""
+        return Path(os.environ["SUNDAY_HOME"]) / "projects" / self.project / "envs" / self.name
+
+    def container_ids(self, *filters: str) -> list[str]:
+        """Containers of this environment (running and stopped), with extra `--filter`s."""
+        argv = [DOCKER, "ps", "-aq", "--filter", f"label=sunday.project={self.project}", "--filter",
+                f"label=sunday.env={self.name}"]
+        for extra in filters:
+            argv += ["--filter", extra]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
+
     def teardown(self) -> None:
-        ids = subprocess.run([DOCKER, "ps", "-aq", "--filter", f"label=sunday.env={self.name}"],
-                             capture_output=True, text=True, check=False).stdout.split()
+        ids = self.container_ids()
         if ids:
             subprocess.run([DOCKER, "rm", "-f", *ids], capture_output=True, check=False)
-        conf = Path(os.environ["SUNDAY_HOME"]) / "envs" / self.name / "router" / "nginx.conf"
+        conf = self.home / "router" / "nginx.conf"
         if conf.exists():
             subprocess.run(["nginx", "-s", "quit", "-c", str(conf)], capture_output=True, check=False)
-        data = self.db_root / self.name / "data"
+        data = self.db_root / self.project / self.name / "data"
         if data.exists():
             subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "stop", "-m",
                             "immediate", "-D", str(data)], capture_output=True, check=False)
         shutil.rmtree(self.db_root, ignore_errors=True)
-        shutil.rmtree(Path(os.environ["SUNDAY_HOME"]) / "envs" / self.name, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -80,7 +96,7 @@ def deploy(env: Env, repo: Path, version: str, api: str) -> subprocess.Completed
 
 
 def status(env: Env) -> dict[str, object]:
-    done = sunday("status", "--env", env.name, "--json", env=env.env)
+    done = sunday("status", "--env", env.name, "--project", env.project, "--json", env=env.env)
     return dict(json.loads(done.stdout))
 
 
@@ -115,8 +131,8 @@ def test_deploy_switch_rollback_and_scale(prefect_api: str, docker_engine: str, 
 
     back = sunday("rollback", "--env", env.name, "--json", api=prefect_api, env=env.env)
     assert back.returncode == 0, back.stderr
-    assert json.loads(back.stdout) | {"env": env.name} == {"env": env.name, "revision": 3, "version": v1,
-                                                           "color": "blue"}
+    assert json.loads(back.stdout) == {"project": "sunday", "env": env.name, "revision": 3, "version": v1,
+                                       "color": "blue"}
     assert "v2</title>" not in httpx.get(f"{env.url}/").text
     st = status(env)
     assert st["serving"] is True and st["version"] == v1 and st["revision"] == 3
@@ -153,9 +169,7 @@ def test_a_release_failing_its_smoke_check_is_rolled_back(prefect_api: str, dock
     history = st["history"]
     assert [h["outcome"] for h in history] == ["live", "rolled-back"]  # type: ignore[union-attr,index]
     assert httpx.get(f"{env.url}/api/boards").status_code == 200
-    stopped = subprocess.run([DOCKER, "ps", "-q", "--filter", f"label=sunday.env={env.name}",
-                              "--filter", "label=sunday.color=green"], capture_output=True, text=True, check=True)
-    assert stopped.stdout.strip() == ""  # the new color is stopped
+    assert env.container_ids("label=sunday.color=green", "status=running") == []  # the new color is stopped
 
 
 def test_bad_input_is_refused_before_anything_runs(prefect_api: str, docker_engine: str,
@@ -183,9 +197,7 @@ def test_backup_failure_stops_the_deploy_before_any_container_starts(
         done = deploy(env, repo, version, prefect_api)
         assert done.returncode == 1
         assert f"S3 endpoint http://127.0.0.1:{closed} unreachable" in done.stderr
-        running = subprocess.run([DOCKER, "ps", "-aq", "--filter", f"label=sunday.env={env.name}"],
-                                 capture_output=True, text=True, check=True)
-        assert running.stdout.strip() == ""  # no container was started
+        assert env.container_ids() == []  # no container was started
     finally:
         env.teardown()
 
@@ -272,3 +284,77 @@ def test_approval_in_the_ui_gates_the_switch_and_notifications_are_sent(
     finally:
         receiver.server.shutdown()
         env.teardown()
+
+
+class FailingReceiver(Receiver):
+    """A webhook that answers 500 to every notification (and records that it was called)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        calls: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                calls.append(self.path)
+                self.send_response(500)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = []
+        self.calls = calls
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _rollout_markdown(env: Env) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=[f"rollout-{env.project}-{env.name}"])), sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"no rollout artifact for {env.project}/{env.name}"
+    return str(found[0].data)
+
+
+def test_a_failed_notification_never_fails_a_live_release(prefect_api: str, docker_engine: str,
+                                                         make_repo: Callable[..., Path], git: Callable[..., str],
+                                                         env: Env) -> None:
+    repo = make_repo(APP, edit=env.edit)
+    version = ci_passed(repo, prefect_api, git)
+    refused = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    first = sunday("cd", "--env", env.name, "--version", version, "--repo", str(repo), "--json", api=prefect_api,
+                   env=env.env | {"SUNDAY_NOTIFY_URL": refused})
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert [w.split(":")[0] for w in result["warnings"]] == ["notification start failed",
+                                                              "notification success failed"]
+    assert "notification success failed" in _rollout_markdown(env)
+    st = status(env)
+    assert st["serving"] is True and st["revision"] == 1
+    assert [h["outcome"] for h in st["history"]] == ["live"]  # type: ignore[union-attr,index]
+
+    failing = FailingReceiver()
+    try:  # a redeploy of the same commit: the webhook answers 500 after the switch
+        second = sunday("cd", "--env", env.name, "--version", version, "--repo", str(repo), "--json",
+                        api=prefect_api, env=env.env | {"SUNDAY_NOTIFY_URL": failing.url})
+    finally:
+        failing.server.shutdown()
+    assert second.returncode == 0, second.stderr
+    assert failing.calls, "the webhook was never called"
+    assert "notification success failed: notification webhook answered 500" in _rollout_markdown(env)
+    st = status(env)
+    assert st["serving"] is True and st["revision"] == 2 and st["live_color"] == "green"
+    assert [h["outcome"] for h in st["history"]] == ["superseded", "live"]  # type: ignore[union-attr,index]
+
+    dora = sunday("dora", "--env", env.name, "--days", "1", "--json", api=prefect_api)
+    assert dora.returncode == 0, dora.stderr
+    failure_rate = json.loads(dora.stdout)["change_failure_rate"]
+    assert failure_rate["failed"] == 0 and failure_rate["deployments"] == 2, failure_rate

@@ -1,4 +1,8 @@
-"""`kill -9` of a deploy at any step, then a re-run: one color live and serving, never none."""
+"""`kill -9` of a deploy at any step, then a re-run: one color live and serving, never none.
+
+The killed run's slot of the environment's concurrency limit is a lease: the re-run waits until it
+expires (at most about a minute), then reconciles.
+"""
 
 from __future__ import annotations
 
@@ -76,7 +80,8 @@ def test_a_killed_deploy_leaves_one_color_serving_and_a_rerun_completes(
         assert st["serving"] is True and st["version"] == v2
         live = st["live_color"]
         running = subprocess.run([DOCKER, "ps", "--format", "{{.Label \"sunday.color\"}}", "--filter",
-                                  f"label=sunday.env={env.name}"], capture_output=True, text=True, check=True)
+                                  f"label=sunday.project={env.project}", "--filter", f"label=sunday.env={env.name}"],
+                                 capture_output=True, text=True, check=True)
         assert set(running.stdout.split()) == {live}  # exactly one color runs
         outcomes = [h["outcome"] for h in st["history"]]  # type: ignore[union-attr,index]
         assert outcomes[-1] == "live" and outcomes.count("live") == 1

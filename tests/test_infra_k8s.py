@@ -106,9 +106,9 @@ def test_rbac_is_namespaced_and_least_privilege(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_trivy_config_finds_no_high_or_critical(overlay: str, tmp_path: Path) -> None:
+def test_trivy_config_finds_no_high_or_critical(overlay: str, tmp_path: Path, trivy: Path) -> None:
     directory = write_manifests(rendered(overlay), tmp_path / overlay)
-    assert trivy_config(directory) == []
+    assert trivy_config(trivy, directory) == []
 
 
 def test_trivyignore_entries_are_commented() -> None:
@@ -508,10 +508,10 @@ def test_wide_rbac_is_reported() -> None:
     assert rbac_violations(cluster_role) == ["ClusterRole/sunday-release: kind is cluster-wide"]
 
 
-def test_trivy_reports_a_privileged_container(tmp_path: Path) -> None:
+def test_trivy_reports_a_privileged_container(tmp_path: Path, trivy: Path) -> None:
     deployment = _deployment()
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
-    findings = trivy_config(write_manifests([deployment], tmp_path))
+    findings = trivy_config(trivy, write_manifests([deployment], tmp_path))
     assert any("KSV-0017" in finding and "deployment-backend-blue.yaml" in finding for finding in findings), findings
 
 

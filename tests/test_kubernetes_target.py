@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
 from sunday_release.bluegreen import EnvState
 from sunday_release.config import Environment, PipelineConfig, Service
 from sunday_release.errors import PipelineError, RolloutAborted
-from sunday_release.targets.kubernetes import (
-    KubernetesApi,
-    KubernetesTarget,
-    Timing,
+from sunday_release.settings import Settings
+from sunday_release.targets import make_target
+from sunday_release.targets.kube_api import KubernetesApi
+from sunday_release.targets.kube_decisions import (
     api_error_message,
     desired_replicas,
     hpa_patch,
@@ -39,6 +40,8 @@ from sunday_release.targets.kubernetes import (
     version_label,
     warning_events,
 )
+from sunday_release.targets.kubernetes import KubernetesTarget, Timing, substitute_cluster
+from sunday_release.targets.protocol import DeployTarget
 from tests.fake_kube import FakeKubernetesApi, Obj, api_error, render_overlay, strategic_merge
 from tests.infra_checks import (
     K8S,
@@ -307,7 +310,7 @@ def test_state_file_and_docker_duties(h: Harness, tmp_path: Path) -> None:
     state = t.load_state()
     state.live, state.replicas = "green", {"backend": 2}
     t.save_state(state)
-    assert t.root == tmp_path / "envs" / "production" and (t.root / "state.json").is_file()
+    assert t.root == tmp_path / "projects" / "sunday" / "envs" / "production" and (t.root / "state.json").is_file()
     assert t.load_state().replicas == {"backend": 2}
     t.ensure_database()
     assert t.access_log_size() == 0 and t.statuses_since(0, "green") == []
@@ -316,6 +319,56 @@ def test_state_file_and_docker_duties(h: Harness, tmp_path: Path) -> None:
     t.scale_service("green", "backend", V2["backend"], "v1.4.0", 4)
     assert h.api.obj("Deployment", "backend-green")["spec"]["replicas"] == 4
     assert rollout_status(h.api.obj("Deployment", "backend-green")).health == "starting"
+
+
+def test_capabilities_are_explicit(overlay: list[dict], tmp_path: Path) -> None:
+    """What the kubernetes target lacks answers None; its database is the URL in a named secret, read late."""
+    h = Harness(overlay, tmp_path)
+    t: DeployTarget = h.target  # mypy checks the same in kubernetes.py (tests are not type-checked)
+    assert t.key == "sunday/production" and t.ports() is None and t.traffic_log() is None
+    assert t.database() is None  # the config names no database: a required backup stops the deploy
+
+    read: list[str] = []
+
+    def read_secret(name: str) -> SecretStr:
+        read.append(name)
+        return SecretStr("postgresql://app:pa55@db.internal:5432/sunday")
+
+    config = make_config(database_url_secret="sunday-production-db")
+    target = KubernetesTarget(config, "production", config.environments["production"], tmp_path, api=h.api,
+                              read_secret=read_secret)
+    database = target.database()
+    assert database is not None and read == []  # nothing read until the backup connects
+    assert database.name == "the database of production (URL in the Secret block 'sunday-production-db')"
+    assert database.dsn().get_secret_value().endswith("@db.internal:5432/sunday") and read == ["sunday-production-db"]
+    assert "pa55" not in repr(database.dsn())
+    with pytest.raises(ValidationError, match="database_url_secret"):
+        Environment(target="kubernetes", database_url_secret="Not A Block Name")
+
+
+def test_flows_reach_a_substituted_cluster(overlay: list[dict], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make_target` (what the flows call) builds a target on the substituted API, with its clock."""
+    api = FakeKubernetesApi(overlay, namespace="sunday-production")
+    timing = Timing(sleep=api.sleep, clock=api.clock)
+    config = make_config()
+    with substitute_cluster(api, timing):
+        target = make_target(config, "production", Settings.from_env())
+        assert isinstance(target, KubernetesTarget) and target.api is api and target.timing is timing
+        target.start_color("green", V2, "v1.4.0", target.load_state())
+        assert [r.health for r in target.wait_healthy("green", 60)] == ["healthy", "healthy"]
+        with pytest.raises(PipelineError, match="another block already substitutes the cluster"):
+            with substitute_cluster(api):
+                pass
+    contexts: list[str | None] = []
+
+    def from_context(context: str | None) -> FakeKubernetesApi:
+        contexts.append(context)
+        return FakeKubernetesApi(overlay, namespace="sunday-production")
+
+    monkeypatch.setattr(KubernetesApi, "from_context", staticmethod(from_context))
+    after = make_target(config, "production", Settings.from_env())  # after the block: the config's context again
+    assert isinstance(after, KubernetesTarget) and after.api is not api and contexts == ["sunday-production"]
 
 
 @pytest.mark.parametrize(("fault", "expected"), [

@@ -35,6 +35,7 @@ from tests.canary import Canaries, Hits, MotoS3, NotifyReceiver, sigv4_signed_wi
 from tests.conftest import _SERVER_HOME, APP, ROOT, free_port
 from tests.test_cd import Env
 from tests.test_ci_flow import CLI, _break_a_backend_test, images_for, sunday
+from tests.waiting import wait_for_healthz
 
 BUCKET = "sunday-backups"
 
@@ -61,15 +62,7 @@ def _run_webhook_receiver(canaries: Canaries, repo: Path, api: str, env: dict[st
                             stderr=subprocess.PIPE)
     responses: list[httpx.Response] = []
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the webhook receiver did not start"
-            time.sleep(0.2)
+        wait_for_healthz(proc, port, timeout=90)
         secret = canaries.webhook_secret.encode()
         slug = f"canary-shop-{uuid.uuid4().hex[:8]}"
         responses.append(_deliver(port, _push(sha, f"https://github.com/acme/{slug}.git"), secret))
@@ -111,8 +104,8 @@ def test_the_search_finds_a_canary_in_text_in_base64_and_in_file_names(tmp_path:
 
 @pytest.mark.docker
 def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
-        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], git: Callable[..., str],
-        tmp_path: Path) -> None:
+        prefect_api: str, docker_engine: str, starts_services: None, make_repo: Callable[..., Path],
+        git: Callable[..., str], tmp_path: Path) -> None:  # starts_services: it starts moto_server (MotoS3) itself
     started, since = time.monotonic(), datetime.now(UTC) - timedelta(minutes=1)
     canaries = Canaries()
     env = Env(backup=True)
@@ -189,9 +182,9 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
         assert (with_token.status_code, with_token.json()["field"]) == (400, "repository.clone_url"), with_token.text
         assert notify.received and {path for path, _ in notify.received} == {notify.path}
         assert {"start", "success", "rollback"} <= set(notify.events()), notify.events()
-        backups = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"db/{env.name}/").get("Contents", [])
+        backups = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"db/sunday/{env.name}/").get("Contents", [])
         assert len(backups) == 2, backups  # one verified backup per deploy
-        uploads = [r for r in s3.requests() if r["method"] == "PUT" and f"/{BUCKET}/db/{env.name}/" in r["url"]]
+        uploads = [r for r in s3.requests() if r["method"] == "PUT" and f"/{BUCKET}/db/sunday/{env.name}/" in r["url"]]
         assert len(uploads) == 2 and all(
             sigv4_signed_with(r, canaries.s3_access_key_id, canaries.s3_secret_access_key) for r in uploads), uploads
         import psycopg
@@ -223,7 +216,8 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
         assert any(canaries.db_password in " ".join(e) for e in container_envs.values()), container_envs
 
         home = Path(os.environ["SUNDAY_HOME"])
-        store = home / "envs" / env.name / "secrets"  # the declared secret store: 0600 --env-files, 0700 dir
+        # the declared secret store: 0600 --env-files, 0700 dir
+        store = home / "projects" / "sunday" / "envs" / env.name / "secrets"
         assert stat.S_IMODE(store.stat().st_mode) == 0o700
         stored = list(store.iterdir())
         assert stored and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in stored), stored

@@ -1,13 +1,21 @@
 """The `docker` target: blue and green containers on one Docker engine behind a host nginx router.
 
-Per environment, under SUNDAY_HOME/envs/ENV: `state.json` (release history), `router/` (nginx
-config, pid, access log), `db/` (the PostgreSQL cluster), `secrets/` (0600 env files given to
-containers with --env-file: secrets never appear in argv). Containers are named
-`sunday-ENV-SERVICE-COLOR-N` and publish their port on 127.0.0.1 only.
+An environment is keyed by `(project, env)`: two projects may each have a `staging` on one machine.
+Per environment, under SUNDAY_HOME/projects/PROJECT/envs/ENV: `state.json` (release history),
+`ports.json` (the host ports it holds: the machine's registry of ports), `router/` (nginx config,
+pid, access log), `secrets/` (0600 env files given to containers with --env-file: secrets never
+appear in argv); its PostgreSQL cluster is under SUNDAY_DB_ROOT/PROJECT/ENV. Containers are named
+`sunday-PROJECT-ENV-SERVICE-COLOR-N`, carry the labels `sunday.project` and `sunday.env`, and publish
+their port on 127.0.0.1 only.
+
+Environments of the layout before projects (SUNDAY_HOME/envs/ENV, containers without a
+`sunday.project` label) are left alone: nothing here stops or reads them, except that the ports
+they hold are refused to other environments.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import platform
 import time
@@ -18,7 +26,7 @@ from pathlib import Path
 from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, render_router_config
 from sunday_release.config import Environment, PipelineConfig
-from sunday_release.errors import ConfigError, PipelineError, RolloutAborted
+from sunday_release.errors import ConfigError, InputError, PipelineError, RolloutAborted
 from sunday_release.registry import INDEX_TYPES, RegistryClient
 from sunday_release.runner import run, tail
 from sunday_release.targets.local_db import LocalDatabase
@@ -44,14 +52,77 @@ class DockerTarget:
     def __init__(self, config: PipelineConfig, env_name: str, env: Environment, home: Path, docker: str,
                  db_root: Path) -> None:
         validate.name(env_name, "--env")  # it becomes a directory, container names and labels
+        self.project = validate.name(config.project, "project")
         if env.port is None:
             raise ConfigError("sunday-release.yaml", f"environments.{env_name}.port",
                               "the docker target needs the port of the environment's entry point")
-        self.config, self.env_name, self.env, self.docker = config, env_name, env, docker
-        self.root = home / "envs" / env_name
+        self.config, self.env_name, self.env, self.docker, self.home = config, env_name, env, docker, home
+        self.root = home / "projects" / self.project / "envs" / env_name
         self.router_dir = self.root / "router"
         self.state_path = self.root / "state.json"
-        self.db = LocalDatabase(db_root / env_name, env.db_port or env.port + 1000)
+        self.db = LocalDatabase(db_root / self.project / env_name, env.db_port or env.port + 1000)
+
+    @property
+    def key(self) -> str:
+        """`project/env`: what names, ports, locks and artifacts of this environment derive from."""
+        return f"{self.project}/{self.env_name}"
+
+    # ---------------------------------------------------------------- host ports
+    def ports(self) -> DockerTarget:
+        """The host-ports capability: the router and database listen on this machine's ports."""
+        return self
+
+    def host_ports(self) -> dict[str, int]:
+        """The ports of this machine the environment listens on (config key path → port)."""
+        return {f"environments.{self.env_name}.port": self.env.port or 0,
+                f"environments.{self.env_name}.db_port": self.db.port}
+
+    def _port_owners(self) -> dict[int, str]:
+        """Port → `project/env` of every other environment on this machine (the ports.json registry)."""
+        owners: dict[int, str] = {}
+        for claim in (self.home / "projects").glob("*/envs/*/ports.json"):
+            owner = f"{claim.parent.parent.parent.name}/{claim.parent.name}"
+            if owner == self.key:
+                continue
+            try:
+                ports = json.loads(claim.read_text())
+            except (OSError, ValueError):
+                continue
+            owners |= {int(port): owner for port in ports.values() if isinstance(port, int)}
+        for legacy in (self.home / "envs").glob("*/config.json"):  # deployed before projects: left alone
+            try:
+                data = json.loads(legacy.read_text())
+                spec = data["environments"][legacy.parent.name]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            owner = f"{data.get('project', '?')}/{legacy.parent.name} (deployed before projects, {legacy.parent})"
+            if spec.get("port") and spec.get("target", "docker") == "docker":
+                owners[int(spec["port"])] = owner
+                owners[int(spec.get("db_port") or int(spec["port"]) + 1000)] = owner
+        return owners
+
+    def claim_ports(self) -> None:
+        """Record this environment's host ports, or refuse one another environment holds (before anything runs).
+
+        Raises:
+            ConfigError: a port of the config is held by another `project/env` on this machine (named).
+        """
+        (self.home / "projects").mkdir(parents=True, exist_ok=True)
+        with open(self.home / "projects" / ".ports.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two first deploys of different projects claim one after the other
+            try:
+                owners = self._port_owners()
+                for where, port in self.host_ports().items():
+                    if port in owners:
+                        raise ConfigError("sunday-release.yaml", where,
+                                          f"port {port} is already used by environment {owners[port]} on this "
+                                          f"machine; nothing was stopped: choose another port for {self.key}")
+                if len(set(self.host_ports().values())) < len(self.host_ports()):
+                    raise InputError(f"environments.{self.env_name}: port and db_port are the same")
+                self.root.mkdir(parents=True, exist_ok=True)
+                (self.root / "ports.json").write_text(json.dumps(self.host_ports()))
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------- state
     def load_state(self) -> EnvState:
@@ -79,7 +150,7 @@ class DockerTarget:
         secrets.chmod(0o700)
         path = secrets / f"{service}-{color}.env"
         values = {**self.config.services[service].env, "APP_VERSION": version,
-                  "SUNDAY_ENV": self.env_name, "SUNDAY_COLOR": color}
+                  "SUNDAY_PROJECT": self.project, "SUNDAY_ENV": self.env_name, "SUNDAY_COLOR": color}
         if self.db.data.exists():
             values["DATABASE_URL"] = self.db.dsn(host="sunday-db")
         path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -88,7 +159,7 @@ class DockerTarget:
 
     # ---------------------------------------------------------------- containers
     def container_name(self, service: str, color: Color, index: int) -> str:
-        return f"sunday-{self.env_name}-{service}-{color}-{index}"
+        return f"sunday-{self.project}-{self.env_name}-{service}-{color}-{index}"
 
     def replicas_of(self, service: str, state: EnvState | None = None) -> int:
         if state is not None and service in state.replicas:
@@ -129,7 +200,8 @@ class DockerTarget:
     def _run_replica(self, service: str, color: Color, index: int, image: str, version: str, env_file: Path,
                      port: int) -> None:
         run([self.docker, "run", "-d", "--name", self.container_name(service, color, index),
-             "--label", f"sunday.env={self.env_name}", "--label", f"sunday.color={color}",
+             "--label", f"sunday.project={self.project}", "--label", f"sunday.env={self.env_name}",
+             "--label", f"sunday.color={color}",
              "--label", f"sunday.service={service}", "--label", f"sunday.version={version}",
              "--env-file", str(env_file), "--add-host", "sunday-db:host-gateway",
              "--restart", "unless-stopped", "--health-interval", "2s", "--health-timeout", "5s",
@@ -137,8 +209,8 @@ class DockerTarget:
 
     def replicas(self, color: Color, include_stopped: bool = False) -> list[Replica]:
         """The containers of `color`, with their health and published endpoint."""
-        argv = [self.docker, "ps", "-q", "--filter", f"label=sunday.env={self.env_name}",
-                "--filter", f"label=sunday.color={color}"]
+        argv = [self.docker, "ps", "-q", "--filter", f"label=sunday.project={self.project}",
+                "--filter", f"label=sunday.env={self.env_name}", "--filter", f"label=sunday.color={color}"]
         ids = run([*argv, *(["-a"] if include_stopped else [])]).stdout.split()
         if not ids:
             return []
@@ -192,7 +264,7 @@ class DockerTarget:
         """Start the kept (stopped) containers of `color` again."""
         names = [r.name for r in self.replicas(color, include_stopped=True)]
         if not names:
-            raise RolloutAborted(f"no kept containers of {color} in {self.env_name}")
+            raise RolloutAborted(f"no kept containers of {color} in {self.key}")
         run([self.docker, "start", *names], timeout=120)
         run([self.docker, "update", "--restart", "unless-stopped", *names], check=False)
 
@@ -252,7 +324,8 @@ class DockerTarget:
             raise RolloutAborted(f"refusing to switch to {color}: no running replica of {', '.join(empty)}")
         (self.router_dir / "tmp").mkdir(parents=True, exist_ok=True)
         (self.router_dir / "tmp").chmod(0o777)
-        text = render_router_config(self.env_name, self.env.port or 0, routes, upstreams, color, self.router_dir)
+        text = render_router_config(self.env_name, self.env.port or 0, routes, upstreams, color, self.router_dir,
+                                    project=self.project)
         candidate = self.router_dir / "nginx.conf.new"
         candidate.write_text(text)
         checked = run([NGINX, "-t", "-q", "-c", str(candidate)], check=False)

@@ -7,41 +7,70 @@ Layout (infra/k8s, see docs/production.md), in namespace `sunday-ENV` unless tol
     Service    SERVICE                        live: selector {app: SERVICE, color: COLOR} — the traffic switch
     HPA        SERVICE                        scales the live color; retargeted on a switch
 
-The protocol is the docker target's (`start_color` → `wait_healthy` → smoke → `switch` → keep the old
+It implements `protocol.DeployTarget` (`start_color` → `wait_healthy` → smoke → `switch` → keep the old
 color scaled to 0 for rollback). What the pipeline writes on the Deployments:
 
     spec.template annotation + label `sunday.version`   the release running on that color
     metadata annotation `sunday.replicas`               the replica count before a stop (for restart_color)
 
-Pure decisions (patch bodies, rollout judgement, error messages) are module-level functions; every
-API call goes through the `KubeApi` seam (`KubernetesApi` for a real cluster, a fake in the tests).
-API errors become `PipelineError`s naming the object and the HTTP status; 409/429/5xx (and
-connection failures) are retried with backoff.
+Three modules: `kube_decisions` (pure: patch bodies, rollout judgement, error messages), `kube_api`
+(the `KubeApi` seam: `KubernetesApi` for a real cluster, a fake in the tests) and this one, which
+reads objects, asks the decisions and sends what they say. API errors become `PipelineError`s naming
+the object and the HTTP status; 409/429/5xx (and connection failures) are retried with backoff.
 
-Local state (release history) is `SUNDAY_HOME/envs/ENV/state.json`, as for docker. The watch
-window relies on the smoke checks: `access_log_size` / `statuses_since` return nothing here (the
-error rate lives in Prometheus, not wired to the pipeline yet).
+Local state (release history) is `SUNDAY_HOME/projects/PROJECT/envs/ENV/state.json`, as for docker.
+Capabilities: `database()` is the environment's PostgreSQL named by `environments.ENV.database_url_secret`
+(a Prefect Secret block holding its URL), for the backup step; `ports()` is None (no host port);
+`traffic_log()` is None (the error rate lives in Prometheus, not wired to the pipeline yet): the watch
+window relies on the smoke checks.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import re
 import secrets
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from copy import deepcopy
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import SecretStr
 
 from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState
 from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import PipelineError, RolloutAborted
 from sunday_release.runner import tail
+from sunday_release.targets.kube_api import KubeApi, KubernetesApi
+from sunday_release.targets.kube_decisions import (
+    RETRYABLE_STATUS,
+    Obj,
+    RolloutStatus,
+    api_error_message,
+    deployment_name,
+    desired_replicas,
+    hpa_patch,
+    job_name,
+    job_outcome,
+    migration_job,
+    pod_failure,
+    recorded_replicas,
+    rollout_status,
+    scale_patch,
+    selected_color,
+    selector_patch,
+    start_patch,
+    template_version,
+    version_label,
+    warning_events,
+)
+from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, HostPorts, Replica, TrafficLog
+
+if TYPE_CHECKING:
+    from sunday_release.targets.protocol import DeployTarget
 
 __all__ = [
     "KubeApi",
@@ -58,396 +87,24 @@ __all__ = [
     "job_outcome",
     "migration_job",
     "pod_failure",
+    "read_secret_block",
     "recorded_replicas",
     "rollout_status",
     "scale_patch",
     "selected_color",
     "selector_patch",
     "start_patch",
+    "substitute_cluster",
     "template_version",
     "version_label",
     "warning_events",
 ]
+# The decisions and the API client are re-exported above for the callers of the module before the split
+# (`from sunday_release.targets.kubernetes import start_patch`); new code imports them from their modules.
 
-VERSION_KEY = "sunday.version"
-REPLICAS_KEY = "sunday.replicas"
-STRATEGIC = "application/strategic-merge-patch+json"
-MERGE = "application/merge-patch+json"
-# Waiting reasons a pod does not recover from without a new release.
-FATAL_WAITING = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-                           "CreateContainerConfigError", "CreateContainerError"})
-RETRYABLE_STATUS = frozenset({0, 409, 429, 500, 502, 503, 504})
-Obj = dict[str, Any]
 T = TypeVar("T")
 
 
-# ==================================================================== the API seam
-class KubeApi(Protocol):
-    """The few Kubernetes API calls the target makes; objects are plain API JSON dicts (camelCase).
-
-    Every method raises `kubernetes.client.ApiException` on a non-2xx answer (status 0: no answer).
-    """
-
-    def read_deployment(self, namespace: str, name: str) -> Obj: ...
-    def patch_deployment(self, namespace: str, name: str, body: Obj) -> Obj: ...
-    def read_service(self, namespace: str, name: str) -> Obj: ...
-    def patch_service(self, namespace: str, name: str, body: Obj) -> Obj: ...
-    def read_hpa(self, namespace: str, name: str) -> Obj: ...
-    def patch_hpa(self, namespace: str, name: str, body: Obj) -> Obj: ...
-    def list_pods(self, namespace: str, label_selector: str) -> list[Obj]: ...
-    def list_events(self, namespace: str, field_selector: str) -> list[Obj]: ...
-    def create_job(self, namespace: str, body: Obj) -> Obj: ...
-    def read_job(self, namespace: str, name: str) -> Obj: ...
-    def read_pod_log(self, namespace: str, name: str, tail_lines: int) -> str: ...
-    def close(self) -> None: ...
-
-
-class KubernetesApi:
-    """`KubeApi` over the official client (AppsV1, CoreV1, BatchV1, AutoscalingV2).
-
-    Answers are read raw (`_preload_content=False`) and parsed as JSON, so the target sees exactly
-    what the API server sent. Deployment and Service patches are strategic-merge patches, HPA
-    patches JSON merge patches (the client would otherwise send a dict as a JSON Patch).
-    """
-
-    def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
-
-        self.api_client = api_client
-        self.apps = client.AppsV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.autoscaling = client.AutoscalingV2Api(api_client)
-
-    @classmethod
-    def from_context(cls, context: str | None) -> KubernetesApi:
-        """A client for `context` of the kubeconfig; in a pod without a context, the pod's ServiceAccount."""
-        from kubernetes import client, config
-
-        if context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()
-            return cls(client.ApiClient())
-        return cls(config.new_client_from_config(context=context))
-
-    def _json(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        import urllib3
-        from kubernetes.client import ApiException
-
-        try:
-            response = call(*args, _preload_content=False, _request_timeout=30, **kwargs)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ApiException(status=0, reason=f"no answer from the API server: {exc}") from exc
-        return json.loads(response.data or b"null")
-
-    def read_deployment(self, namespace: str, name: str) -> Obj:
-        return self._json(self.apps.read_namespaced_deployment, name, namespace)  # type: ignore[no-any-return]
-
-    def patch_deployment(self, namespace: str, name: str, body: Obj) -> Obj:
-        return self._json(self.apps.patch_namespaced_deployment, name, namespace,  # type: ignore[no-any-return]
-                          body, _content_type=STRATEGIC)
-
-    def read_service(self, namespace: str, name: str) -> Obj:
-        return self._json(self.core.read_namespaced_service, name, namespace)  # type: ignore[no-any-return]
-
-    def patch_service(self, namespace: str, name: str, body: Obj) -> Obj:
-        return self._json(self.core.patch_namespaced_service, name, namespace,  # type: ignore[no-any-return]
-                          body, _content_type=STRATEGIC)
-
-    def read_hpa(self, namespace: str, name: str) -> Obj:
-        return self._json(self.autoscaling.read_namespaced_horizontal_pod_autoscaler,  # type: ignore[no-any-return]
-                          name, namespace)
-
-    def patch_hpa(self, namespace: str, name: str, body: Obj) -> Obj:
-        return self._json(self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,  # type: ignore[no-any-return]
-                          name, namespace, body, _content_type=MERGE)
-
-    def list_pods(self, namespace: str, label_selector: str) -> list[Obj]:
-        out = self._json(self.core.list_namespaced_pod, namespace, label_selector=label_selector)
-        return list(out.get("items") or [])
-
-    def list_events(self, namespace: str, field_selector: str) -> list[Obj]:
-        out = self._json(self.core.list_namespaced_event, namespace, field_selector=field_selector)
-        return list(out.get("items") or [])
-
-    def create_job(self, namespace: str, body: Obj) -> Obj:
-        return self._json(self.batch.create_namespaced_job, namespace, body)  # type: ignore[no-any-return]
-
-    def read_job(self, namespace: str, name: str) -> Obj:
-        return self._json(self.batch.read_namespaced_job, name, namespace)  # type: ignore[no-any-return]
-
-    def read_pod_log(self, namespace: str, name: str, tail_lines: int) -> str:
-        import urllib3
-        from kubernetes.client import ApiException
-
-        try:
-            response: Any = self.core.read_namespaced_pod_log(name, namespace, tail_lines=tail_lines,
-                                                              _preload_content=False, _request_timeout=30)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ApiException(status=0, reason=f"no answer from the API server: {exc}") from exc
-        return bytes(response.data or b"").decode(errors="replace")
-
-    def close(self) -> None:
-        self.api_client.close()
-
-
-# ==================================================================== pure decisions
-@dataclass(frozen=True)
-class Replica:
-    """One Deployment of a color (its pods are reached through the color's preview Service)."""
-
-    service: str
-    name: str  # the Deployment: SERVICE-COLOR
-    endpoint: str  # HOST:PORT of the preview Service, e.g. backend-green.sunday-production.svc:80
-    health: str  # healthy, starting, failed, exited (scaled to 0)
-    ready: int = 0
-    desired: int = 0
-    version: str = ""
-
-
-@dataclass(frozen=True)
-class RolloutStatus:
-    """A Deployment's rollout judged from its status: `health` and why."""
-
-    health: Literal["healthy", "starting", "failed", "exited"]
-    reason: str
-    desired: int
-    ready: int
-
-
-def deployment_name(service: str, color: Color) -> str:
-    """SERVICE-COLOR: the Deployment (and preview Service) of one color of a service."""
-    return f"{service}-{color}"
-
-
-def version_label(version: str) -> str:
-    """`version` as a label value (≤63 of [A-Za-z0-9._-], alphanumeric at both ends)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", version)[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
-
-
-def template_version(deployment: Obj) -> str:
-    """The release (`sunday.version`) the Deployment's pod template carries; "" if the pipeline never set it."""
-    annotations = deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}
-    return str(annotations.get(VERSION_KEY, ""))
-
-
-def recorded_replicas(deployment: Obj) -> int | None:
-    """The replica count `stop_color` recorded before scaling to 0, if any."""
-    value = (deployment.get("metadata", {}).get("annotations") or {}).get(REPLICAS_KEY)
-    return int(value) if value is not None and str(value).isdigit() and int(value) > 0 else None
-
-
-def desired_replicas(service: str, state: EnvState | None, env: Environment, running: int) -> int:
-    """Pods for `service` on a color being started: the scale flow's count, then the config's, then
-    `running` (the larger count either color runs now: the live one's, set by the HPA), then 1.
-
-    Falling back to what runs means the switch never moves production traffic from 5 pods to 1.
-    """
-    if state is not None and service in state.replicas:
-        return state.replicas[service]
-    if service in env.replicas:
-        return env.replicas[service]
-    return running if running > 0 else 1
-
-
-def start_patch(deployment: Obj, service: str, image: str, version: str, replicas: int) -> Obj:
-    """The strategic-merge patch that runs `image` (release `version`) with `replicas` pods.
-
-    Sets the image of the service's container (named after the service, else the first) and of
-    every init container that ran the same image (the migrate init container), APP_VERSION, and
-    the `sunday.version` annotation and label of the pod template.
-    """
-    pod = deployment["spec"]["template"]["spec"]
-    containers = pod.get("containers") or []
-    main = next((c for c in containers if c.get("name") == service), containers[0] if containers else None)
-    if main is None:
-        raise PipelineError(f"Deployment {deployment['metadata']['name']} has no container to run {image}")
-    old_image = main.get("image")
-    patched_init = [{"name": c["name"], "image": image} for c in pod.get("initContainers") or []
-                    if c.get("image") == old_image]
-    spec: Obj = {"containers": [{"name": main["name"], "image": image,
-                                 "env": [{"name": "APP_VERSION", "value": version}]}]}
-    if patched_init:
-        spec["initContainers"] = patched_init
-    return {
-        "metadata": {"annotations": {REPLICAS_KEY: str(replicas)}},
-        "spec": {
-            "replicas": replicas,
-            "template": {
-                "metadata": {"annotations": {VERSION_KEY: version}, "labels": {VERSION_KEY: version_label(version)}},
-                "spec": spec,
-            },
-        },
-    }
-
-
-def scale_patch(replicas: int, record: int | None = None) -> Obj:
-    """Scale a Deployment; `record` keeps the count to restart with (stop_color) in an annotation."""
-    body: Obj = {"spec": {"replicas": replicas}}
-    if record is not None:
-        body["metadata"] = {"annotations": {REPLICAS_KEY: str(record)}}
-    return body
-
-
-def selector_patch(color: Color) -> Obj:
-    """The traffic switch: only the `color` key of a live Service's selector changes."""
-    return {"spec": {"selector": {"color": color}}}
-
-
-def hpa_patch(service: str, color: Color) -> Obj:
-    """Point the service's HPA at the Deployment of `color` (it scales the live color)."""
-    return {"spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                        "name": deployment_name(service, color)}}}
-
-
-def selected_color(service: Obj) -> Color | None:
-    """The color a live Service sends traffic to (its selector), None if it selects none."""
-    value = (service.get("spec", {}).get("selector") or {}).get("color")
-    return value if value in ("blue", "green") else None
-
-
-def rollout_status(deployment: Obj) -> RolloutStatus:
-    """Judge a Deployment like `kubectl rollout status`, from its spec and status only.
-
-    healthy: the controller saw the latest spec (observedGeneration ≥ generation) and every desired
-    pod is updated and ready, none of an older template left; exited: scaled to 0; failed: its
-    Progressing condition is False (ProgressDeadlineExceeded); starting otherwise.
-    """
-    meta, spec, status = deployment.get("metadata", {}), deployment.get("spec", {}), deployment.get("status") or {}
-    desired = int(spec.get("replicas", 1))
-    ready = int(status.get("readyReplicas") or 0)
-    updated = int(status.get("updatedReplicas") or 0)
-    total = int(status.get("replicas") or 0)
-    if desired == 0:
-        return RolloutStatus("exited", "scaled to 0", 0, ready)
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Progressing" and condition.get("status") == "False":
-            why = condition.get("reason") or "not progressing"
-            return RolloutStatus("failed", f"{why}: {condition.get('message', '')}".rstrip(": "), desired, ready)
-    if int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
-        return RolloutStatus("starting", "the controller has not seen the latest spec yet", desired, ready)
-    if updated < desired:
-        return RolloutStatus("starting", f"{updated} of {desired} pods updated", desired, ready)
-    if total > updated:
-        return RolloutStatus("starting", f"{total - updated} old pods terminating", desired, ready)
-    if ready < desired:
-        return RolloutStatus("starting", f"{ready} of {desired} pods ready", desired, ready)
-    return RolloutStatus("healthy", f"{ready} of {desired} pods ready", desired, ready)
-
-
-def pod_failure(pods: Sequence[Obj], version: str = "") -> str | None:
-    """Why the pods of a rollout will not become ready on their own (CrashLoopBackOff, ImagePullBackOff…).
-
-    Only pods of release `version` count when it is given (older pods may be on their way out).
-    """
-    for pod in pods:
-        labels = pod.get("metadata", {}).get("labels") or {}
-        if version and labels.get(VERSION_KEY) not in (None, version_label(version)):
-            continue
-        status = pod.get("status") or {}
-        for kind, key in (("init container", "initContainerStatuses"), ("container", "containerStatuses")):
-            for cs in status.get(key) or []:
-                waiting = (cs.get("state") or {}).get("waiting") or {}
-                if waiting.get("reason") in FATAL_WAITING:
-                    message = f": {waiting['message']}" if waiting.get("message") else ""
-                    return (f"pod {pod['metadata']['name']}: {kind} {cs.get('name')} is "
-                            f"{waiting['reason']}{message}")
-    return None
-
-
-def _event_time(event: Obj) -> str:
-    return str(event.get("lastTimestamp") or event.get("eventTime") or
-               event.get("metadata", {}).get("creationTimestamp") or "")
-
-
-def warning_events(events: Sequence[Obj], owner: str, limit: int = 3) -> list[str]:
-    """The latest Warning events of `owner` (a Deployment) and its ReplicaSets and pods, newest last."""
-    mine = [e for e in events if e.get("type") == "Warning" and (
-        (name := str(e.get("involvedObject", {}).get("name", ""))) == owner or name.startswith(f"{owner}-"))]
-    mine.sort(key=_event_time)
-    lines = []
-    for e in mine[-limit:]:
-        obj = e.get("involvedObject", {})
-        count = f" (x{e['count']})" if int(e.get("count") or 1) > 1 else ""
-        lines.append(f"{obj.get('kind', '?')}/{obj.get('name', '?')}: {e.get('reason', '')}: "
-                     f"{str(e.get('message', '')).strip()}{count}")
-    return lines
-
-
-def api_error_message(exc: Any, verb: str, kind: str, namespace: str, name: str) -> str:
-    """One line for a failed API call: what, on which object, the HTTP status and the server's message."""
-    status = getattr(exc, "status", None) or 0
-    detail = str(getattr(exc, "reason", "") or "")
-    try:
-        message = json.loads(getattr(exc, "body", None) or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    if message:
-        detail = f"{detail}: {message}" if detail else str(message)
-    code = f"HTTP {status}" if status else "no answer"
-    return f"Kubernetes API: {verb} {kind} {namespace}/{name} failed ({code}): {detail}".rstrip(": ")
-
-
-def job_name(service: str, version: str, suffix: str) -> str:
-    """SERVICE-migrate-VERSION-SUFFIX as a DNS-1123 name of at most 63 characters."""
-    slug = re.sub(r"[^a-z0-9-]", "-", version.lower())[:12].strip("-") or "release"
-    head = re.sub(r"[^a-z0-9-]", "-", f"{service}-migrate-{slug}".lower())[: 62 - len(suffix)].strip("-")
-    return f"{head}-{suffix}"
-
-
-def migration_job(deployment: Obj, service: str, image: str, argv: Sequence[str], version: str,
-                  name: str, deadline_seconds: int = 600) -> Obj:
-    """A Job running `argv` in `image` with the pod settings of the service's Deployment.
-
-    It keeps the ServiceAccount, security contexts, volumes and the service container's environment
-    (DATABASE_URL from its Secret); drops probes, ports, init containers and scheduling spread. Its
-    pod is labelled app=SERVICE (NetworkPolicies let it reach the database) but carries no color,
-    so no Service sends it traffic. It never retries and removes itself an hour after it ends.
-    """
-    template = deepcopy(deployment["spec"]["template"])
-    pod = template["spec"]
-    containers = pod.get("containers") or []
-    main = next((c for c in containers if c.get("name") == service), containers[0] if containers else {})
-    env = [e for e in main.get("env") or [] if e.get("name") != "APP_VERSION"]
-    container = {"name": "migrate", "image": image, "command": list(argv),
-                 "env": [*env, {"name": "APP_VERSION", "value": version}]}
-    for key in ("envFrom", "resources", "securityContext", "volumeMounts", "imagePullPolicy"):
-        if key in main:
-            container[key] = main[key]
-    for key in ("initContainers", "affinity", "topologySpreadConstraints"):
-        pod.pop(key, None)
-    pod["containers"] = [container]
-    pod["restartPolicy"] = "Never"
-    labels = {"app": service, "sunday.job": "migrate", VERSION_KEY: version_label(version)}
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name, "labels": labels, "annotations": {VERSION_KEY: version}},
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": deadline_seconds,
-            "ttlSecondsAfterFinished": 3600,
-            "template": {"metadata": {"labels": labels, "annotations": {VERSION_KEY: version}}, "spec": pod},
-        },
-    }
-
-
-def job_outcome(job: Obj) -> tuple[Literal["running", "succeeded", "failed"], str]:
-    """A Job's state from its status: running, succeeded, or failed with the condition's reason."""
-    status = job.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Complete", "SuccessCriteriaMet"):
-            return "succeeded", ""
-        if condition.get("status") == "True" and condition.get("type") in ("Failed", "FailureTarget"):
-            return "failed", f"{condition.get('reason', 'Failed')}: {condition.get('message', '')}".rstrip(": ")
-    if int(status.get("succeeded") or 0) > 0:
-        return "succeeded", ""
-    if int(status.get("failed") or 0) > 0:
-        return "failed", f"{status['failed']} pod(s) failed"
-    return "running", ""
-
-
-# ==================================================================== the target
 @dataclass
 class Timing:
     """Injectable time: tests pass a fake clock and sleep so no test really waits."""
@@ -458,6 +115,52 @@ class Timing:
     clock: Callable[[], float] = time.monotonic
     job_timeout: float = 600.0
     job_suffix: Callable[[], str] = field(default=lambda: secrets.token_hex(3))
+
+
+@dataclass(frozen=True)
+class _Substitute:
+    api: KubeApi
+    timing: Timing | None
+
+
+_substitute: _Substitute | None = None
+_substitute_lock = threading.Lock()
+
+
+@contextmanager
+def substitute_cluster(api: KubeApi, timing: Timing | None = None) -> Iterator[None]:
+    """Inside the block, targets made without `api=` talk to `api` (and wait with `timing`), not to a cluster.
+
+    The seam that runs whole flows (`make_target` builds the target inside them) against a fake API
+    server: the tests' `FakeKubernetesApi`. Process-wide, since a flow's tasks may run in other
+    threads; one block at a time (PipelineError when nested).
+    """
+    global _substitute
+    with _substitute_lock:
+        if _substitute is not None:
+            raise PipelineError("substitute_cluster: another block already substitutes the cluster")
+        _substitute = _Substitute(api, timing)
+    try:
+        yield
+    finally:
+        with _substitute_lock:
+            _substitute = None
+
+
+def read_secret_block(name: str) -> SecretStr:
+    """The value of the Prefect Secret block `name` (on the run's Prefect server), kept secret."""
+    from prefect.blocks.system import Secret
+
+    try:  # `_sync` (async_dispatch): the sync path even when called from async code
+        block = Secret.load(name, _sync=True)  # type: ignore[call-arg]
+    except ValueError:  # Prefect's answer to a missing block document
+        raise PipelineError(f"no Secret block {name!r} on the Prefect server") from None
+    if not isinstance(block, Secret):  # the typing says "or a coroutine"; `_sync` rules it out
+        raise PipelineError(f"the Secret block {name!r} was not loaded synchronously")
+    value = block.get()
+    if not isinstance(value, str) or not value:
+        raise PipelineError(f"the Secret block {name!r} must hold a non-empty string")
+    return SecretStr(value)
 
 
 class KubernetesTarget:
@@ -471,15 +174,29 @@ class KubernetesTarget:
 
     def __init__(self, config: PipelineConfig, env_name: str, env: Environment, home: Path,
                  api: KubeApi | None = None, namespace: str | None = None, *, url: str | None = None,
-                 timing: Timing | None = None) -> None:
+                 timing: Timing | None = None, read_secret: Callable[[str], SecretStr] = read_secret_block) -> None:
+        """`api` None: the cluster of `env.kube_context` (or the one `substitute_cluster` names).
+
+        `read_secret` reads a secret by name (default: a Prefect Secret block), for `database()`.
+        """
         self.config, self.env_name, self.env = config, validate.name(env_name, "--env"), env
+        self.project = validate.name(config.project, "project")
         self.namespace = namespace or f"sunday-{env_name}"
-        self.root = home / "envs" / env_name
+        self.root = home / "projects" / self.project / "envs" / env_name  # as Settings.env_dir
         self.state_path = self.root / "state.json"
+        substitute = _substitute if api is None else None
+        if substitute is not None:
+            api, timing = substitute.api, timing or substitute.timing
         self.api: KubeApi = api if api is not None else KubernetesApi.from_context(env.kube_context)
         self.timing = timing or Timing()
         self._url = url
         self._ports: dict[str, int] = {}
+        self._read_secret = read_secret
+
+    @property
+    def key(self) -> str:
+        """`project/env`: what the environment's lock, local state and artifacts derive from."""
+        return f"{self.project}/{self.env_name}"
 
     @property
     def services(self) -> list[str]:
@@ -750,18 +467,45 @@ class KubernetesTarget:
         except PipelineError as exc:
             return f"(log not readable: {exc})"
 
-    # ---------------------------------------------------------------- the docker target's other duties
+    # ---------------------------------------------------------------- database and traffic
     def ensure_database(self) -> None:
         """Nothing to do: the database is outside the cluster (RDS) or a StatefulSet of the overlay."""
 
+    def database(self) -> DatabaseAccess | None:
+        """The environment's PostgreSQL, reached by the URL in the Secret `environments.ENV.database_url_secret`.
+
+        None when the config names no such secret (a deploy that requires a backup then stops before
+        anything starts). The URL is read only when the backup connects, and never logged.
+        """
+        block = self.env.database_url_secret
+        if block is None:
+            return None
+        read = self._read_secret
+        return DatabaseUrl(f"the database of {self.env_name} (URL in the Secret block {block!r})",
+                           lambda: read(block))
+
+    def ports(self) -> HostPorts | None:
+        """None: the cluster's Services listen, no port of this machine."""
+        return None
+
+    def traffic_log(self) -> TrafficLog | None:
+        """None: no router log here; the watch window relies on its smoke checks (error rates are in Prometheus)."""
+        return None
+
+    # Kept while tasks/deploy.py `watch_live` reads the log without asking `traffic_log()` first.
     def access_log_size(self) -> int:
-        """0: no router log here; the watch window relies on its smoke checks (error rates are in Prometheus)."""
+        """0: see `traffic_log`."""
         return 0
 
     def statuses_since(self, offset: int, color: Color) -> list[int]:
-        """[]: see `access_log_size`."""
+        """[]: see `traffic_log`."""
         return []
 
     def teardown(self) -> None:
         """Close the API connection. Nothing in the cluster is deleted (the overlay owns the objects)."""
         self.api.close()
+
+
+if TYPE_CHECKING:
+    def _implements_the_protocol(target: KubernetesTarget) -> DeployTarget:
+        return target  # mypy: KubernetesTarget is a DeployTarget
