@@ -117,7 +117,7 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
         assert "AWS_PROFILE" not in os.environ  # the canaries are boto3's only credentials in the runs
         s3.client().create_bucket(Bucket=BUCKET)
         # The database password: in place before the first deploy creates the role with it.
-        password_file = env.db_root / env.name / "password"
+        password_file = env.db_root / "sunday" / env.name / "password"  # DB_ROOT/PROJECT/ENV
         password_file.parent.mkdir(parents=True)
         password_file.write_text(canaries.db_password)
         password_file.chmod(0o600)
