@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from deployments.launch import HEADER
 
@@ -169,13 +170,20 @@ def _run_engine(request: dict[str, object], fds: list[int], server_pid: int) -> 
 
         traceback.print_exc()
         code = 1
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    """The only way a forked process (a run or a handler) ends: Prefect's logs and events drained, stdio flushed,
+    then `os._exit` — never back up the server's stack, whose `finally` blocks are the server's, not this fork's.
+    In a handler the drain finds no worker and returns at once."""
     _drain()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(code)  # not the server's stack: its `finally` blocks are the server's, not this run's
+    os._exit(code)
 
 
 def _kill_group(pgid: int, grace: float = 10.0) -> None:
@@ -213,12 +221,12 @@ def _handle(conn: socket.socket) -> None:
         (size,) = HEADER.unpack(msg)
         request = json.loads(_recv_exactly(conn, size))
     except (ConnectionError, ValueError, OSError):
-        os._exit(1)
+        _exit(1)
     other = _other_project(request)
     if other is not None:
         print(f"REFUSED other-project: the run wants {other}, this server imported {PROJECT}", flush=True)
         conn.sendall(b"REFUSED other-project\n")
-        os._exit(0)
+        _exit(0)
     server_pid = os.getppid()
     pid = os.fork()
     if pid == 0:
@@ -226,7 +234,7 @@ def _handle(conn: socket.socket) -> None:
             conn.close()
             _run_engine(request, fds, server_pid)
         finally:
-            os._exit(1)  # never back into the handler
+            _exit(1)  # never back into the handler
     for fd in fds:
         os.close(fd)
     try:
@@ -248,7 +256,7 @@ def _handle(conn: socket.socket) -> None:
         conn.sendall(f"EXIT {code if code >= 0 else 128 - code}\n".encode())
     except OSError:
         pass
-    os._exit(0)
+    _exit(0)
 
 
 def serve(path: Path, preload: Sequence[str]) -> None:
@@ -298,7 +306,7 @@ def serve(path: Path, preload: Sequence[str]) -> None:
                     listener.close()
                     _handle(conn)
                 finally:
-                    os._exit(1)  # a handler never returns into the server's loop
+                    _exit(1)  # a handler never returns into the server's loop
             conn.close()
     finally:
         listener.close()
