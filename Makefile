@@ -24,11 +24,11 @@ demo: setup
 	bash infra/local/demo.sh
 
 lint: venv
-	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local infra/prefect
+	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
 
 test: setup
-	$(BIN)/ruff check sunday_release flows tasks deployments tests bench infra/local infra/prefect
+	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
 	$(BIN)/pytest -q --durations=15
 

@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sunday_release.server import LocalServer  # noqa: E402
-from sunday_release.trivydb import Advisory, write_trivy_db  # noqa: E402
+from adapters.server import LocalServer  # noqa: E402
+from devtools.trivydb import Advisory, write_trivy_db  # noqa: E402
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b.invalid",
            "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b.invalid"}

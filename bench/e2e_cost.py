@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, free_port, git, make_repo, prefect_server, run_ci
 
-from sunday_release.server import LocalServer
+from adapters.server import LocalServer
 
 CLI = str(ROOT / ".venv/bin/sunday-release")
 

@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, free_port, git, make_repo
 from ci_cache import start_registry
 
+from adapters.webhook import sign
 from deployments.prewarmed import launch_command
-from sunday_release.webhook import sign
 from tests.deployed_ci import PREFECT, ProcessWorker, wait_for_flow_run, write_clean_trivy_db
 
 CLI = str(ROOT / ".venv/bin/sunday-release")
@@ -61,7 +61,7 @@ POOL = "sunday-ci"  # prefect.yaml's pool of the ci deployment
 @contextmanager
 def prefect_server(home: Path, timeout: float) -> Iterator[None]:
     """A Prefect server of the benchmark's own (given `timeout` seconds to start: a busy machine is slow)."""
-    from sunday_release.server import LocalServer
+    from adapters.server import LocalServer
 
     server = LocalServer(home, port=free_port())
     os.environ["PREFECT_API_URL"] = server.start(timeout=timeout)

@@ -22,6 +22,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from adapters.secrets import read_secret_block
 from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
@@ -29,6 +30,7 @@ from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.release import Phase, advance, failure_outcome, reconcile_action, undo_steps
 from sunday_release.settings import Settings
 from sunday_release.targets import make_target
+from sunday_release.targets.protocol import DeployTarget
 from tasks._common import progress
 from tasks.deploy import (
     claim_ports,
@@ -94,9 +96,12 @@ def environment_slot(project: str, env: str) -> Iterator[None]:
         yield
 
 
-def target_for(config: PipelineConfig, env: str) -> Any:
-    """The environment's deploy target (DockerTarget or KubernetesTarget: one protocol, two implementations)."""
-    return make_target(config, env, Settings.from_env())
+def target_for(config: PipelineConfig, env: str) -> DeployTarget:
+    """The environment's deploy target (DockerTarget or KubernetesTarget: one protocol, two implementations).
+
+    Secrets the target needs (a database URL) are read from the run's Prefect Secret blocks.
+    """
+    return make_target(config, env, Settings.from_env(), read_secret=read_secret_block)
 
 
 def saved_config(env: str, project: str | None = None) -> PipelineConfig:
@@ -119,7 +124,7 @@ def _save_config(config: PipelineConfig, env: str) -> None:
     path.write_text(config.model_dump_json())
 
 
-def reconcile(target: Any, health_timeout: float) -> EnvState:
+def reconcile(target: DeployTarget, health_timeout: float) -> EnvState:
     """After a crash: make the router's color (the truth) serve again, as a task; close interrupted releases."""
     state = target.load_state()
     live, live_health, other_health = observe_colors(target)
@@ -250,7 +255,7 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
                 "warnings": [e for e in evidence if e.startswith("notification ")]}
 
 
-def _undo(target: Any, release: Release, live: Color | None, evidence: list[str], exc: BaseException) -> None:
+def _undo(target: DeployTarget, release: Release, live: Color | None, evidence: list[str], exc: BaseException) -> None:
     """Run the undo steps the machine names for the phase the release reached; each step is tried."""
     failed_at = time.monotonic()
     release.timings["failed_at"] = time.time()

@@ -41,6 +41,29 @@ _BLOCKING: tuple[Severity, ...] = ("CRITICAL", "HIGH")
 Argv = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 
 
+# host[:port] and an optional lowercase namespace path: `ghcr.io/org`, `localhost:5000`, `123.dkr.ecr.x.amazonaws.com`
+_REGISTRY = (r"^(?:localhost|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)+"
+             r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+
+
+def _registry(value: str) -> str:
+    if not re.fullmatch(_REGISTRY, value):
+        raise ValueError("a registry is a host with an optional namespace (`ghcr.io/org`, `localhost:5000`): "
+                         "no scheme, tag, digest, upper case or white space")
+    return value
+
+
+def _image_ref(value: str) -> str:
+    """An image reference the docker CLI would take (parsed by the docker library's own parser)."""
+    from sunday_release.registry import parse_image_ref
+
+    try:
+        parse_image_ref(value)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 def _relative_path(value: str) -> str:
     if not value or value.startswith("/") or ".." in value.split("/") or re.search(r"[\x00-\x1f\x7f]", value):
         raise ValueError(f"expected a path relative to the repository root, without '..' or control characters; "
@@ -182,8 +205,13 @@ class PipelineConfig(_Model):
     """The whole of sunday-release.yaml."""
 
     project: Name
-    registry: str = Field("localhost:5000", min_length=1)
-    base_image: str = Field("localhost:5000/base/debian:bookworm", min_length=1)
+    registry: Annotated[str, AfterValidator(_registry)] = "localhost:5000"
+    """Where images are pushed: a host (`ghcr.io`, `localhost:5000`) and an optional namespace (`ghcr.io/org`);
+    no scheme, tag or digest."""
+    base_image: Annotated[str, AfterValidator(_image_ref)] = Field("localhost:5000/base/debian:bookworm",
+                                                                  min_length=1)
+    """The image every Dockerfile builds FROM: any reference the docker CLI takes (`debian:bookworm-slim` is Docker
+    Hub's `library/debian`)."""
     default_branch: str = Field("main", min_length=1)
     release_tags: Regex = Field(r"^v\d+\.\d+\.\d+$", min_length=1)
     services: dict[Name, Service] = Field(min_length=1)

@@ -37,6 +37,8 @@ class EnvPolicy(_Model):
     approval: bool = False
     backup: bool = False
     max_error_rate: float = Field(1.0, ge=0, le=1)
+    database_url_secret: str | None = None
+    """The Secret block of the environment's database URL, when it is not one of the project's own (`PROJECT-…`)."""
 
 
 class GatePolicy(_Model):
@@ -131,8 +133,12 @@ def enforce(config: PipelineConfig, policy: ProjectPolicy, file: str = "sunday-r
             if policy.only_registered_environments:
                 refuse(f"environments.{name}", f"{name!r} is not an environment registered for the project "
                                                f"({', '.join(policy.environments) or 'none'})")
+            _check_database_secret(refuse, config.project, name, env.database_url_secret, None)
             continue
         out = data["environments"][name]
+        _check_database_secret(refuse, config.project, name, env.database_url_secret, required)
+        if env.database_url_secret is None and required.database_url_secret is not None:
+            out["database_url_secret"] = required.database_url_secret
         if required.approval:
             if "approval" in env.model_fields_set and not env.approval:
                 refuse(f"environments.{name}.approval", f"{name} requires approval; it cannot be turned off")
@@ -168,6 +174,23 @@ def enforce(config: PipelineConfig, policy: ProjectPolicy, file: str = "sunday-r
                                                 f"(latest {latest})")
     refuse.raise_if_any(file)
     return PipelineConfig.model_validate(data)
+
+
+def _check_database_secret(refuse: _Refusal, project: str, env: str, block: str | None,
+                           required: EnvPolicy | None) -> None:
+    """A commit may name only its own project's Secret blocks (`PROJECT-…`) or the one the policy pins.
+
+    The backup dumps the database the block names: a block of another project would put that project's
+    data into this project's backups.
+    """
+    if block is None or block.startswith(f"{project}-"):
+        return
+    if required is not None and required.database_url_secret == block:
+        return
+    pinned = required.database_url_secret if required is not None else None
+    refuse(f"environments.{env}.database_url_secret",
+           f"{block!r} is not a Secret block of project {project!r} (name it {project}-…"
+           + (f", or use the policy's {pinned!r})" if pinned else ")"))
 
 
 _BLOCKING_ORDER: list[str] = ["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"]

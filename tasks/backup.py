@@ -6,7 +6,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect import task
 from pydantic import SecretStr
@@ -26,13 +26,10 @@ from sunday_release.backup import (
     verify_restore,
 )
 from sunday_release.errors import PipelineError
-from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, DeployTarget
+from sunday_release.targets.protocol import DeployTarget
 from tasks._common import RETRY_DELAYS, progress
 
-if TYPE_CHECKING:
-    from sunday_release.targets.docker import DockerTarget
-
-__all__ = ["backup_database", "backup_for_environment", "database_of", "upload_with_retries"]
+__all__ = ["backup_database", "backup_for_environment", "upload_with_retries"]
 
 RETRY_JITTER = 0.5
 
@@ -146,21 +143,7 @@ def backup_database(
                         table_counts=counts, verified=True)
 
 
-def database_of(target: DeployTarget | DockerTarget) -> DatabaseAccess | None:
-    """The target's database capability.
-
-    Interim: DockerTarget is to implement `database()` itself (its `LocalDatabase` as a `DatabaseUrl`);
-    until it does, its database is adapted here, by type.
-    """
-    from sunday_release.targets.docker import DockerTarget
-
-    if isinstance(target, DockerTarget):
-        local = target.db
-        return DatabaseUrl(f"the PostgreSQL of {target.env_name} (port {local.port})", lambda: SecretStr(local.dsn()))
-    return target.database()
-
-
-def backup_for_environment(env: str, target: DeployTarget | DockerTarget) -> BackupRecord:
+def backup_for_environment(env: str, target: DeployTarget) -> BackupRecord:
     """The verified backup an environment requires before a deploy, configured from the environment.
 
     The database is the target's (`DeployTarget.database()`): the docker target's own PostgreSQL, or
@@ -174,7 +157,7 @@ def backup_for_environment(env: str, target: DeployTarget | DockerTarget) -> Bac
     if not bucket:
         raise BackupFailed(f"{env} requires a verified backup but SUNDAY_BACKUP_BUCKET is not set: "
                            "nothing was deployed")
-    database = database_of(target)
+    database = target.database()
     if database is None:
         raise BackupFailed(f"{env} requires a verified backup but its {target.env.target} target has no database "
                            f"to back up: set environments.{env}.database_url_secret to the Prefect Secret block "

@@ -26,7 +26,7 @@ from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.ordering import tag_is_older
 from sunday_release.refs import is_sha
 from sunday_release.runner import run
-from sunday_release.targets.docker import DockerTarget
+from sunday_release.targets.protocol import DeployTarget
 from tasks._common import RETRY_DELAYS, progress
 from tasks.images import registry_client
 from tasks.source import Checkout
@@ -37,12 +37,12 @@ __all__ = ["claim_ports", "observe_colors", "prepare_database", "publish_rollout
 
 
 @task(name="claim-ports", cache_policy=NO_CACHE)
-def claim_ports(target: Any) -> dict[str, int]:
+def claim_ports(target: DeployTarget) -> dict[str, int]:
     """Hold the environment's host ports, or refuse (InputError naming the owner) before anything is stopped.
 
-    A target without host ports (`ports()` None, or no such capability: kubernetes) has nothing to claim.
+    A target without host ports (`ports()` None: kubernetes) has nothing to claim.
     """
-    ports = getattr(target, "ports", lambda: None)()
+    ports = target.ports()
     if ports is None:
         return {}
     ports.claim_ports()
@@ -50,7 +50,7 @@ def claim_ports(target: Any) -> dict[str, int]:
 
 
 @task(name="observe-colors", cache_policy=NO_CACHE)
-def observe_colors(target: Any) -> tuple[Color | None, list[str], list[str]]:
+def observe_colors(target: DeployTarget) -> tuple[Color | None, list[str], list[str]]:
     """The router's color and the health of each replica of it and of the other color (for reconcile)."""
     live = target.live_color()
     if live is None:
@@ -60,7 +60,7 @@ def observe_colors(target: Any) -> tuple[Color | None, list[str], list[str]]:
 
 
 @task(name="restart-color", task_run_name="restart[{color}]", cache_policy=NO_CACHE)
-def restart_color(target: Any, color: Color, timeout: float) -> list[str]:
+def restart_color(target: DeployTarget, color: Color, timeout: float) -> list[str]:
     """Start the kept containers of `color` again and wait until they are healthy."""
     target.restart_color(color)
     replicas = target.wait_healthy(color, timeout)
@@ -69,14 +69,14 @@ def restart_color(target: Any, color: Color, timeout: float) -> list[str]:
 
 
 @task(name="stop-color", task_run_name="stop[{color}]", cache_policy=NO_CACHE)
-def stop_color(target: Any, color: Color) -> None:
+def stop_color(target: DeployTarget, color: Color) -> None:
     """Stop (and keep) the containers of `color`."""
     target.stop_color(color)
     progress(f"{color}: stopped (kept for a rollback)")
 
 
 @task(name="scale-service", task_run_name="scale[{service}={replicas}]", cache_policy=NO_CACHE)
-def scale_service(target: Any, color: Color, service: str, image: str, version: str, replicas: int,
+def scale_service(target: DeployTarget, color: Color, service: str, image: str, version: str, replicas: int,
                   timeout: float) -> list[str]:
     """Run `replicas` containers of `service` in `color` and wait until every replica of it is healthy."""
     target.scale_service(color, service, image, version, replicas)
@@ -84,7 +84,7 @@ def scale_service(target: Any, color: Color, service: str, image: str, version: 
 
 
 @task(name="prepare-database", cache_policy=NO_CACHE)
-def prepare_database(target: Any) -> None:
+def prepare_database(target: DeployTarget) -> None:
     """Start (creating once) the environment's database, where the target owns one."""
     target.ensure_database()
 
@@ -165,7 +165,7 @@ def refuse_older_version(checkout: Checkout, version: str, live: Release | None,
 
 
 @task(name="migrate", task_run_name="migrate[{service}]", cache_policy=NO_CACHE)
-def run_migrations(target: DockerTarget, service: str, image: str, argv: list[str], version: str) -> str:
+def run_migrations(target: DeployTarget, service: str, image: str, argv: list[str], version: str) -> str:
     """Run the service's schema migration command in a one-off container of the new image."""
     out = target.run_once(image, argv, service, version)
     progress(f"migrations done: {out.strip().splitlines()[-1] if out.strip() else 'nothing to do'}")
@@ -173,7 +173,7 @@ def run_migrations(target: DockerTarget, service: str, image: str, argv: list[st
 
 
 @task(name="start-color", task_run_name="start[{color}]", cache_policy=NO_CACHE)
-def start_color(target: DockerTarget, color: Color, images: dict[str, str], version: str,
+def start_color(target: DeployTarget, color: Color, images: dict[str, str], version: str,
                 timeout: float) -> list[str]:
     """Start `color` with the new images and wait until every replica is healthy."""
     started = time.monotonic()
@@ -203,7 +203,7 @@ def route_of(routes: dict[str, str], path: str) -> str | None:
     return routes[max(matches, key=len)] if matches else None
 
 
-def run_smoke(target: DockerTarget, color: Color, checks: list[SmokeCheck], via_router: bool) -> list[SmokeResult]:
+def run_smoke(target: DeployTarget, color: Color, checks: list[SmokeCheck], via_router: bool) -> list[SmokeResult]:
     """Every smoke check against every replica of `color` (or once through the router)."""
     results = []
     routes = {spec.route: name for name, spec in target.config.services.items() if spec.route}
@@ -220,7 +220,7 @@ def run_smoke(target: DockerTarget, color: Color, checks: list[SmokeCheck], via_
 
 
 @task(name="smoke-test", task_run_name="smoke[{color}]", cache_policy=NO_CACHE)
-def smoke_test(target: DockerTarget, color: Color, checks: list[SmokeCheck]) -> list[SmokeResult]:
+def smoke_test(target: DeployTarget, color: Color, checks: list[SmokeCheck]) -> list[SmokeResult]:
     """Run the smoke suite against the idle color directly; RolloutAborted on any failure."""
     results = run_smoke(target, color, checks, via_router=False)
     failed = [r for r in results if not r.passed]
@@ -232,7 +232,7 @@ def smoke_test(target: DockerTarget, color: Color, checks: list[SmokeCheck]) -> 
 
 
 @task(name="switch-traffic", task_run_name="switch[{color}]", cache_policy=NO_CACHE)
-def switch_traffic(target: DockerTarget, color: Color) -> float:
+def switch_traffic(target: DeployTarget, color: Color) -> float:
     """Point the environment's router at `color` (validated config, graceful reload); return seconds taken."""
     started = time.monotonic()
     target.switch(color)
@@ -242,10 +242,11 @@ def switch_traffic(target: DockerTarget, color: Color) -> float:
 
 
 @task(name="watch", task_run_name="watch[{color}]", cache_policy=NO_CACHE)
-def watch_live(target: DockerTarget, color: Color, checks: list[SmokeCheck], seconds: float,
+def watch_live(target: DeployTarget, color: Color, checks: list[SmokeCheck], seconds: float,
                max_error_rate: float) -> WatchVerdict:
     """Watch the live color for `seconds`: smoke through the router and the router's 5xx rate."""
-    offset = target.access_log_size()
+    log = target.traffic_log()
+    offset = log.access_log_size() if log is not None else 0
     deadline = time.monotonic() + seconds
     smoke: list[SmokeResult] = []
     while True:
@@ -253,7 +254,8 @@ def watch_live(target: DockerTarget, color: Color, checks: list[SmokeCheck], sec
         if any(not s.passed for s in smoke) or time.monotonic() >= deadline:
             break
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-    verdict = watch_verdict(target.statuses_since(offset, color), smoke, max_error_rate)
+    statuses = log.statuses_since(offset, color) if log is not None else []  # no log: the smoke checks decide
+    verdict = watch_verdict(statuses, smoke, max_error_rate)
     progress(f"watch {color}: {verdict.requests} request(s), {verdict.errors} error(s): "
              f"{'healthy' if verdict.passed else verdict.reason}")
     if not verdict.passed:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from sunday_release.server import LocalServer
+from adapters.server import LocalServer
 
 _HOME = Path(tempfile.mkdtemp(prefix="sunday-tests-"))
 # Before anything imports Prefect: results, settings and workspaces of the tests stay in _HOME.

@@ -128,7 +128,7 @@ def write_clean_trivy_db(cache: Path) -> Path:
 
     Dated now (`write_trivy_db`'s default): the image scan refuses a DB older than `scan.db_max_age_days`.
     """
-    from sunday_release.trivydb import Advisory, write_trivy_db
+    from devtools.trivydb import Advisory, write_trivy_db
 
     write_trivy_db(cache, [Advisory("CVE-2099-0999", "debian 12", "no-such-package", "CRITICAL", "FAKE", "1.0")])
     return cache

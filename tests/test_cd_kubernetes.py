@@ -56,14 +56,15 @@ def push_image(registry: str, repository: str, tag: str) -> str:
 class App:
     """A small application repository: two services, one kubernetes production environment."""
 
-    def __init__(self, tmp_path: Path, registry: str, secret_block: str | None) -> None:
+    def __init__(self, tmp_path: Path, registry: str, secret_block: bool) -> None:
         self.project = f"k8s-{secrets.token_hex(3)}"  # its own (unregistered) project: the default policy
+        self.secret_block = f"{self.project}-db-url"  # a project may name only its own Secret blocks
         self.registry = registry
         self.source = tmp_path / "app-source"
         for service in ("backend", "frontend"):
             (self.source / service).mkdir(parents=True)
             (self.source / service / "Dockerfile").write_text("FROM scratch\n")
-        database = f", database_url_secret: {secret_block}" if secret_block else ""
+        database = f", database_url_secret: {self.secret_block}" if secret_block else ""
         (self.source / "sunday-release.yaml").write_text(
             f"project: {self.project}\nregistry: '{registry}'\nservices:\n"
             "  backend: {context: backend, port: 8000, route: /api, migrate: [python3, -m, sunday_api.migrate]}\n"
@@ -157,11 +158,10 @@ def test_cd_on_kubernetes_backs_up_asks_approval_switches_and_records_history(
         prefect_api: str, registry: Registry, postgres: Postgres, s3: S3,  # noqa: F811
         cluster: FakeKubernetesApi, home: Path, tmp_path: Path, make_repo: Callable[..., Path],
         git: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
-    block = f"db-url-{secrets.token_hex(3)}"
-    save_secret(block, postgres.dsn)
+    app = App(tmp_path, registry.address, secret_block=True)
+    save_secret(app.secret_block, postgres.dsn)
     monkeypatch.setenv("SUNDAY_BACKUP_BUCKET", s3.bucket)
     monkeypatch.setenv("SUNDAY_S3_ENDPOINT", s3.endpoint_url)
-    app = App(tmp_path, registry.address, block)
     repo = make_repo(app.source)
     v1, images1 = app.passed_ci(repo, git)
 
@@ -222,7 +222,7 @@ def test_cd_on_kubernetes_without_a_database_stops_before_anything_starts(
 
     monkeypatch.setenv("SUNDAY_BACKUP_BUCKET", s3.bucket)
     monkeypatch.setenv("SUNDAY_S3_ENDPOINT", s3.endpoint_url)
-    app = App(tmp_path, registry.address, secret_block=None)
+    app = App(tmp_path, registry.address, secret_block=False)
     repo = make_repo(app.source)
     version, _ = app.passed_ci(repo, git)
 

@@ -15,7 +15,7 @@ from tests.conftest import APP, DOCKER, FIXTURES, ROOT
 from tests.deployed_ci import task_run_states
 
 pytestmark = pytest.mark.docker
-CLI = [sys.executable, "-m", "sunday_release.cli"]
+CLI = [sys.executable, "-m", "adapters.cli"]
 
 
 def sunday(*args: str, api: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sunday_release.trivydb import Advisory, write_trivy_db
+from devtools.trivydb import Advisory, write_trivy_db
 from tests.conftest import APP, DOCKER, FIXTURES, Registry
 from tests.deployed_ci import task_run_states
 from tests.test_ci_flow import sunday

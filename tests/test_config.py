@@ -138,3 +138,32 @@ def test_valid_configs_round_trip(port: int, name: str, platforms: list[str]) ->
     data = {"project": name, "services": {name: {"context": "x", "port": port, "platforms": platforms}}}
     config = parse_config(data)
     assert parse_config(config.model_dump(mode="json")) == config
+
+
+@pytest.mark.parametrize("image", ["debian:bookworm-slim", "library/debian", "ghcr.io/org/base:1.2",
+                                   "localhost:5000/base/debian:bookworm", "python@sha256:" + "a" * 64])
+def test_base_image_takes_what_the_docker_cli_takes(image: str) -> None:
+    assert parse_config({"project": "shop", "base_image": image, "services": {"web": {"context": "web", "port": 8000}}}
+                        ).base_image == image
+
+
+@pytest.mark.parametrize("image", ["https://ghcr.io/org/base", "Debian:Bookworm", "debian bookworm", "debian:", ""])
+def test_a_bad_base_image_names_the_key_and_the_value(image: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"project": "shop", "base_image": image, "services": {"web": {"context": "web", "port": 8000}}})
+    assert caught.value.path == "base_image", str(caught.value)
+
+
+@pytest.mark.parametrize("registry", ["localhost:5000", "ghcr.io", "ghcr.io/org", "registry.example.com:443/a/b",
+                                      "123456789012.dkr.ecr.eu-west-1.amazonaws.com"])
+def test_registry_is_a_host_and_an_optional_namespace(registry: str) -> None:
+    assert parse_config({"project": "shop", "registry": registry, "services": {"web": {"context": "web", "port": 8000}}}
+                        ).registry == registry
+
+
+@pytest.mark.parametrize("registry", ["https://ghcr.io", "ghcr.io/org:tag", "ghcr.io/org@sha256:" + "a" * 64,
+                                      "ghcr.io/Org", "ghcr.io/", "", "ghcr io", "registry/../x"])
+def test_a_registry_with_a_scheme_tag_or_digest_is_refused(registry: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"project": "shop", "registry": registry, "services": {"web": {"context": "web", "port": 8000}}})
+    assert caught.value.path == "registry", str(caught.value)

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.docker
 
 def _deploy_and_kill(env: Env, repo: Path, version: str, api: str, marker: str) -> str:
     """Start `cd` and SIGKILL it as soon as its progress shows `marker`; return what it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "sunday_release.cli", "cd", "--env", env.name, "--version",
+    proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "cd", "--env", env.name, "--version",
                              version, "--repo", str(repo)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env.env, "PREFECT_API_URL": api})

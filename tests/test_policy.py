@@ -181,3 +181,27 @@ def test_a_registered_project_is_built_only_from_its_repository_and_by_its_own_n
 
     bad = sunday("project", "add", "Bad_Name", "--repo", str(trusted), api=prefect_api)
     assert bad.returncode == 2 and "project NAME" in bad.stderr, bad.stderr
+
+
+def test_a_commit_names_only_its_own_projects_database_secret() -> None:
+    own = enforce(config(environments={"production": {"target": "kubernetes", "database_url_secret": "shop-db"}}),
+                  default_policy("shop"), today=TODAY)
+    assert own.environments["production"].database_url_secret == "shop-db"
+    for env in ("production", "preview"):  # registered by the policy or not
+        message = refused(config(environments={env: {"target": "kubernetes", "database_url_secret": "bank-db"}}),
+                          default_policy("shop"), f"environments.{env}.database_url_secret")
+        assert "'bank-db' is not a Secret block of project 'shop'" in message
+
+
+def test_the_policy_may_pin_a_database_secret_of_another_name() -> None:
+    policy = ProjectPolicy(project="shop", environments={
+        "production": EnvPolicy(approval=True, backup=True, database_url_secret="rds-shop-production")})
+    pinned = enforce(config(environments={"production": {"target": "kubernetes"}}), policy, today=TODAY)
+    assert pinned.environments["production"].database_url_secret == "rds-shop-production"
+    named = enforce(config(environments={"production": {"target": "kubernetes",
+                                                          "database_url_secret": "rds-shop-production"}}),
+                    policy, today=TODAY)
+    assert named.environments["production"].database_url_secret == "rds-shop-production"
+    message = refused(config(environments={"production": {"target": "kubernetes", "database_url_secret": "rds-bank"}}),
+                      policy, "environments.production.database_url_secret")
+    assert "rds-shop-production" in message

@@ -96,9 +96,9 @@ def test_a_cached_report_does_not_outlive_the_db_age_gate(tmp_path: Path, monkey
 
     Trivy is a file that cannot run, so a passing scan here can only be the cached report.
     """
+    from devtools.trivydb import write_trivy_db
     from sunday_release.config import ScanPolicy
     from sunday_release.errors import GateFailed
-    from sunday_release.trivydb import write_trivy_db
     from tasks.scan import image_scan_argv, scan_image
 
     trivy = tmp_path / "trivy-bin"

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sunday_release.webhook import sign
+from adapters.webhook import sign
 from tests.canary import Canaries, Hits, MotoS3, NotifyReceiver, sigv4_signed_with
 from tests.conftest import _SERVER_HOME, APP, ROOT, free_port
 from tests.test_cd import Env

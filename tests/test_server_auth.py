@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from sunday_release.server import LocalServer
-from sunday_release.webhook import repository_slug, sign
+from adapters.server import LocalServer
+from adapters.webhook import repository_slug, sign
 from tests.conftest import _SERVER_HOME, ROOT, free_port
 from tests.waiting import wait_for_healthz
 
-CLI = [sys.executable, "-m", "sunday_release.cli"]
+CLI = [sys.executable, "-m", "adapters.cli"]
 POOLS = ("sunday-ci", "sunday-deploy", "sunday-e2e")
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.trivydb import Advisory, BoltTree, read_bbolt, trivy_db_tree, write_bbolt, write_trivy_db
 from sunday_release.config import ScanPolicy
 from sunday_release.errors import GateFailed
 from sunday_release.findings import check_db_fresh
-from sunday_release.trivydb import Advisory, BoltTree, read_bbolt, trivy_db_tree, write_bbolt, write_trivy_db
 from tests.conftest import FIXTURES, Registry
 from tests.test_ci_flow import sunday
 

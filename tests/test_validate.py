@@ -271,7 +271,7 @@ def test_an_env_name_is_refused_before_it_becomes_a_path(tmp_path: Path) -> None
                                   ["e2e", "--env", "../../etc"]])
 def test_the_cli_refuses_a_bad_env_with_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from sunday_release.cli import main
+    from adapters.cli import main
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing may reach a server
     assert main(argv) == 2
@@ -296,7 +296,7 @@ def _workspaces() -> list[str]:
 def test_the_upload_pack_ref_exits_2_through_the_cli(app_repo: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from sunday_release.cli import main
+    from adapters.cli import main
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     marker = tmp_path / "pwned"
@@ -310,7 +310,7 @@ def test_the_upload_pack_ref_exits_2_through_the_cli(app_repo: Path, tmp_path: P
 def test_the_upload_pack_ref_in_a_push_event_is_refused() -> None:
     import json
 
-    from sunday_release.webhook import PushPayloadError, parse_push
+    from adapters.webhook import PushPayloadError, parse_push
 
     body = json.dumps({"ref": EVIL_REF % "/tmp/x", "after": "a" * 40, "deleted": False,
                        "repository": {"clone_url": "https://github.com/acme/shop.git"},
@@ -322,7 +322,7 @@ def test_the_upload_pack_ref_in_a_push_event_is_refused() -> None:
 def test_a_repository_url_with_a_token_exits_2_and_is_never_printed(capsys: pytest.CaptureFixture[str],
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       tmp_path: Path) -> None:
-    from sunday_release.cli import main
+    from adapters.cli import main
     from tasks.source import clone_repo
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")

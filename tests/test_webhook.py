@@ -25,8 +25,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sunday_release.errors import InputError
-from sunday_release.webhook import (
+from adapters.webhook import (
     PushEvent,
     PushPayloadError,
     WebhookServer,
@@ -41,6 +40,7 @@ from sunday_release.webhook import (
     sign,
     verify_signature,
 )
+from sunday_release.errors import InputError
 from tests.conftest import free_port, read_events
 from tests.waiting import wait_for_healthz
 
@@ -677,7 +677,7 @@ def _signed_request(body: bytes, *headers: bytes, path: bytes = b"/webhook", sig
 
 def test_control_characters_from_a_request_are_escaped_in_every_log_line(
         server: WebhookServer, recorded: Recorded, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="sunday_release.webhook")
+    caplog.set_level(logging.DEBUG, logger="adapters.webhook")
     forged = b"2026-12-03 07:00:00 INFO git.push refs/tags/v9.9.9 at 0123456789ab by admin"
     delivery = b"X-GitHub-Delivery: d-\x1b[31mred\x1b[0m\r\n " + forged  # obs-fold: a newline inside the value
     pusher_body = push_body(pusher={"name": "octo\u001b[2J\n\u2028cat"})
@@ -703,7 +703,7 @@ def test_control_characters_from_a_request_are_escaped_in_every_log_line(
 
 def test_a_refused_connection_is_logged_once_per_second(recorded: Recorded, store_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="sunday_release.webhook")
+    caplog.set_level(logging.INFO, logger="adapters.webhook")
     with running(recorded, store_path, max_connections=1, request_deadline=DEADLINE) as srv, _connect(srv) as slow:
         slow.sendall(b"POST")
         assert _wait_for(lambda: srv.active_connections == 1, 2)
@@ -813,7 +813,7 @@ def test_a_replayed_push_after_a_restart_starts_no_run(prefect_api: str, store_p
 def test_a_short_lived_process_flushes_the_event_before_it_exits(prefect_api: str, tmp_path: Any) -> None:
     repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
     code = ("import os, sys\n"
-            "from sunday_release.webhook import PushEvent, emit_prefect_event\n"
+            "from adapters.webhook import PushEvent, emit_prefect_event\n"
             f"emit_prefect_event(PushEvent('refs/heads/main', {SHA!r}, {repo!r}, 'octocat', 'd-short'))\n"
             "os._exit(0)  # no atexit hooks: only emit_prefect_event's own flush can have sent it\n")
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect")}
@@ -831,7 +831,7 @@ def test_serve_end_to_end_with_the_config_build_rule(prefect_api: str, tmp_path:
         "project: shop\ndefault_branch: trunk\nservices:\n  web: {context: web, port: 8000}\n")
     port = free_port()
     repo = f"https://git.example.com/acme/shop-{uuid.uuid4().hex[:8]}.git"
-    code = ("from pathlib import Path\nfrom sunday_release.webhook import serve\n"
+    code = ("from pathlib import Path\nfrom adapters.webhook import serve\n"
             f"serve({port}, config_path=Path({str(tmp_path)!r}))\n")
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect"),
            "SUNDAY_WEBHOOK_SECRET": SECRET.decode()}
@@ -862,7 +862,7 @@ def test_the_receiver_stops_on_a_signal_even_started_as_a_scripts_background_job
         prefect_api: str, tmp_path: Any, signum: int) -> None:
     """A script's background job inherits SIGINT ignored: `serve` stops on SIGINT and SIGTERM all the same."""
     port = free_port()
-    code = f"from sunday_release.webhook import serve\nserve({port})\n"
+    code = f"from adapters.webhook import serve\nserve({port})\n"
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect"),
            "SUNDAY_HOME": str(tmp_path / "sunday"), "SUNDAY_WEBHOOK_SECRET": SECRET.decode()}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -925,7 +925,7 @@ def _answer(client: httpx.Client, srv: WebhookServer, body: bytes, headers: dict
 def test_a_handler_that_crashes_is_a_dropped_connection_not_a_rejection(
         server: WebhookServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fuzz test's own check: a handler raising (no reply) fails it; a 4xx passes through as an answer."""
-    from sunday_release import webhook
+    from adapters import webhook
 
     body = push_body()
     with httpx.Client(timeout=10) as client:

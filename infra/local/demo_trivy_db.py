@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from devtools.trivydb import PAGE_SIZE, Advisory, read_bbolt, trivy_db_tree, write_trivy_db
 from sunday_release.errors import GateFailed
 from sunday_release.findings import check_db_fresh
-from sunday_release.trivydb import PAGE_SIZE, Advisory, read_bbolt, trivy_db_tree, write_trivy_db
 
 DEMO_ADVISORIES = [
     Advisory("CVE-2099-0100", "debian 12", "tar", "MEDIUM", "FAKE demo advisory: tar (not a real CVE)", "9.9-1"),

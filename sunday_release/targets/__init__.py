@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+
+from pydantic import SecretStr
 
 from sunday_release import validate
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError
 from sunday_release.settings import Settings
+from sunday_release.targets.protocol import DeployTarget
 
 __all__ = ["make_target"]
 
 
-def make_target(config: PipelineConfig, env: str, settings: Settings) -> Any:
-    """The deploy target of environment `env` (DockerTarget or KubernetesTarget); InputError on a bad name."""
+def make_target(config: PipelineConfig, env: str, settings: Settings,
+                read_secret: Callable[[str], SecretStr] | None = None) -> DeployTarget:
+    """The deploy target of environment `env` (DockerTarget or KubernetesTarget); InputError on a bad name.
+
+    `read_secret` reads a secret by name for a target whose database URL is a secret (kubernetes:
+    `environments.ENV.database_url_secret`); the flows pass the Prefect Secret block reader.
+    """
     validate.name(env, "--env")
     if env not in config.environments:
         raise InputError(f"--env: {env!r} is not an environment of the config ({', '.join(config.environments)})")
@@ -21,7 +29,9 @@ def make_target(config: PipelineConfig, env: str, settings: Settings) -> Any:
     if environment.target == "kubernetes":
         from sunday_release.targets.kubernetes import KubernetesTarget
 
-        return KubernetesTarget(config, env, environment, settings.home)
+        if read_secret is None:
+            return KubernetesTarget(config, env, environment, settings.home)
+        return KubernetesTarget(config, env, environment, settings.home, read_secret=read_secret)
     from sunday_release.targets.docker import DockerTarget
 
     return DockerTarget(config, env, environment, settings.home, settings.docker, settings.db_root)

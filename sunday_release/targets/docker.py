@@ -20,8 +20,10 @@ import json
 import platform
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
 
 from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, render_router_config
@@ -30,20 +32,11 @@ from sunday_release.errors import ConfigError, InputError, PipelineError, Rollou
 from sunday_release.registry import INDEX_TYPES, RegistryClient
 from sunday_release.runner import run, tail
 from sunday_release.targets.local_db import LocalDatabase
+from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, DeployTarget, Replica, TrafficLog
 
 __all__ = ["DockerTarget"]
 
 NGINX = "/usr/sbin/nginx"
-
-
-@dataclass(frozen=True)
-class Replica:
-    """One running container of a color."""
-
-    service: str
-    name: str
-    endpoint: str  # 127.0.0.1:PORT
-    health: str  # healthy, unhealthy, starting, none, exited
 
 
 class DockerTarget:
@@ -337,6 +330,16 @@ class DockerTarget:
         else:
             run([NGINX, "-s", "reload", "-c", str(self.router_conf)])
 
+    # ---------------------------------------------------------------- database and traffic
+    def database(self) -> DatabaseAccess:
+        """The environment's own PostgreSQL cluster (SUNDAY_DB_ROOT/PROJECT/ENV), for the backup step."""
+        local = self.db
+        return DatabaseUrl(f"the PostgreSQL of {self.key} (port {local.port})", lambda: SecretStr(local.dsn()))
+
+    def traffic_log(self) -> TrafficLog:
+        """The router's access log: the watch window counts the live color's 5xx in it."""
+        return self
+
     def access_log_size(self) -> int:
         log = self.router_dir / "access.log"
         return log.stat().st_size if log.exists() else 0
@@ -362,3 +365,8 @@ class DockerTarget:
             self.remove_color(color)  # type: ignore[arg-type]
         self.stop_router()
         self.db.stop()
+
+
+if TYPE_CHECKING:
+    def _implements_the_protocol(target: DockerTarget) -> DeployTarget:
+        return target  # mypy: DockerTarget is a DeployTarget

@@ -87,7 +87,7 @@ __all__ = [
     "job_outcome",
     "migration_job",
     "pod_failure",
-    "read_secret_block",
+    "no_secret_reader",
     "recorded_replicas",
     "rollout_status",
     "scale_patch",
@@ -147,20 +147,10 @@ def substitute_cluster(api: KubeApi, timing: Timing | None = None) -> Iterator[N
             _substitute = None
 
 
-def read_secret_block(name: str) -> SecretStr:
-    """The value of the Prefect Secret block `name` (on the run's Prefect server), kept secret."""
-    from prefect.blocks.system import Secret
-
-    try:  # `_sync` (async_dispatch): the sync path even when called from async code
-        block = Secret.load(name, _sync=True)  # type: ignore[call-arg]
-    except ValueError:  # Prefect's answer to a missing block document
-        raise PipelineError(f"no Secret block {name!r} on the Prefect server") from None
-    if not isinstance(block, Secret):  # the typing says "or a coroutine"; `_sync` rules it out
-        raise PipelineError(f"the Secret block {name!r} was not loaded synchronously")
-    value = block.get()
-    if not isinstance(value, str) or not value:
-        raise PipelineError(f"the Secret block {name!r} must hold a non-empty string")
-    return SecretStr(value)
+def no_secret_reader(name: str) -> SecretStr:
+    """The secret reader of a target made without one: every read is refused, naming the secret."""
+    raise PipelineError(f"the secret {name!r} cannot be read: this target was made without a secret reader "
+                        "(the flows pass the Prefect Secret block reader)")
 
 
 class KubernetesTarget:
@@ -174,10 +164,10 @@ class KubernetesTarget:
 
     def __init__(self, config: PipelineConfig, env_name: str, env: Environment, home: Path,
                  api: KubeApi | None = None, namespace: str | None = None, *, url: str | None = None,
-                 timing: Timing | None = None, read_secret: Callable[[str], SecretStr] = read_secret_block) -> None:
+                 timing: Timing | None = None, read_secret: Callable[[str], SecretStr] = no_secret_reader) -> None:
         """`api` None: the cluster of `env.kube_context` (or the one `substitute_cluster` names).
 
-        `read_secret` reads a secret by name (default: a Prefect Secret block), for `database()`.
+        `read_secret` reads a secret by name (the flows pass the Prefect Secret block reader), for `database()`.
         """
         self.config, self.env_name, self.env = config, validate.name(env_name, "--env"), env
         self.project = validate.name(config.project, "project")
@@ -491,15 +481,6 @@ class KubernetesTarget:
     def traffic_log(self) -> TrafficLog | None:
         """None: no router log here; the watch window relies on its smoke checks (error rates are in Prometheus)."""
         return None
-
-    # Kept while tasks/deploy.py `watch_live` reads the log without asking `traffic_log()` first.
-    def access_log_size(self) -> int:
-        """0: see `traffic_log`."""
-        return 0
-
-    def statuses_since(self, offset: int, color: Color) -> list[int]:
-        """[]: see `traffic_log`."""
-        return []
 
     def teardown(self) -> None:
         """Close the API connection. Nothing in the cluster is deleted (the overlay owns the objects)."""

@@ -82,7 +82,7 @@ _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _URL = re.compile(r"^(?:https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
 _SIGNATURE_PREFIX = "sha256="
 
-logger = logging.getLogger("sunday_release.webhook")
+logger = logging.getLogger("adapters.webhook")
 
 
 def printable(text: str) -> str:

@@ -48,7 +48,7 @@ def _connect(verbose: bool) -> str:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    from sunday_release.server import LocalServer
+    from adapters.server import LocalServer
 
     server = LocalServer(Settings.from_env().home)
     auth = server.auth_string()
@@ -250,7 +250,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
 
 def cmd_webhook(args: argparse.Namespace) -> int:
     _connect(args.verbose)  # the events go to the same Prefect server as the runs
-    from sunday_release.webhook import serve
+    from adapters.webhook import serve
 
     serve(args.port, host=args.host, config_path=Path(args.repo) if args.repo else None)
     return EXIT_OK
@@ -304,7 +304,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from sunday_release.server import LocalServer
+    from adapters.server import LocalServer
 
     server = LocalServer(Settings.from_env().home)
     if args.action == "start":

@@ -1,0 +1,1 @@
+"""Tooling for tests, the demo and the benchmarks only; not part of the installed product."""
