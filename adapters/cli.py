@@ -155,7 +155,7 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
     import flows  # importing Prefect configures its logging: attach the printer after
 
     module, _, attr = {"ci": "flows.ci:ci", "cd": "flows.cd:cd", "rollback": "flows.cd:rollback",
-                       "scale": "flows.cd:scale", "e2e": "flows.e2e:e2e"}[name].partition(":")
+                       "scale": "flows.cd:scale", "e2e": "flows.e2e:e2e", "gc": "flows.gc:gc"}[name].partition(":")
     flow_fn = getattr(__import__(module, fromlist=[attr]), attr)
     del flows
     logging.getLogger("prefect").addHandler(_Progress())
@@ -246,6 +246,17 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     code, result, error = _run_flow("e2e", args.verbose, f"E2E of {args.env}", env=args.env,
                                     update_baselines=args.update_baselines)
     return _finish(code, result, error, args.json, "E2E")
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from sunday_release.hygiene import Retention
+
+    Retention(args.workspace_days, args.run_days, args.check_image_days)  # exit 2 before a run
+    project = _project(args)
+    code, result, error = _run_flow("gc", args.verbose, "gc of this worker", workspace_days=args.workspace_days,
+                                    run_days=args.run_days, check_image_days=args.check_image_days,
+                                    project=project, dry_run=args.dry_run)
+    return _finish(code, result, error, args.json, "gc")
 
 
 def cmd_webhook(args: argparse.Namespace) -> int:
@@ -379,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the last N runs side by side instead of running")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_e2e)
+
+    p = sub.add_parser("gc", help="remove workspaces, run directories and check images past their retention")
+    p.add_argument("--workspace-days", type=float, default=7, help="keep workspaces this many days (min 1)")
+    p.add_argument("--run-days", type=float, default=14, help="keep run directories (reports) this many days (min 1)")
+    p.add_argument("--check-image-days", type=float, default=3, help="keep sunday-ci/* check images (min 1)")
+    p.add_argument("--project", help="only this project's check images")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("webhook", help="serve the git-push receiver (HMAC-verified) that emits git.push events")
     p.add_argument("--port", type=int, default=8090)

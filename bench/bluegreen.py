@@ -48,8 +48,9 @@ def cleanup(home: Path, db_root: Path, project: str, env: str) -> None:
 
 
 def deploy(env: str, repo: Path, version: str) -> tuple[int, str]:
-    done = subprocess.run([CLI, "cd", "--env", env, "--version", version, "--repo", str(repo)], capture_output=True,
-                          text=True, check=False)
+    """Deploy with `--allow-older`: the rounds alternate two builds, so every other one is the older commit."""
+    done = subprocess.run([CLI, "cd", "--env", env, "--version", version, "--repo", str(repo), "--allow-older"],
+                          capture_output=True, text=True, check=False)
     return done.returncode, done.stderr
 
 

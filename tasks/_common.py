@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from datetime import timedelta
 from typing import Any
 
 from prefect import Task, get_run_logger
@@ -15,7 +16,7 @@ from prefect.exceptions import MissingContextError
 from sunday_release.errors import CommandFailed, InputError, PipelineError
 from sunday_release.registry import RegistryUnavailable
 
-__all__ = ["ON_THIS_MACHINE", "RETRY_DELAYS", "is_transient", "progress", "transient_command"]
+__all__ = ["LOCAL_CACHE", "ON_THIS_MACHINE", "RETRY_DELAYS", "is_transient", "progress", "transient_command"]
 
 RETRY_DELAYS: list[float] = [2, 5, 15]
 
@@ -38,6 +39,9 @@ def machine_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
 
 # DEFAULT = inputs + task source + flow run id: a Retry of the same flow run reuses the result.
 ON_THIS_MACHINE = DEFAULT + CacheKeyFnPolicy(cache_key_fn=machine_key)
+# How long a cached local result (a checkout path, a local image) may be reused: `gc` keeps everything at
+# least this long (sunday_release/hygiene.py MIN_DAYS), so a Retry never reuses what gc removed.
+LOCAL_CACHE = timedelta(days=1)
 
 
 def transient_command(exc: CommandFailed) -> bool:

@@ -16,7 +16,7 @@ from sunday_release.errors import CheckFailed, CommandFailed
 from sunday_release.junit import parse_junit_files
 from sunday_release.runner import run, tail
 from sunday_release.settings import Settings
-from tasks._common import ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
+from tasks._common import LOCAL_CACHE, ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
 from tasks.source import Checkout
 
 __all__ = ["build_check_image", "run_check"]
@@ -29,7 +29,7 @@ def check_image_tag(project: str, service: str, stage: str, commit: str) -> str:
 
 @task(name="build-check-image", task_run_name="build[{service}]", retries=2, retry_delay_seconds=RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=is_transient, cache_policy=ON_THIS_MACHINE,
-      persist_result=True)
+      cache_expiration=LOCAL_CACHE, persist_result=True)
 def build_check_image(project: str, service: str, spec: Service, checkout: Checkout, base_image: str) -> str:
     """Build the `checks.stage` target of the service's Dockerfile; return the image id.
 
@@ -50,7 +50,7 @@ def build_check_image(project: str, service: str, spec: Service, checkout: Check
     with tempfile.TemporaryDirectory(prefix="sunday-iid-") as tmp:
         iidfile = Path(tmp) / "iid"  # docker build writes the image id there
         argv = [settings.docker, "build", "--target", spec.checks.stage, *build_args, "--iidfile", str(iidfile),
-                "-f", str(dockerfile), "-t", tag, str(context)]
+                "--label", f"sunday.project={project}", "-f", str(dockerfile), "-t", tag, str(context)]
         started = time.monotonic()
         progress(f"building {spec.checks.stage} stage of {service}")
         built = run(argv, env={"DOCKER_BUILDKIT": "1"}, timeout=1800, check=False)

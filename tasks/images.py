@@ -30,7 +30,7 @@ from sunday_release.registry import (
 )
 from sunday_release.runner import run, tail
 from sunday_release.settings import Settings
-from tasks._common import ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
+from tasks._common import LOCAL_CACHE, ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
 from tasks.source import Checkout
 
 __all__ = ["build_platform_image", "tag_release", "find_published", "image_content_key",
@@ -172,7 +172,7 @@ def find_published(service: str, registry: str, repository: str, key: str) -> Pu
 
 @task(name="build-image", task_run_name="build[{service} {platform}]", retries=2,
       retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5, retry_condition_fn=is_transient,
-      cache_policy=ON_THIS_MACHINE, persist_result=True)
+      cache_policy=ON_THIS_MACHINE, cache_expiration=LOCAL_CACHE, persist_result=True)
 def build_platform_image(service: str, spec: Service, checkout: Checkout, config: PipelineConfig, platform: str,
                          key: str) -> str:
     """Build the service's runtime image for one platform (QEMU for foreign ones); return its local tag.

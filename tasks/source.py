@@ -15,7 +15,7 @@ from sunday_release.errors import CommandFailed, ConfigError, InputError
 from sunday_release.policy import enforce
 from sunday_release.refs import is_sha
 from sunday_release.runner import run
-from tasks._common import ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress
+from tasks._common import LOCAL_CACHE, ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress
 
 __all__ = ["Checkout", "clone_repo", "load_pipeline_config"]
 
@@ -71,7 +71,8 @@ def _check_on_ref(dest: Path, repo: str, ref: str, sha: str) -> None:
 
 
 @task(name="clone", task_run_name="clone", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5,
-      retry_condition_fn=is_transient, cache_policy=ON_THIS_MACHINE, persist_result=True)
+      retry_condition_fn=is_transient, cache_policy=ON_THIS_MACHINE,
+      cache_expiration=LOCAL_CACHE, persist_result=True)
 def clone_repo(repo: str, ref: str, workspace: str, sha: str | None = None) -> Checkout:
     """Check out `ref` of `repo` (path or URL) into `workspace`, replacing what was there.
 

@@ -37,6 +37,9 @@ def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: P
     assert staging.concurrency_options.collision_strategy == "ENQUEUE"  # queued, not dropped
     nightly = deployments["e2e-nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]  # type: ignore[union-attr]
+    gc = deployments["gc-nightly"]
+    assert gc.work_pool_name == "sunday-ci" and gc.entrypoint == "flows/gc.py:gc"
+    assert [s.schedule.cron for s in gc.schedules] == ["30 3 * * *"]  # type: ignore[union-attr]
     triggers = {a.name: a.trigger for a in automations}
     expects = {name: sorted(getattr(t, "expect", []) or []) for name, t in triggers.items()}
     assert any(e == ["git.push"] for e in expects.values()), expects
