@@ -215,8 +215,9 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")
                 move("approved")
             took = switch_traffic(target, idle)
-            move("switched")
+            # the moment traffic moved (the router reloaded), before the state write that records it
             release.timings |= {"healthy_to_switch": time.monotonic() - healthy_at, "switched_at": time.time()}
+            move("switched")
             evidence.append(f"traffic switched {release.timings['healthy_to_switch']:.2f}s after healthy "
                             f"(reload {took * 1000:.0f} ms)")
             verdict = watch_live(target, idle, list(config.smoke), environment.watch_seconds,
