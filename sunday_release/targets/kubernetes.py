@@ -18,7 +18,13 @@ Three modules: `kube_decisions` (pure: patch bodies, rollout judgement, error me
 reads objects, asks the decisions and sends what they say. API errors become `PipelineError`s naming
 the object and the HTTP status; 409/429/5xx (and connection failures) are retried with backoff.
 
-Local state (release history) is `SUNDAY_HOME/projects/PROJECT/envs/ENV/state.json`, as for docker.
+The release history lives in the cluster, so every worker sees the same: ConfigMap
+`sunday-release-state` of the namespace, key `state.json` (created empty by the overlay, labelled
+`sunday-release/project` and `sunday-release/env`; one labelled for another project is refused).
+It is written with JSON merge patches of that key only, trimmed to the newest 100 releases (plus the
+live one and the rollback target) and 512 KiB (`sunday_release.history`). The local
+`SUNDAY_HOME/projects/PROJECT/envs/ENV/state.json` is a copy for people, written after each save and
+never read: when the API does not answer, loading fails after three tries.
 Capabilities: `database()` is the environment's PostgreSQL named by `environments.ENV.database_url_secret`
 (a Prefect Secret block holding its URL), for the backup step; `ports()` is None (no host port);
 `traffic_log()` is None (the error rate lives in Prometheus, not wired to the pipeline yet): the watch
@@ -42,11 +48,13 @@ from pydantic import SecretStr
 from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState
 from sunday_release.config import Environment, PipelineConfig
-from sunday_release.errors import PipelineError, RolloutAborted
+from sunday_release.errors import InputError, PipelineError, RolloutAborted
+from sunday_release.history import encode_state, trim_state
 from sunday_release.runner import tail
 from sunday_release.targets.kube_api import KubeApi, KubernetesApi
 from sunday_release.targets.kube_decisions import (
     RETRYABLE_STATUS,
+    STATE_CONFIGMAP,
     Obj,
     RolloutStatus,
     api_error_message,
@@ -63,6 +71,9 @@ from sunday_release.targets.kube_decisions import (
     selected_color,
     selector_patch,
     start_patch,
+    state_from_configmap,
+    state_owner_problem,
+    state_patch,
     template_version,
     version_label,
     warning_events,
@@ -194,11 +205,41 @@ class KubernetesTarget:
         return list(self.config.services)
 
     # ---------------------------------------------------------------- state
+    STATE_TRIES = 3  # reads of the state ConfigMap before a load or save gives up
+
+    def _state_configmap(self, doing: str) -> Obj:
+        """The state ConfigMap, checked to be this environment's; three tries, then a PipelineError."""
+        try:
+            configmap = self._call("read", "ConfigMap", STATE_CONFIGMAP,
+                                   lambda: self.api.read_config_map(self.namespace, STATE_CONFIGMAP),
+                                   tries=self.STATE_TRIES)
+        except PipelineError as exc:
+            if self._is_missing(exc):
+                raise InputError(f"cannot {doing} the release history of {self.key}: ConfigMap {self.namespace}/"
+                                 f"{STATE_CONFIGMAP} does not exist; apply the environment's overlay "
+                                 f"(infra/k8s/{self.env_name}), which creates it") from exc
+            status = getattr(exc.__cause__, "status", None) or 0
+            tried = f"gave up after {self.STATE_TRIES} tries; " if status in RETRYABLE_STATUS else ""
+            raise PipelineError(f"cannot {doing} the release history of {self.key} ({tried}the local state.json "
+                                f"is only a copy and is not used): {exc}") from exc
+        configmap.setdefault("metadata", {}).setdefault("namespace", self.namespace)
+        problem = state_owner_problem(configmap, self.project, self.env_name)
+        if problem:
+            raise InputError(f"cannot {doing} the release history of {self.key}: {problem}")
+        return configmap
+
     def load_state(self) -> EnvState:
-        return EnvState.load(self.state_path, self.env_name)
+        """The release history from the cluster (the state ConfigMap); never the local copy."""
+        return state_from_configmap(self._state_configmap("load"), self.env_name)
 
     def save_state(self, state: EnvState) -> None:
-        state.save(self.state_path)
+        """Store `state` (trimmed) in the state ConfigMap with a merge patch of its key, then the local copy."""
+        self._state_configmap("save")
+        trimmed = trim_state(state)
+        body = state_patch(encode_state(trimmed))
+        self._call("patch", "ConfigMap", STATE_CONFIGMAP,
+                   lambda: self.api.patch_config_map(self.namespace, STATE_CONFIGMAP, body))
+        trimmed.save(self.state_path)
 
     @property
     def url(self) -> str:
@@ -208,11 +249,15 @@ class KubernetesTarget:
         return f"http://{(routed or self.services)[0]}.{self.namespace}.svc"
 
     # ---------------------------------------------------------------- API calls
-    def _call(self, verb: str, kind: str, name: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """One API call; retried on 409/429/5xx/no answer when `retry`; PipelineError naming the object."""
+    def _call(self, verb: str, kind: str, name: str, fn: Callable[[], T], *, retry: bool = True,
+              tries: int | None = None) -> T:
+        """One API call; retried on 409/429/5xx/no answer when `retry` (at most `tries` calls in all when
+        given, else one per `timing.retry_delays` and one more); PipelineError naming the object."""
         from kubernetes.client import ApiException
 
         delays = list(self.timing.retry_delays) if retry else []
+        if tries is not None:
+            delays = delays[:max(tries - 1, 0)]
         while True:
             try:
                 return fn()
