@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from sunday_release.targets.kube_decisions import ENV_LABEL, PROJECT_LABEL, STATE_CONFIGMAP, STATE_KEY, state_patch
+from sunday_release.targets.kube_decisions import (
+    CONFIG_KEY,
+    ENV_LABEL,
+    PROJECT_LABEL,
+    STATE_CONFIGMAP,
+    STATE_KEY,
+    state_patch,
+)
 from sunday_release.targets.kubernetes import migration_job, start_patch
 from tests.infra_checks import (
     K8S,
@@ -711,7 +718,7 @@ def test_admission_policy_typo_is_caught_by_strict_schema_validation() -> None:
 
 # --- the release history ConfigMap (base/release-state.yaml) and its admission policy ---------------
 MSG_STATE_OBJECT = "the pipeline may only update the ConfigMap sunday-release-state (no other, no create or delete)"
-MSG_STATE_KEYS = "the pipeline may only change data.state.json of the release state ConfigMap"
+MSG_STATE_KEYS = "the pipeline may only change data.state.json and data.config.json of the release state ConfigMap"
 MSG_STATE_META = ("the pipeline may not relabel or annotate the release state ConfigMap, nor change its binaryData "
                   "or immutable")
 
@@ -747,6 +754,8 @@ def _state_denied(new: Manifest | None, old: Manifest | None, operation: str = "
 def test_the_state_policy_admits_the_pipelines_history_writes() -> None:
     old, new = _state_update(state_patch('{"env":"production","history":[]}'))
     assert _state_denied(new, old) == []
+    old, new = _state_update(state_patch('{"env":"production","history":[]}', '{"project":"sunday"}'))
+    assert _state_denied(new, old) == [] and set(new["data"]) == {STATE_KEY, CONFIG_KEY}
     old, new = _state_update(state_patch('{"env":"production","live":"blue"}'),
                              {STATE_KEY: '{"env":"production"}', "notes": "kept by people"})
     assert _state_denied(new, old) == []  # a key people added stays as it is: allowed
@@ -756,7 +765,9 @@ def test_the_state_policy_admits_the_pipelines_history_writes() -> None:
 
 
 def test_the_state_policy_refuses_other_keys_relabelling_and_other_configmaps() -> None:
-    old, new = _state_update({"data": {"config.json": "{}"}})
+    old, new = _state_update({"data": {"notes": "{}"}})
+    assert _state_denied(new, old) == [MSG_STATE_KEYS]  # exactly the two keys: no third one
+    old, new = _state_update({"data": {"STATE.JSON": "{}", CONFIG_KEY: "{}"}})
     assert _state_denied(new, old) == [MSG_STATE_KEYS]
     old, new = _state_update({"data": {"notes": None}}, {STATE_KEY: "{}", "notes": "kept by people"})
     assert _state_denied(new, old) == [MSG_STATE_KEYS]  # removing another key is a change too

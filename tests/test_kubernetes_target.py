@@ -25,6 +25,7 @@ from sunday_release.targets import make_target
 from sunday_release.targets.kube_api import KubernetesApi
 from sunday_release.targets.kube_decisions import (
     api_error_message,
+    config_from_configmap,
     desired_replicas,
     hpa_patch,
     job_name,
@@ -44,7 +45,7 @@ from sunday_release.targets.kube_decisions import (
     version_label,
     warning_events,
 )
-from sunday_release.targets.kubernetes import KubernetesTarget, Timing, substitute_cluster
+from sunday_release.targets.kubernetes import KubernetesTarget, Timing, read_saved_config, substitute_cluster
 from sunday_release.targets.protocol import DeployTarget
 from tests.fake_kube import CONFIGMAP_LIMIT, FakeKubernetesApi, Obj, api_error, render_overlay, strategic_merge
 from tests.infra_checks import (
@@ -566,21 +567,36 @@ def test_state_configmap_decisions() -> None:
     cm["data"] = {"state.json": "not json"}
     with pytest.raises(PipelineError, match=r"sunday-production/sunday-release-state: data\.state\.json is not a"):
         state_from_configmap(cm, "production")
+    assert config_from_configmap(cm) is None
+    cm["data"]["config.json"] = '{"project": "sunday"}'
+    with pytest.raises(PipelineError, match=r"sunday-release-state: data\.config\.json is not a valid config"):
+        config_from_configmap(cm)
+    cm["data"]["config.json"] = make_config().model_dump_json()
+    assert config_from_configmap(cm) == make_config()
+    assert state_patch("{}", "{}") == {"data": {"state.json": "{}", "config.json": "{}"}}
 
 
 def test_save_writes_a_merge_patch_of_the_key_and_a_second_home_loads_it(overlay: list[dict], tmp_path: Path) -> None:
     """Another worker (another SUNDAY_HOME, nothing on its disk) sees the history the first one saved."""
     h = Harness(overlay, tmp_path / "first")
     state = history(3, live=3)
-    h.target.save_state(state)
-    assert h.api.patches("ConfigMap") == [("sunday-release-state", {"data": {"state.json": encode_state(state)}})]
-    configmap = h.api.obj("ConfigMap", "sunday-release-state")
-    assert configmap["metadata"]["labels"]["sunday-release/project"] == "sunday"  # nothing else touched
     config = make_config()
     second = KubernetesTarget(config, "production", config.environments["production"], tmp_path / "second",
                               api=h.api)
+    assert second.saved_config() is None and read_saved_config("sunday", "production", api=h.api) is None
+    h.target.save_state(state)
+    assert h.api.patches("ConfigMap") == [("sunday-release-state", {"data": {
+        "state.json": encode_state(state), "config.json": h.target.config.model_dump_json()}})]
+    configmap = h.api.obj("ConfigMap", "sunday-release-state")
+    assert configmap["metadata"]["labels"]["sunday-release/project"] == "sunday"  # nothing else touched
     assert not (tmp_path / "second").exists()
     assert second.load_state() == state
+    # the environment's last config beside it: what a worker with nothing on its disk rebuilds the target from
+    assert second.saved_config() == h.target.config
+    assert read_saved_config("sunday", "production", api=h.api) == h.target.config
+    with pytest.raises(InputError, match="cannot read the last config of shop/production: .* not of project 'shop'"):
+        read_saved_config("shop", "production", api=h.api)
+    assert not (tmp_path / "second").exists()
     local = EnvState.load(tmp_path / "first" / "projects" / "sunday" / "envs" / "production" / "state.json",
                           "production")
     assert local == state  # the copy for people

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sunday_release.bluegreen import Color, EnvState
-from sunday_release.config import Environment
+from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import PipelineError
 
 __all__ = [
+    "CONFIG_KEY",
     "ENV_LABEL",
     "FATAL_WAITING",
     "PROJECT_LABEL",
@@ -30,6 +31,7 @@ __all__ = [
     "Obj",
     "RolloutStatus",
     "api_error_message",
+    "config_from_configmap",
     "deployment_name",
     "desired_replicas",
     "hpa_patch",
@@ -63,6 +65,7 @@ Obj = dict[str, Any]  # an API object as JSON
 # overlay creates it empty and labels it with the project and environment it belongs to).
 STATE_CONFIGMAP = "sunday-release-state"
 STATE_KEY = "state.json"
+CONFIG_KEY = "config.json"  # beside it: the environment's last config
 PROJECT_LABEL = "sunday-release/project"
 ENV_LABEL = "sunday-release/env"
 
@@ -287,9 +290,28 @@ def state_from_configmap(configmap: Obj, env: str) -> EnvState:
                             f"data.{STATE_KEY} is not a release history: {str(exc).splitlines()[0]}") from None
 
 
-def state_patch(text: str) -> Obj:
-    """The JSON merge patch that stores `text` as the release history and touches nothing else."""
-    return {"data": {STATE_KEY: text}}
+def state_patch(text: str, config: str | None = None) -> Obj:
+    """The JSON merge patch that stores `text` as the release history (and `config` as the last config)
+    and touches nothing else."""
+    data = {STATE_KEY: text} if config is None else {STATE_KEY: text, CONFIG_KEY: config}
+    return {"data": data}
+
+
+def config_from_configmap(configmap: Obj) -> PipelineConfig | None:
+    """The environment's last config the state ConfigMap holds; None when it holds none yet.
+
+    Raises:
+        PipelineError: the key holds something that is not a valid config.
+    """
+    text = (configmap.get("data") or {}).get(CONFIG_KEY)
+    if not text:
+        return None
+    meta = configmap.get("metadata") or {}
+    try:
+        return PipelineConfig.model_validate_json(text)
+    except ValueError as exc:
+        raise PipelineError(f"ConfigMap {meta.get('namespace', '?')}/{meta.get('name', STATE_CONFIGMAP)}: "
+                            f"data.{CONFIG_KEY} is not a valid config: {str(exc).splitlines()[0]}") from None
 
 
 def job_name(service: str, version: str, suffix: str) -> str:
