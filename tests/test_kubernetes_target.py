@@ -594,7 +594,7 @@ def test_save_writes_a_merge_patch_of_the_key_and_a_second_home_loads_it(overlay
     # the environment's last config beside it: what a worker with nothing on its disk rebuilds the target from
     assert second.saved_config() == h.target.config
     assert read_saved_config("sunday", "production", api=h.api) == h.target.config
-    with pytest.raises(InputError, match="cannot read the last config of shop/production: .* not of project 'shop'"):
+    with pytest.raises(InputError, match=r"cannot read the last config of shop/production: .* not of project 'shop'"):
         read_saved_config("shop", "production", api=h.api)
     assert not (tmp_path / "second").exists()
     local = EnvState.load(tmp_path / "first" / "projects" / "sunday" / "envs" / "production" / "state.json",
