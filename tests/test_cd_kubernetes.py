@@ -238,6 +238,20 @@ def test_cd_on_kubernetes_backs_up_asks_approval_switches_and_records_history(
     assert "approved: change ticket 42" in evidence and "revision 2" in evidence
     assert postgres.dsn.split("@")[0] not in evidence  # the URL (with its password) never reaches the record
 
+    # a rollback run by the second worker: the config and the history it needs come from the cluster
+    from flows.cd import rollback
+
+    monkeypatch.setenv("SUNDAY_HOME", str(second_home))
+    monkeypatch.setenv("SUNDAY_KUBE_CONTEXT", "sunday-production")
+    back = rollback(env="production", project=app.project)
+    assert (back["revision"], back["version"], back["color"]) == (3, v1, "blue")
+    for service in ("backend", "frontend"):
+        assert cluster.obj("Service", service)["spec"]["selector"]["color"] == "blue"
+    seen = app.history_seen_from(home, monkeypatch)  # and the first worker sees it
+    assert (seen.live, seen.revision) == ("blue", 3)
+    assert [(r.revision, r.outcome) for r in seen.history] == [(1, "superseded"), (2, "superseded"), (3, "live")]
+    assert seen.history[-1].reason == "rollback to revision 1"
+
 
 def test_cd_on_kubernetes_without_a_database_stops_before_anything_starts(
         prefect_api: str, registry: Registry, s3: S3, cluster: FakeKubernetesApi, home: Path,  # noqa: F811
