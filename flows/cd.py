@@ -8,6 +8,7 @@ reconcile) are pure functions of `sunday_release.release`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,8 +115,23 @@ def saved_config(env: str, project: str | None = None) -> PipelineConfig:
     if project is not None:
         validate.name(project, "--project")
     settings = Settings.from_env()
+    if project is not None and project not in settings.projects_with(env):
+        in_cluster = _cluster_config(env, project)
+        if in_cluster is not None:
+            return in_cluster
     project = settings.resolve_project(env, project)
     return PipelineConfig.model_validate_json((settings.env_dir(project, env) / "config.json").read_text())
+
+
+def _cluster_config(env: str, project: str) -> PipelineConfig | None:
+    """`project/env` never deployed from this worker: its last config as its cluster keeps it (kubernetes
+    target), when this worker reaches one (kube context SUNDAY_KUBE_CONTEXT, or its pod's ServiceAccount)."""
+    context = os.environ.get("SUNDAY_KUBE_CONTEXT") or None
+    if context is None and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    from sunday_release.targets.kubernetes import read_saved_config
+
+    return read_saved_config(project, env, context=context)
 
 
 def _save_config(config: PipelineConfig, env: str) -> None:

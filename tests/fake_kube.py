@@ -4,7 +4,9 @@ No API server (kind, k3s, envtest) can run on these machines, so this stands in 
 of the target's `KubeApi` seam. It holds the real objects of a rendered overlay as dicts and
 simulates what the controllers would do: a Deployment whose spec changes rolls out over a few
 `tick()`s (the target's injected `sleep` ticks), pods and their Warning events are derived from
-that, Jobs finish after a few reads. Faults are switched on per test.
+that, Jobs finish after a few reads. ConfigMaps (the release history `sunday-release-state`) are
+read and JSON-merge-patched; a patch that would make one larger than 1 MiB is refused with 422, as
+the API server does. Faults are switched on per test.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kubernetes.client import ApiException
 Obj = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = ROOT / ".venv" / "bin" / "kubectl"
+CONFIGMAP_LIMIT = 1024 * 1024  # bytes of the object as JSON (UTF-8): the API server refuses larger ConfigMaps (422)
 
 
 def render_overlay(overlay: str = "production") -> list[Obj]:
@@ -55,6 +58,20 @@ def strategic_merge(target: Obj, patch: Obj) -> None:
                     strategic_merge(by_name[item["name"]], item)
                 else:
                     current.append(deepcopy(item))
+        else:
+            target[key] = deepcopy(value)
+
+
+def json_merge_patch(target: Obj, patch: Obj) -> None:
+    """RFC 7386 JSON merge patch, in place: maps merge, null deletes a key, anything else replaces."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict):
+            current = target.get(key)
+            if not isinstance(current, dict):
+                current = target[key] = {}
+            json_merge_patch(current, value)
         else:
             target[key] = deepcopy(value)
 
@@ -104,7 +121,7 @@ class FakeKubernetesApi:
         self._faults: list[list[Any]] = []
         self._job_reads: dict[str, int] = {}
         for obj in deepcopy(self.objects):
-            if obj["kind"] not in ("Deployment", "Service", "HorizontalPodAutoscaler"):
+            if obj["kind"] not in ("Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"):
                 continue
             obj["metadata"].setdefault("namespace", self.namespace)
             obj["metadata"]["resourceVersion"] = "1"
@@ -192,11 +209,25 @@ class FakeKubernetesApi:
             raise api_error(404, "Not Found", f'{kind.lower()}s "{name}" not found')
         return obj
 
+    @staticmethod
+    def merge(kind: str, obj: Obj, body: Obj) -> None:
+        """Apply a patch of `kind` as the API server would: ConfigMaps get JSON merge patches (what the
+        target sends them), the other kinds strategic-merge patches."""
+        (json_merge_patch if kind == "ConfigMap" else strategic_merge)(obj, body)
+
     def _patch(self, kind: str, namespace: str, name: str, body: Obj) -> Obj:
         self._record("patch", kind, name, body)
         obj = self._get(kind, namespace, name)
         before = deepcopy(obj.get("spec"))
-        strategic_merge(obj, body)
+        if kind == "ConfigMap":
+            patched = deepcopy(obj)
+            json_merge_patch(patched, body)
+            size = len(json.dumps(patched, ensure_ascii=False).encode())
+            if size > CONFIGMAP_LIMIT:
+                self.calls.pop()  # refused: not a successful patch
+                raise api_error(422, "Unprocessable Entity", f'ConfigMap "{name}" is invalid: []: Too long: '
+                                                             f"must have at most {CONFIGMAP_LIMIT} bytes")
+        self.merge(kind, obj, body)
         obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
         if kind == "Deployment" and obj["spec"] != before:
             obj["metadata"]["generation"] += 1
@@ -333,6 +364,13 @@ class FakeKubernetesApi:
                 text = self.failing_jobs.get(image, "applying 0007_add_boards... ok\nmigrations: 1 applied\n")
                 return "\n".join(text.splitlines()[-tail_lines:]) + "\n"
         raise api_error(404, "Not Found", f'pods "{name}" not found')
+
+    def read_config_map(self, namespace: str, name: str) -> Obj:
+        self._record("read", "ConfigMap", name)
+        return deepcopy(self._get("ConfigMap", namespace, name))
+
+    def patch_config_map(self, namespace: str, name: str, body: Obj) -> Obj:
+        return self._patch("ConfigMap", namespace, name, body)
 
     def close(self) -> None:
         self.closed = True

@@ -237,6 +237,7 @@ RESOURCES = {
     "Event": ("", "events"),
     "Job": ("batch", "jobs"),
     "Pod log": ("", "pods/log"),
+    "ConfigMap": ("", "configmaps"),
 }
 # Verbs Kubernetes never narrows by resourceNames (the name is unknown when it authorizes them).
 UNNAMED_VERBS = frozenset({"create", "list", "watch", "deletecollection"})
@@ -394,7 +395,8 @@ def admission_request(operation: str, obj: Mapping[str, Any] | None, old: Mappin
     subject = obj if obj is not None else old or {}
     group, _, version = str(subject.get("apiVersion", "")).rpartition("/")
     plural = {"Deployment": "deployments", "Job": "jobs", "Service": "services",
-              "HorizontalPodAutoscaler": "horizontalpodautoscalers", "Pod": "pods"}.get(str(subject.get("kind")), "")
+              "HorizontalPodAutoscaler": "horizontalpodautoscalers", "Pod": "pods",
+              "ConfigMap": "configmaps"}.get(str(subject.get("kind")), "")
     return {
         "request": {
             "operation": operation,

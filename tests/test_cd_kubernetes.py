@@ -3,7 +3,8 @@
 Real: the Prefect server (approval through the API), PostgreSQL (the environment's database, its URL
 in a Prefect Secret block), S3 (moto_server), the image registry (docker-registry), git. FAKE: the
 Kubernetes API server (tests/fake_kube.py: none can run here), reached through `substitute_cluster`
-because the flow builds its own target.
+because the flow builds its own target. The release history lives in the (fake) cluster: a second
+worker, with a SUNDAY_HOME of its own and nothing on its disk, reads the same history.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ import pytest
 
 from sunday_release.backup import list_backups, s3_client
 from sunday_release.bluegreen import EnvState
-from sunday_release.errors import RolloutAborted
+from sunday_release.config import load_config
+from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.registry import RegistryClient
+from sunday_release.settings import Settings
+from sunday_release.targets import make_target
+from sunday_release.targets.kube_decisions import PROJECT_LABEL, STATE_CONFIGMAP
 from sunday_release.targets.kubernetes import Timing, substitute_cluster
 from tests.conftest import Registry
 from tests.fake_kube import FakeKubernetesApi
@@ -72,6 +77,19 @@ class App:
             "environments:\n"
             "  production: {target: kubernetes, kube_context: sunday-production, approval: true, "
             f"watch_seconds: 0, drain_seconds: 0{database}}}\n")
+
+    def claim(self, cluster: FakeKubernetesApi) -> None:
+        """Label the namespace's release-history ConfigMap with this project, as its overlay would."""
+        cluster.obj("ConfigMap", STATE_CONFIGMAP)["metadata"]["labels"][PROJECT_LABEL] = self.project
+
+    def history_seen_from(self, home: Path, monkeypatch: pytest.MonkeyPatch) -> EnvState:
+        """The release history as another worker reads it: a fresh SUNDAY_HOME, the same cluster."""
+        monkeypatch.setenv("SUNDAY_HOME", str(home))
+        target = make_target(load_config(self.source, check_files=False), "production", Settings.from_env())
+        try:
+            return target.load_state()  # type: ignore[no-any-return]
+        finally:
+            target.teardown()
 
     def passed_ci(self, repo: Path, git: Callable[..., str]) -> tuple[str, dict[str, str]]:
         """HEAD of `repo` and its images, as if CI had passed it."""
@@ -162,6 +180,7 @@ def test_cd_on_kubernetes_backs_up_asks_approval_switches_and_records_history(
     save_secret(app.secret_block, postgres.dsn)
     monkeypatch.setenv("SUNDAY_BACKUP_BUCKET", s3.bucket)
     monkeypatch.setenv("SUNDAY_S3_ENDPOINT", s3.endpoint_url)
+    app.claim(cluster)
     repo = make_repo(app.source)
     v1, images1 = app.passed_ci(repo, git)
 
@@ -194,11 +213,17 @@ def test_cd_on_kubernetes_backs_up_asks_approval_switches_and_records_history(
         (images1["backend"], ["python3", "-m", "sunday_api.migrate"]),
         (images2["backend"], ["python3", "-m", "sunday_api.migrate"])]
 
-    # the release history, as `status` and the next deploy read it
-    state = EnvState.load(home / "projects" / app.project / "envs" / "production" / "state.json", "production")
+    # the release history is in the cluster: a second worker (fresh SUNDAY_HOME) reads the same releases
+    stored = json.loads(cluster.obj("ConfigMap", STATE_CONFIGMAP)["data"]["state.json"])
+    assert [r["revision"] for r in stored["history"]] == [1, 2]
+    second_home = tmp_path / "second-worker"
+    state = app.history_seen_from(second_home, monkeypatch)
     assert (state.live, state.revision) == ("green", 2)
     assert [(r.revision, r.version, r.color, r.outcome) for r in state.history] == [
         (1, v1, "blue", "superseded"), (2, v2, "green", "live")]
+    assert not (second_home / "projects").exists()  # nothing of it came from that worker's disk
+    local = EnvState.load(home / "projects" / app.project / "envs" / "production" / "state.json", "production")
+    assert local == state  # the first worker's local copy, for people
 
     # one verified backup of the real database per deploy, in S3, named in the rollout evidence
     client = s3_client(s3.endpoint_url, "us-east-1")
@@ -213,6 +238,20 @@ def test_cd_on_kubernetes_backs_up_asks_approval_switches_and_records_history(
     assert "approved: change ticket 42" in evidence and "revision 2" in evidence
     assert postgres.dsn.split("@")[0] not in evidence  # the URL (with its password) never reaches the record
 
+    # a rollback run by the second worker: the config and the history it needs come from the cluster
+    from flows.cd import rollback
+
+    monkeypatch.setenv("SUNDAY_HOME", str(second_home))
+    monkeypatch.setenv("SUNDAY_KUBE_CONTEXT", "sunday-production")
+    back = rollback(env="production", project=app.project)
+    assert (back["revision"], back["version"], back["color"]) == (3, v1, "blue")
+    for service in ("backend", "frontend"):
+        assert cluster.obj("Service", service)["spec"]["selector"]["color"] == "blue"
+    seen = app.history_seen_from(home, monkeypatch)  # and the first worker sees it
+    assert (seen.live, seen.revision) == ("blue", 3)
+    assert [(r.revision, r.outcome) for r in seen.history] == [(1, "superseded"), (2, "superseded"), (3, "live")]
+    assert seen.history[-1].reason == "rollback to revision 1"
+
 
 def test_cd_on_kubernetes_without_a_database_stops_before_anything_starts(
         prefect_api: str, registry: Registry, s3: S3, cluster: FakeKubernetesApi, home: Path,  # noqa: F811
@@ -223,6 +262,7 @@ def test_cd_on_kubernetes_without_a_database_stops_before_anything_starts(
     monkeypatch.setenv("SUNDAY_BACKUP_BUCKET", s3.bucket)
     monkeypatch.setenv("SUNDAY_S3_ENDPOINT", s3.endpoint_url)
     app = App(tmp_path, registry.address, secret_block=False)
+    app.claim(cluster)
     repo = make_repo(app.source)
     version, _ = app.passed_ci(repo, git)
 
@@ -231,6 +271,25 @@ def test_cd_on_kubernetes_without_a_database_stops_before_anything_starts(
     with pytest.raises(RolloutAborted, match=r"requires a verified backup but its kubernetes target has no "
                                              r"database to back up: set environments\.production\.database_url_secret"):
         state.result()
-    assert cluster.patches() == [] and cluster.jobs == {}  # nothing was started, nothing switched
-    saved = EnvState.load(home / "projects" / app.project / "envs" / "production" / "state.json", "production")
+    # nothing was started, nothing switched: only the history (the failed release) was written
+    assert {name for name, _ in cluster.patches()} == {STATE_CONFIGMAP} and cluster.jobs == {}
+    saved = app.history_seen_from(tmp_path / "second-worker", monkeypatch)
     assert [r.outcome for r in saved.history] == ["failed"] and saved.live is None
+
+
+def test_cd_on_kubernetes_refuses_the_history_of_another_project(
+        prefect_api: str, registry: Registry, cluster: FakeKubernetesApi, home: Path, tmp_path: Path,
+        make_repo: Callable[..., Path], git: Callable[..., str]) -> None:
+    """The namespace's history is labelled for project `sunday`: another project's deploy stops before
+    anything starts, naming both projects."""
+    from flows.cd import cd
+
+    app = App(tmp_path, registry.address, secret_block=False)
+    repo = make_repo(app.source)
+    version, _ = app.passed_ci(repo, git)
+    state = cd(env="production", version=version, repo=str(repo), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match=rf"holds the release history of project 'sunday', not of project "
+                                         rf"'{app.project}'"):
+        state.result()
+    assert cluster.patches() == [] and cluster.jobs == {}

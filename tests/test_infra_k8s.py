@@ -13,6 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
+from sunday_release.targets.kube_decisions import (
+    CONFIG_KEY,
+    ENV_LABEL,
+    PROJECT_LABEL,
+    STATE_CONFIGMAP,
+    STATE_KEY,
+    state_patch,
+)
 from sunday_release.targets.kubernetes import migration_job, start_patch
 from tests.infra_checks import (
     K8S,
@@ -258,7 +266,12 @@ def test_pipeline_role_grants_exactly_the_blue_green_operations(overlay: str) ->
         ("", "pods", "list", ()), ("", "events", "list", ()),
         ("batch", "jobs", "create", ()), ("batch", "jobs", "get", ()),
         ("", "pods/log", "get", ()),
+        # the release history: its one ConfigMap, read and merge-patched; the overlay creates it
+        ("", "configmaps", "get", ("sunday-release-state",)), ("", "configmaps", "patch", ("sunday-release-state",)),
     }
+    for verb in ("create", "list", "watch", "delete", "update"):
+        assert not rbac_allows(role, "", "configmaps", verb, "sunday-release-state"), verb
+    assert not rbac_allows(role, "", "configmaps", "get", "database-backup")
     assert not rbac_allows(role, "apps", "deployments", "create", "backend-blue")
     assert not rbac_allows(role, "apps", "deployments", "patch", "postgres")
     assert not rbac_allows(role, "", "services", "patch", "backend-blue")  # previews are not switches
@@ -523,6 +536,7 @@ RELEASE_REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 IMAGE = f"{RELEASE_REGISTRY}/sunday/backend@sha256:{'c' * 64}"
 WORKLOADS = "sunday-release-workloads"
 TRAFFIC = "sunday-release-traffic"
+STATE = "sunday-release-state"
 MSG_APP = "sunday-release may only run pods of the apps backend and frontend (label app)"
 MSG_IMAGE = "images must come from the release registry (REGISTRY/sunday/NAME@sha256:DIGEST)"
 MSG_ACCOUNT = "pods must run as their app's own ServiceAccount (serviceAccountName == label app)"
@@ -556,7 +570,7 @@ def _denied(new: Manifest, old: Manifest | None = None, operation: str = "UPDATE
 
 def test_admission_policies_bind_to_the_pipeline_identity_and_deny() -> None:
     objects = rendered("prefect")
-    for name in (WORKLOADS, TRAFFIC):
+    for name in (WORKLOADS, TRAFFIC, STATE):
         policy = find(objects, "ValidatingAdmissionPolicy", name)
         assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
         assert policy["spec"]["failurePolicy"] == "Fail"
@@ -700,3 +714,78 @@ def test_admission_policy_typo_is_caught_by_strict_schema_validation() -> None:
     problems = schema_violations(policy)
     assert len(problems) == 1 and "'mesage'" in problems[0]
     assert problems[0].startswith("ValidatingAdmissionPolicy/sunday-release-workloads: spec.validations[0]")
+
+
+# --- the release history ConfigMap (base/release-state.yaml) and its admission policy ---------------
+MSG_STATE_OBJECT = "the pipeline may only update the ConfigMap sunday-release-state (no other, no create or delete)"
+MSG_STATE_KEYS = "the pipeline may only change data.state.json and data.config.json of the release state ConfigMap"
+MSG_STATE_META = ("the pipeline may not relabel or annotate the release state ConfigMap, nor change its binaryData "
+                  "or immutable")
+
+
+@pytest.mark.parametrize("overlay", APP_OVERLAYS)
+def test_each_overlay_creates_its_empty_labelled_state_configmap(overlay: str) -> None:
+    """Created without `data` (re-applying the overlay keeps the history), labelled with project and env."""
+    state = find(rendered(overlay), "ConfigMap", STATE_CONFIGMAP)
+    assert state["metadata"]["namespace"] == NAMESPACES[overlay]
+    assert state["metadata"]["labels"][PROJECT_LABEL] == "sunday"
+    assert state["metadata"]["labels"][ENV_LABEL] == overlay
+    assert "data" not in state and "binaryData" not in state and "immutable" not in state
+
+
+def _state_update(patch: dict[str, Any], old_data: dict[str, str] | None = None) -> tuple[Manifest, Manifest]:
+    """(old, new) state ConfigMap of production: `patch` (a JSON merge patch) applied to it."""
+    from tests.fake_kube import json_merge_patch
+
+    old = find(rendered("production"), "ConfigMap", STATE_CONFIGMAP)
+    if old_data is not None:
+        old["data"] = old_data
+    new = copy.deepcopy(old)
+    json_merge_patch(new, patch)
+    return old, new
+
+
+def _state_denied(new: Manifest | None, old: Manifest | None, operation: str = "UPDATE",
+                  user: str | None = None) -> list[str]:
+    review = admission_request(operation, new, old) if user is None else admission_request(operation, new, old, user)
+    return admission_violations(_policy(STATE), review)
+
+
+def test_the_state_policy_admits_the_pipelines_history_writes() -> None:
+    old, new = _state_update(state_patch('{"env":"production","history":[]}'))
+    assert _state_denied(new, old) == []
+    old, new = _state_update(state_patch('{"env":"production","history":[]}', '{"project":"sunday"}'))
+    assert _state_denied(new, old) == [] and set(new["data"]) == {STATE_KEY, CONFIG_KEY}
+    old, new = _state_update(state_patch('{"env":"production","live":"blue"}'),
+                             {STATE_KEY: '{"env":"production"}', "notes": "kept by people"})
+    assert _state_denied(new, old) == []  # a key people added stays as it is: allowed
+    # people (kubectl apply of the overlay) are not judged
+    old, new = _state_update({"metadata": {"labels": {PROJECT_LABEL: "other"}}})
+    assert _state_denied(new, old, user="kubernetes-admin") == []
+
+
+def test_the_state_policy_refuses_other_keys_relabelling_and_other_configmaps() -> None:
+    old, new = _state_update({"data": {"notes": "{}"}})
+    assert _state_denied(new, old) == [MSG_STATE_KEYS]  # exactly the two keys: no third one
+    old, new = _state_update({"data": {"STATE.JSON": "{}", CONFIG_KEY: "{}"}})
+    assert _state_denied(new, old) == [MSG_STATE_KEYS]
+    old, new = _state_update({"data": {"notes": None}}, {STATE_KEY: "{}", "notes": "kept by people"})
+    assert _state_denied(new, old) == [MSG_STATE_KEYS]  # removing another key is a change too
+    old, new = _state_update({"data": {"notes": "x"}}, {STATE_KEY: "{}", "notes": "kept by people"})
+    assert _state_denied(new, old) == [MSG_STATE_KEYS]
+    old, new = _state_update({"metadata": {"labels": {PROJECT_LABEL: "other"}}})
+    assert _state_denied(new, old) == [MSG_STATE_META]  # no taking over another project's history
+    old, new = _state_update({"metadata": {"labels": {ENV_LABEL: None}}})
+    assert _state_denied(new, old) == [MSG_STATE_META]
+    old, new = _state_update({"metadata": {"annotations": {"x": "y"}}, "binaryData": {"a": "AA=="}})
+    assert _state_denied(new, old) == [MSG_STATE_META]
+    old, new = _state_update({"immutable": True})
+    assert _state_denied(new, old) == [MSG_STATE_META]
+    other = find(rendered("production"), "ConfigMap", STATE_CONFIGMAP)
+    other["metadata"]["name"] = "database-backup-abc"
+    changed = copy.deepcopy(other)
+    changed["data"] = {STATE_KEY: "{}"}
+    assert _state_denied(changed, other) == [MSG_STATE_OBJECT]
+    assert _state_denied(changed, None, "CREATE") == [MSG_STATE_OBJECT]
+    old = find(rendered("production"), "ConfigMap", STATE_CONFIGMAP)
+    assert _state_denied(None, old, "DELETE") == [MSG_STATE_OBJECT]

@@ -16,14 +16,16 @@ from typing import ClassVar
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from sunday_release.bluegreen import EnvState
+from sunday_release.bluegreen import EnvState, Release
 from sunday_release.config import Environment, PipelineConfig, Service
-from sunday_release.errors import PipelineError, RolloutAborted
+from sunday_release.errors import InputError, PipelineError, RolloutAborted
+from sunday_release.history import MAX_BYTES, MAX_RELEASES, encode_state, rollback_target, trim_state
 from sunday_release.settings import Settings
 from sunday_release.targets import make_target
 from sunday_release.targets.kube_api import KubernetesApi
 from sunday_release.targets.kube_decisions import (
     api_error_message,
+    config_from_configmap,
     desired_replicas,
     hpa_patch,
     job_name,
@@ -36,13 +38,16 @@ from sunday_release.targets.kube_decisions import (
     selected_color,
     selector_patch,
     start_patch,
+    state_from_configmap,
+    state_owner_problem,
+    state_patch,
     template_version,
     version_label,
     warning_events,
 )
-from sunday_release.targets.kubernetes import KubernetesTarget, Timing, substitute_cluster
+from sunday_release.targets.kubernetes import KubernetesTarget, Timing, read_saved_config, substitute_cluster
 from sunday_release.targets.protocol import DeployTarget
-from tests.fake_kube import FakeKubernetesApi, Obj, api_error, render_overlay, strategic_merge
+from tests.fake_kube import CONFIGMAP_LIMIT, FakeKubernetesApi, Obj, api_error, render_overlay, strategic_merge
 from tests.infra_checks import (
     K8S,
     RESOURCES,
@@ -312,6 +317,8 @@ def test_state_file_and_docker_duties(h: Harness, tmp_path: Path) -> None:
     t.save_state(state)
     assert t.root == tmp_path / "projects" / "sunday" / "envs" / "production" and (t.root / "state.json").is_file()
     assert t.load_state().replicas == {"backend": 2}
+    (t.root / "state.json").unlink()  # the local file is a copy for people: the cluster's history counts
+    assert t.load_state().replicas == {"backend": 2}
     t.ensure_database()
     assert t.traffic_log() is None and t.ports() is None  # capabilities it lacks answer None
     t.start_color("green", {"backend": V2["backend"]}, "v1.4.0", t.load_state())
@@ -498,6 +505,160 @@ def test_migration_job_timeout(overlay: list[dict], tmp_path: Path) -> None:
         h.target.run_once(V2["backend"], ["true"], "backend", "v1.4.0")
 
 
+# ============================================================== the release history in the cluster
+def release(revision: int, outcome: str = "superseded", color: str = "blue", reason: str = "") -> Release:
+    return Release(revision=revision, version=f"v{revision}", digests={"backend": f"{REG}/backend@sha256:{'1' * 64}"},
+                   color=color, started="2026-01-01T00:00:00+00:00", outcome=outcome, reason=reason)  # type: ignore[arg-type]
+
+
+def history(count: int, live: int, reason: str = "") -> EnvState:
+    """`count` releases, revision `live` live on green, every other one superseded (or failed when odd)."""
+    releases = [release(n, "live" if n == live else ("failed" if n % 2 else "superseded"),
+                        "green" if n == live else "blue", reason) for n in range(1, count + 1)]
+    return EnvState(env="production", live="green", revision=live, history=releases)
+
+
+def test_trim_keeps_the_newest_releases_the_live_one_and_the_rollback_target() -> None:
+    state = history(150, live=150)
+    assert rollback_target(state).revision == 148  # type: ignore[union-attr]  # 149 failed
+    trimmed = trim_state(state)
+    assert [r.revision for r in trimmed.history] == list(range(51, 151)) and len(trimmed.history) == MAX_RELEASES
+    assert len(state.history) == 150  # a copy: the caller's state is untouched
+    # an old live release (a rollback long ago) and an old rollback target are kept however old
+    state = history(150, live=3)
+    for r in state.history[3:]:
+        r.outcome = "failed"  # every release since revision 3 failed: 3 serves, 2 is the rollback target
+    assert rollback_target(state).revision == 2  # type: ignore[union-attr]
+    assert [r.revision for r in trim_state(state, keep=5).history] == [2, 3, 146, 147, 148, 149, 150]
+    assert trim_state(EnvState(env="production")).history == []
+
+
+def test_trim_drops_the_oldest_until_the_history_fits_the_size() -> None:
+    state = history(100, live=100, reason="x" * 8000)  # ~ 8.3 KB a release: 830 KB in all
+    assert len(encode_state(state).encode()) > MAX_BYTES
+    trimmed = trim_state(state)
+    size = len(encode_state(trimmed).encode())
+    assert size <= MAX_BYTES < size + len(state.history[0].model_dump_json()) + 1  # no release dropped needlessly
+    kept = [r.revision for r in trimmed.history]
+    assert kept == list(range(kept[0], 101)) and 98 in kept and kept[0] > 1  # the newest, with the rollback target
+    # exact at the limit: trimming to the encoded size of the whole state keeps everything
+    exact = len(encode_state(state).encode())
+    assert len(trim_state(state, max_bytes=exact).history) == 100
+    assert len(trim_state(state, max_bytes=exact - 1).history) == 99
+    with pytest.raises(PipelineError, match="with only the live release and the rollback target"):
+        trim_state(state, keep=0, max_bytes=10_000)
+
+
+def test_state_configmap_decisions() -> None:
+    cm = {"metadata": {"name": "sunday-release-state", "namespace": "sunday-production",
+                       "labels": {"sunday-release/project": "sunday", "sunday-release/env": "production"}}}
+    assert state_owner_problem(cm, "sunday", "production") is None
+    assert state_from_configmap(cm, "production") == EnvState(env="production")
+    assert state_patch("{}") == {"data": {"state.json": "{}"}}
+    assert state_owner_problem(cm, "shop", "production") == (
+        "ConfigMap sunday-production/sunday-release-state holds the release history of project 'sunday', not of "
+        "project 'shop': its namespace belongs to 'sunday'; deploy 'shop' to another cluster "
+        "(environments.production.kube_context)")
+    assert "of environment sunday/production, not of sunday/staging" in str(
+        state_owner_problem(cm, "sunday", "staging"))
+    cm["metadata"]["labels"] = {}
+    assert "has no labels sunday-release/project and sunday-release/env" in str(
+        state_owner_problem(cm, "sunday", "production"))
+    cm["data"] = {"state.json": "not json"}
+    with pytest.raises(PipelineError, match=r"sunday-production/sunday-release-state: data\.state\.json is not a"):
+        state_from_configmap(cm, "production")
+    assert config_from_configmap(cm) is None
+    cm["data"]["config.json"] = '{"project": "sunday"}'
+    with pytest.raises(PipelineError, match=r"sunday-release-state: data\.config\.json is not a valid config"):
+        config_from_configmap(cm)
+    cm["data"]["config.json"] = make_config().model_dump_json()
+    assert config_from_configmap(cm) == make_config()
+    assert state_patch("{}", "{}") == {"data": {"state.json": "{}", "config.json": "{}"}}
+
+
+def test_save_writes_a_merge_patch_of_the_key_and_a_second_home_loads_it(overlay: list[dict], tmp_path: Path) -> None:
+    """Another worker (another SUNDAY_HOME, nothing on its disk) sees the history the first one saved."""
+    h = Harness(overlay, tmp_path / "first")
+    state = history(3, live=3)
+    config = make_config()
+    second = KubernetesTarget(config, "production", config.environments["production"], tmp_path / "second",
+                              api=h.api)
+    assert second.saved_config() is None and read_saved_config("sunday", "production", api=h.api) is None
+    h.target.save_state(state)
+    assert h.api.patches("ConfigMap") == [("sunday-release-state", {"data": {
+        "state.json": encode_state(state), "config.json": h.target.config.model_dump_json()}})]
+    configmap = h.api.obj("ConfigMap", "sunday-release-state")
+    assert configmap["metadata"]["labels"]["sunday-release/project"] == "sunday"  # nothing else touched
+    assert not (tmp_path / "second").exists()
+    assert second.load_state() == state
+    # the environment's last config beside it: what a worker with nothing on its disk rebuilds the target from
+    assert second.saved_config() == h.target.config
+    assert read_saved_config("sunday", "production", api=h.api) == h.target.config
+    with pytest.raises(InputError, match=r"cannot read the last config of shop/production: .* not of project 'shop'"):
+        read_saved_config("shop", "production", api=h.api)
+    assert not (tmp_path / "second").exists()
+    local = EnvState.load(tmp_path / "first" / "projects" / "sunday" / "envs" / "production" / "state.json",
+                          "production")
+    assert local == state  # the copy for people
+
+
+def test_save_trims_what_the_cluster_keeps(h: Harness) -> None:
+    state = history(130, live=130)
+    h.target.save_state(state)
+    assert [r.revision for r in h.target.load_state().history] == list(range(31, 131))
+    assert len(state.history) == 130
+
+
+def test_a_configmap_over_one_mebibyte_is_refused_by_the_fake(h: Harness) -> None:
+    """The fake refuses what the API server would (422); the target's trimming keeps far below it."""
+    with pytest.raises(Exception) as caught:
+        h.api.patch_config_map("sunday-production", "sunday-release-state",
+                               {"data": {"state.json": "x" * CONFIGMAP_LIMIT}})
+    assert getattr(caught.value, "status", None) == 422 and "Too long" in str(caught.value.body)  # type: ignore[attr-defined]
+    assert h.api.patches("ConfigMap") == [] and "data" not in h.api.obj("ConfigMap", "sunday-release-state")
+    big = history(100, live=100, reason="é" * 20_000)  # 4 MB of history: trimmed to 512 KiB before it is sent
+    h.target.save_state(big)
+    stored = h.api.obj("ConfigMap", "sunday-release-state")["data"]["state.json"]
+    assert len(stored.encode()) <= MAX_BYTES and json.loads(stored)["history"][-1]["revision"] == 100
+
+
+def test_a_configmap_of_another_project_is_refused_naming_both(h: Harness, tmp_path: Path) -> None:
+    h.api.obj("ConfigMap", "sunday-release-state")["metadata"]["labels"]["sunday-release/project"] = "shop"
+    with pytest.raises(InputError, match=r"cannot load the release history of sunday/production: ConfigMap "
+                                         r"sunday-production/sunday-release-state holds the release history of "
+                                         r"project 'shop', not of project 'sunday'"):
+        h.target.load_state()
+    with pytest.raises(InputError, match=r"cannot save the release history of sunday/production: .* project 'shop'"):
+        h.target.save_state(history(1, live=1))
+    assert h.api.patches("ConfigMap") == [] and not (h.target.root / "state.json").exists()  # nothing written
+
+
+def test_a_missing_configmap_names_the_overlay(h: Harness) -> None:
+    del h.api.store[("ConfigMap", "sunday-release-state")]
+    with pytest.raises(InputError, match=r"ConfigMap sunday-production/sunday-release-state does not exist; "
+                                         r"apply the environment's overlay \(infra/k8s/production\)"):
+        h.target.load_state()
+
+
+def test_api_down_fails_after_three_tries_and_never_reads_the_local_copy(h: Harness) -> None:
+    h.target.save_state(history(2, live=2))
+    assert (h.target.root / "state.json").is_file()
+    before = len([c for c in h.api.calls if c[1] == "ConfigMap"])
+    h.api.fail_next("read", "ConfigMap", 503, times=3)
+    with pytest.raises(PipelineError, match=r"cannot load the release history of sunday/production \(gave up after "
+                                            r"3 tries; the local state.json is only a copy and is not used\): "
+                                            r"Kubernetes API: read ConfigMap sunday-production/sunday-release-state "
+                                            r"failed \(HTTP 503\)"):
+        h.target.load_state()
+    assert len([c for c in h.api.calls if c[1] == "ConfigMap"]) == before  # three refused reads, no answer
+    assert len(h.sleeps) == 2  # two waits between three tries
+    h.api.fail_next("read", "ConfigMap", 0, times=2)  # no answer twice: the third try answers
+    assert h.target.load_state().revision == 2
+    h.api.fail_next("read", "ConfigMap", 403)  # not retried: RBAC said no
+    with pytest.raises(PipelineError, match=r"\(the local state.json is only a copy and is not used\): .*HTTP 403"):
+        h.target.load_state()
+
+
 # ============================================================== a real cluster (opt-in, read-only)
 @pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="needs a Kubernetes cluster: KUBECONFIG not set")
 def test_live_color_of_a_real_namespace(tmp_path: Path) -> None:
@@ -616,7 +777,7 @@ class AdmittingFake(FakeKubernetesApi):
     def _patch(self, kind: str, namespace: str, name: str, body: Obj) -> Obj:
         old = deepcopy(self._get(kind, namespace, name))
         new = deepcopy(old)
-        strategic_merge(new, body)
+        self.merge(kind, new, body)
         self._admit("UPDATE", new, old)
         return super()._patch(kind, namespace, name, body)
 
@@ -663,6 +824,9 @@ def test_every_call_of_the_protocol_is_allowed_by_the_role_and_admitted(overlay:
     with pytest.raises(RolloutAborted, match="CrashLoopBackOff"):
         t.wait_healthy("green", 60)
     t.stop_color("green")
+    state = t.load_state()
+    state.live = "blue"
+    t.save_state(state)  # the release history: read and merge-patched, admitted
     assert api.denials == [] and t.live_color() == "blue"
 
     verb_of = {"read": "get", "patch": "patch", "list": "list", "create": "create"}

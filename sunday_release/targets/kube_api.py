@@ -37,6 +37,8 @@ class KubeApi(Protocol):
     def create_job(self, namespace: str, body: Obj) -> Obj: ...
     def read_job(self, namespace: str, name: str) -> Obj: ...
     def read_pod_log(self, namespace: str, name: str, tail_lines: int) -> str: ...
+    def read_config_map(self, namespace: str, name: str) -> Obj: ...
+    def patch_config_map(self, namespace: str, name: str, body: Obj) -> Obj: ...
     def close(self) -> None: ...
 
 
@@ -44,8 +46,8 @@ class KubernetesApi:
     """`KubeApi` over the official client (AppsV1, CoreV1, BatchV1, AutoscalingV2).
 
     Answers are read raw (`_preload_content=False`) and parsed as JSON, so the target sees exactly
-    what the API server sent. Deployment and Service patches are strategic-merge patches, HPA
-    patches JSON merge patches (the client would otherwise send a dict as a JSON Patch).
+    what the API server sent. Deployment and Service patches are strategic-merge patches, HPA and
+    ConfigMap patches JSON merge patches (the client would otherwise send a dict as a JSON Patch).
     """
 
     def __init__(self, api_client: Any) -> None:
@@ -123,6 +125,13 @@ class KubernetesApi:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiException(status=0, reason=f"no answer from the API server: {exc}") from exc
         return bytes(response.data or b"").decode(errors="replace")
+
+    def read_config_map(self, namespace: str, name: str) -> Obj:
+        return self._json(self.core.read_namespaced_config_map, name, namespace)  # type: ignore[no-any-return]
+
+    def patch_config_map(self, namespace: str, name: str, body: Obj) -> Obj:
+        return self._json(self.core.patch_namespaced_config_map, name, namespace,  # type: ignore[no-any-return]
+                          body, _content_type=MERGE)
 
     def close(self) -> None:
         self.api_client.close()

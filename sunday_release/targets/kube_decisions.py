@@ -15,17 +15,23 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sunday_release.bluegreen import Color, EnvState
-from sunday_release.config import Environment
+from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import PipelineError
 
 __all__ = [
+    "CONFIG_KEY",
+    "ENV_LABEL",
     "FATAL_WAITING",
+    "PROJECT_LABEL",
     "REPLICAS_KEY",
     "RETRYABLE_STATUS",
+    "STATE_CONFIGMAP",
+    "STATE_KEY",
     "VERSION_KEY",
     "Obj",
     "RolloutStatus",
     "api_error_message",
+    "config_from_configmap",
     "deployment_name",
     "desired_replicas",
     "hpa_patch",
@@ -39,6 +45,9 @@ __all__ = [
     "selected_color",
     "selector_patch",
     "start_patch",
+    "state_from_configmap",
+    "state_owner_problem",
+    "state_patch",
     "template_version",
     "version_label",
     "warning_events",
@@ -52,6 +61,13 @@ FATAL_WAITING = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImageNeve
 # API answers worth another try: no answer (0), a conflict, throttling, a server error.
 RETRYABLE_STATUS = frozenset({0, 409, 429, 500, 502, 503, 504})
 Obj = dict[str, Any]  # an API object as JSON
+# The environment's release history: ConfigMap STATE_CONFIGMAP of its namespace, key STATE_KEY (the
+# overlay creates it empty and labels it with the project and environment it belongs to).
+STATE_CONFIGMAP = "sunday-release-state"
+STATE_KEY = "state.json"
+CONFIG_KEY = "config.json"  # beside it: the environment's last config
+PROJECT_LABEL = "sunday-release/project"
+ENV_LABEL = "sunday-release/env"
 
 
 @dataclass(frozen=True)
@@ -236,6 +252,66 @@ def api_error_message(exc: Any, verb: str, kind: str, namespace: str, name: str)
         detail = f"{detail}: {message}" if detail else str(message)
     code = f"HTTP {status}" if status else "no answer"
     return f"Kubernetes API: {verb} {kind} {namespace}/{name} failed ({code}): {detail}".rstrip(": ")
+
+
+def state_owner_problem(configmap: Obj, project: str, env: str) -> str | None:
+    """Why the state ConfigMap is not environment `project/env`'s (its labels say another owner), or None."""
+    meta = configmap.get("metadata") or {}
+    where = f"ConfigMap {meta.get('namespace', '?')}/{meta.get('name', STATE_CONFIGMAP)}"
+    labels = meta.get("labels") or {}
+    owner, owner_env = labels.get(PROJECT_LABEL), labels.get(ENV_LABEL)
+    if owner is None or owner_env is None:
+        return (f"{where} has no labels {PROJECT_LABEL} and {ENV_LABEL}: label it {PROJECT_LABEL}={project}, "
+                f"{ENV_LABEL}={env} (as the overlays in infra/k8s do) before deploying {project}/{env} there")
+    if owner != project:
+        return (f"{where} holds the release history of project {owner!r}, not of project {project!r}: "
+                f"its namespace belongs to {owner!r}; deploy {project!r} to another cluster "
+                f"(environments.{env}.kube_context)")
+    if owner_env != env:
+        return (f"{where} holds the release history of environment {owner}/{owner_env}, "
+                f"not of {project}/{env}")
+    return None
+
+
+def state_from_configmap(configmap: Obj, env: str) -> EnvState:
+    """The release history the state ConfigMap holds; empty when it holds none yet.
+
+    Raises:
+        PipelineError: the key holds something that is not an environment state.
+    """
+    text = (configmap.get("data") or {}).get(STATE_KEY)
+    if not text:
+        return EnvState(env=env)
+    meta = configmap.get("metadata") or {}
+    try:
+        return EnvState.model_validate_json(text)
+    except ValueError as exc:
+        raise PipelineError(f"ConfigMap {meta.get('namespace', '?')}/{meta.get('name', STATE_CONFIGMAP)}: "
+                            f"data.{STATE_KEY} is not a release history: {str(exc).splitlines()[0]}") from None
+
+
+def state_patch(text: str, config: str | None = None) -> Obj:
+    """The JSON merge patch that stores `text` as the release history (and `config` as the last config)
+    and touches nothing else."""
+    data = {STATE_KEY: text} if config is None else {STATE_KEY: text, CONFIG_KEY: config}
+    return {"data": data}
+
+
+def config_from_configmap(configmap: Obj) -> PipelineConfig | None:
+    """The environment's last config the state ConfigMap holds; None when it holds none yet.
+
+    Raises:
+        PipelineError: the key holds something that is not a valid config.
+    """
+    text = (configmap.get("data") or {}).get(CONFIG_KEY)
+    if not text:
+        return None
+    meta = configmap.get("metadata") or {}
+    try:
+        return PipelineConfig.model_validate_json(text)
+    except ValueError as exc:
+        raise PipelineError(f"ConfigMap {meta.get('namespace', '?')}/{meta.get('name', STATE_CONFIGMAP)}: "
+                            f"data.{CONFIG_KEY} is not a valid config: {str(exc).splitlines()[0]}") from None
 
 
 def job_name(service: str, version: str, suffix: str) -> str:

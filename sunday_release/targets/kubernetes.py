@@ -18,7 +18,15 @@ Three modules: `kube_decisions` (pure: patch bodies, rollout judgement, error me
 reads objects, asks the decisions and sends what they say. API errors become `PipelineError`s naming
 the object and the HTTP status; 409/429/5xx (and connection failures) are retried with backoff.
 
-Local state (release history) is `SUNDAY_HOME/projects/PROJECT/envs/ENV/state.json`, as for docker.
+The release history lives in the cluster, so every worker sees the same: ConfigMap
+`sunday-release-state` of the namespace, key `state.json` (created empty by the overlay, labelled
+`sunday-release/project` and `sunday-release/env`; one labelled for another project is refused).
+Beside it, key `config.json` holds the environment's last config (the one of the last save), so a
+worker with nothing on its disk can rebuild the target (`read_saved_config`). Both keys are written
+with one JSON merge patch of those keys only; the history is trimmed to the newest 100 releases (plus the
+live one and the rollback target) and 512 KiB (`sunday_release.history`). The local
+`SUNDAY_HOME/projects/PROJECT/envs/ENV/state.json` is a copy for people, written after each save and
+never read: when the API does not answer, loading fails after three tries.
 Capabilities: `database()` is the environment's PostgreSQL named by `environments.ENV.database_url_secret`
 (a Prefect Secret block holding its URL), for the backup step; `ports()` is None (no host port);
 `traffic_log()` is None (the error rate lives in Prometheus, not wired to the pipeline yet): the watch
@@ -42,14 +50,17 @@ from pydantic import SecretStr
 from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState
 from sunday_release.config import Environment, PipelineConfig
-from sunday_release.errors import PipelineError, RolloutAborted
+from sunday_release.errors import InputError, PipelineError, RolloutAborted
+from sunday_release.history import encode_state, trim_state
 from sunday_release.runner import tail
 from sunday_release.targets.kube_api import KubeApi, KubernetesApi
 from sunday_release.targets.kube_decisions import (
     RETRYABLE_STATUS,
+    STATE_CONFIGMAP,
     Obj,
     RolloutStatus,
     api_error_message,
+    config_from_configmap,
     deployment_name,
     desired_replicas,
     hpa_patch,
@@ -63,6 +74,9 @@ from sunday_release.targets.kube_decisions import (
     selected_color,
     selector_patch,
     start_patch,
+    state_from_configmap,
+    state_owner_problem,
+    state_patch,
     template_version,
     version_label,
     warning_events,
@@ -88,6 +102,7 @@ __all__ = [
     "migration_job",
     "pod_failure",
     "no_secret_reader",
+    "read_saved_config",
     "recorded_replicas",
     "rollout_status",
     "scale_patch",
@@ -153,6 +168,78 @@ def no_secret_reader(name: str) -> SecretStr:
                         "(the flows pass the Prefect Secret block reader)")
 
 
+STATE_TRIES = 3  # reads of the state ConfigMap before a load or save gives up
+
+
+def _call_api(timing: Timing, namespace: str, verb: str, kind: str, name: str, fn: Callable[[], T], *,
+              retry: bool = True, tries: int | None = None) -> T:
+    """One API call; retried on 409/429/5xx/no answer when `retry` (at most `tries` calls in all when
+    given, else one per `timing.retry_delays` and one more); PipelineError naming the object."""
+    from kubernetes.client import ApiException
+
+    delays = list(timing.retry_delays) if retry else []
+    if tries is not None:
+        delays = delays[:max(tries - 1, 0)]
+    while True:
+        try:
+            return fn()
+        except ApiException as exc:
+            if delays and (exc.status or 0) in RETRYABLE_STATUS:
+                delay = delays.pop(0)
+                timing.sleep(delay * random.uniform(0.8, 1.2))
+                continue
+            raise PipelineError(api_error_message(exc, verb, kind, namespace, name)) from exc
+
+
+def _state_configmap(api: KubeApi, timing: Timing, namespace: str, project: str, env: str, doing: str) -> Obj:
+    """The state ConfigMap of `project/env`, checked to be theirs; `STATE_TRIES` tries, then a PipelineError.
+
+    Raises:
+        InputError: it does not exist, or its labels name another project or environment.
+        PipelineError: the API did not answer (or refused) `STATE_TRIES` times.
+    """
+    where = f"{project}/{env}"
+    try:
+        configmap = _call_api(timing, namespace, "read", "ConfigMap", STATE_CONFIGMAP,
+                              lambda: api.read_config_map(namespace, STATE_CONFIGMAP), tries=STATE_TRIES)
+    except PipelineError as exc:
+        status = getattr(exc.__cause__, "status", None) or 0
+        if status == 404:
+            raise InputError(f"cannot {doing} of {where}: ConfigMap {namespace}/"
+                             f"{STATE_CONFIGMAP} does not exist; apply the environment's overlay "
+                             f"(infra/k8s/{env}), which creates it") from exc
+        tried = f"gave up after {STATE_TRIES} tries; " if status in RETRYABLE_STATUS else ""
+        raise PipelineError(f"cannot {doing} of {where} ({tried}the local state.json "
+                            f"is only a copy and is not used): {exc}") from exc
+    configmap.setdefault("metadata", {}).setdefault("namespace", namespace)
+    problem = state_owner_problem(configmap, project, env)
+    if problem:
+        raise InputError(f"cannot {doing} of {where}: {problem}")
+    return configmap
+
+
+def read_saved_config(project: str, env: str, *, context: str | None = None, namespace: str | None = None,
+                      api: KubeApi | None = None, timing: Timing | None = None) -> PipelineConfig | None:
+    """The config of the last deploy of `project/env` as the cluster keeps it (key `config.json` of the
+    state ConfigMap of namespace `sunday-ENV`), for a worker with nothing on its disk; None if none yet.
+
+    `api` None: the cluster of kube `context` (in a pod without one, its ServiceAccount), or the one
+    `substitute_cluster` names.
+    """
+    project, env = validate.name(project, "--project"), validate.name(env, "--env")
+    substitute = _substitute if api is None else None
+    if substitute is not None:
+        api, timing = substitute.api, timing or substitute.timing
+    client: KubeApi = api if api is not None else KubernetesApi.from_context(context)
+    try:
+        configmap = _state_configmap(client, timing or Timing(), namespace or f"sunday-{env}", project, env,
+                                     "read the last config")
+        return config_from_configmap(configmap)
+    finally:
+        if api is None:
+            client.close()
+
+
 class KubernetesTarget:
     """Blue-green on a Kubernetes namespace; the live Services' selectors say which color is live.
 
@@ -194,11 +281,26 @@ class KubernetesTarget:
         return list(self.config.services)
 
     # ---------------------------------------------------------------- state
+    def _state_configmap(self, doing: str) -> Obj:
+        return _state_configmap(self.api, self.timing, self.namespace, self.project, self.env_name, doing)
+
     def load_state(self) -> EnvState:
-        return EnvState.load(self.state_path, self.env_name)
+        """The release history from the cluster (the state ConfigMap); never the local copy."""
+        return state_from_configmap(self._state_configmap("load the release history"), self.env_name)
+
+    def saved_config(self) -> PipelineConfig | None:
+        """The config the last `save_state` stored beside the history; None before the first."""
+        return config_from_configmap(self._state_configmap("read the last config"))
 
     def save_state(self, state: EnvState) -> None:
-        state.save(self.state_path)
+        """Store `state` (trimmed) and the target's config (the environment's last config) in the state
+        ConfigMap with one merge patch of their two keys, then the local copy of the state."""
+        self._state_configmap("save the release history")
+        trimmed = trim_state(state)
+        body = state_patch(encode_state(trimmed), self.config.model_dump_json())
+        self._call("patch", "ConfigMap", STATE_CONFIGMAP,
+                   lambda: self.api.patch_config_map(self.namespace, STATE_CONFIGMAP, body))
+        trimmed.save(self.state_path)
 
     @property
     def url(self) -> str:
@@ -210,18 +312,7 @@ class KubernetesTarget:
     # ---------------------------------------------------------------- API calls
     def _call(self, verb: str, kind: str, name: str, fn: Callable[[], T], *, retry: bool = True) -> T:
         """One API call; retried on 409/429/5xx/no answer when `retry`; PipelineError naming the object."""
-        from kubernetes.client import ApiException
-
-        delays = list(self.timing.retry_delays) if retry else []
-        while True:
-            try:
-                return fn()
-            except ApiException as exc:
-                if delays and (exc.status or 0) in RETRYABLE_STATUS:
-                    delay = delays.pop(0)
-                    self.timing.sleep(delay * random.uniform(0.8, 1.2))
-                    continue
-                raise PipelineError(api_error_message(exc, verb, kind, self.namespace, name)) from exc
+        return _call_api(self.timing, self.namespace, verb, kind, name, fn, retry=retry)
 
     def _is_missing(self, exc: PipelineError) -> bool:
         cause = exc.__cause__
