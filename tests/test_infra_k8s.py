@@ -19,9 +19,10 @@ from sunday_release.targets.kube_decisions import (
     PROJECT_LABEL,
     STATE_CONFIGMAP,
     STATE_KEY,
+    migration_job,
+    start_patch,
     state_patch,
 )
-from sunday_release.targets.kubernetes import migration_job, start_patch
 from tests.infra_checks import (
     K8S,
     K8S_VERSION,

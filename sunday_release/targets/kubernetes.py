@@ -58,7 +58,6 @@ from sunday_release.targets.kube_decisions import (
     RETRYABLE_STATUS,
     STATE_CONFIGMAP,
     Obj,
-    RolloutStatus,
     api_error_message,
     config_from_configmap,
     deployment_name,
@@ -78,7 +77,6 @@ from sunday_release.targets.kube_decisions import (
     state_owner_problem,
     state_patch,
     template_version,
-    version_label,
     warning_events,
 )
 from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, HostPorts, Replica, TrafficLog
@@ -86,36 +84,7 @@ from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, HostPor
 if TYPE_CHECKING:
     from sunday_release.targets.protocol import DeployTarget
 
-__all__ = [
-    "KubeApi",
-    "KubernetesApi",
-    "KubernetesTarget",
-    "Replica",
-    "RolloutStatus",
-    "Timing",
-    "api_error_message",
-    "deployment_name",
-    "desired_replicas",
-    "hpa_patch",
-    "job_name",
-    "job_outcome",
-    "migration_job",
-    "pod_failure",
-    "no_secret_reader",
-    "read_saved_config",
-    "recorded_replicas",
-    "rollout_status",
-    "scale_patch",
-    "selected_color",
-    "selector_patch",
-    "start_patch",
-    "substitute_cluster",
-    "template_version",
-    "version_label",
-    "warning_events",
-]
-# The decisions and the API client are re-exported above for the callers of the module before the split
-# (`from sunday_release.targets.kubernetes import start_patch`); new code imports them from their modules.
+__all__ = ["KubernetesTarget", "Timing", "no_secret_reader", "read_saved_config", "substitute_cluster"]
 
 T = TypeVar("T")
 
