@@ -132,7 +132,7 @@ def test_deploy_switch_rollback_and_scale(prefect_api: str, docker_engine: str, 
     back = sunday("rollback", "--env", env.name, "--json", api=prefect_api, env=env.env)
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout) == {"project": "sunday", "env": env.name, "revision": 3, "version": v1,
-                                       "color": "blue"}
+                                       "color": "blue", "rejected": []}
     assert "v2</title>" not in httpx.get(f"{env.url}/").text
     st = status(env)
     assert st["serving"] is True and st["version"] == v1 and st["revision"] == 3
