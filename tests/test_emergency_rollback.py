@@ -76,26 +76,27 @@ def test_a_production_slot_is_taken_at_once_while_staging_is_held(prefect_api: s
 # --- real: deploys paused for approval and an emergency rollback ------------------------------------------------
 
 
-def _cd(env: Env, repo: Path, version: str, api: str) -> subprocess.Popen[str]:
+class Deploy:
     """`sunday-release cd` started in the background (it blocks while its run waits for approval).
 
-    Its output goes to files (`_output` reads them): a pipe nobody reads while the run waits could fill.
+    Its output goes to files: a pipe nobody reads while the run waits could fill.
     """
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    return subprocess.Popen([*CLI, "cd", "--env", env.name, "--version", version, "--repo", str(repo), "--json"],
-                            cwd=ROOT, stdout=out, stderr=err, text=True,
-                            env={**os.environ, **env.env, "PREFECT_API_URL": api})
 
+    def __init__(self, env: Env, repo: Path, version: str, api: str) -> None:
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([*CLI, "cd", "--env", env.name, "--version", version, "--repo", str(repo),
+                                      "--json"], cwd=ROOT, stdout=self.out, stderr=self.err, text=True,
+                                     env={**os.environ, **env.env, "PREFECT_API_URL": api})
 
-def _output(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of a `_cd` once it ends."""
-    code = proc.wait(timeout)
-    texts = []
-    for stream in (proc.stdout, proc.stderr):
-        assert stream is not None
-        stream.seek(0)
-        texts.append(stream.read())
-    return code, texts[0], texts[1]
+    def ended(self) -> bool:
+        return self.proc.poll() is not None
+
+    def output(self, timeout: float = 300) -> tuple[int, str, str]:
+        """Exit code, stdout and stderr once it ends."""
+        code = self.proc.wait(timeout)
+        self.out.seek(0)
+        self.err.seek(0)
+        return code, self.out.read(), self.err.read()
 
 
 def _runs(tag: str, *state_types: str) -> list[Any]:
@@ -119,7 +120,7 @@ def _runs(tag: str, *state_types: str) -> list[Any]:
     return sorted(runs, key=lambda r: str(r.created))
 
 
-def _wait_for_run(tag: str, state_type: str, proc: subprocess.Popen[str] | None = None, count: int = 1,
+def _wait_for_run(tag: str, state_type: str, proc: Deploy | None = None, count: int = 1,
                   timeout: float = 300) -> Any:
     """The newest `cd` run tagged `tag` once `count` of them are in `state_type`; fails if `proc` ends first."""
     deadline = time.monotonic() + timeout
@@ -127,13 +128,13 @@ def _wait_for_run(tag: str, state_type: str, proc: subprocess.Popen[str] | None 
         runs = _runs(tag, state_type)
         if len(runs) >= count:
             return runs[-1]
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the deploy ended before its run was {state_type}:\n{_output(proc)[2]}")
+        if proc is not None and proc.ended():
+            pytest.fail(f"the deploy ended before its run was {state_type}:\n{proc.output()[2]}")
         time.sleep(0.5)
     pytest.fail(f"no cd run tagged {tag} reached {state_type} in {timeout:.0f}s")
 
 
-def _wait_for_slot(env: Env, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+def _wait_for_slot(env: Env, proc: Deploy, timeout: float = 120) -> None:
     """Until the deploy `proc` holds the environment's slot."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -148,8 +149,8 @@ def _wait_for_slot(env: Env, proc: subprocess.Popen[str], timeout: float = 120) 
                     return
             except ObjectNotFound:
                 pass
-            if proc.poll() is not None:
-                pytest.fail(f"the deploy ended before it held the slot:\n{_output(proc)[2]}")
+            if proc.ended():
+                pytest.fail(f"the deploy ended before it held the slot:\n{proc.output()[2]}")
             time.sleep(0.2)
     pytest.fail(f"the deploy did not hold the slot of {env.project}/{env.name} in {timeout:.0f}s")
 
@@ -158,10 +159,10 @@ def _approve(env: Env, repo: Path, version: str, api: str, revision: int) -> Non
     """A deploy approved in its form (as a person does in the UI), live at `revision`."""
     from prefect.flow_runs import resume_flow_run
 
-    proc = _cd(env, repo, version, api)
+    proc = Deploy(env, repo, version, api)
     run = _wait_for_run(env_tag(env.project, env.name), "PAUSED", proc, count=1)
     resume_flow_run(run.id, run_input={"approve": True, "reason": f"revision {revision}"})
-    code, out, err = _output(proc)
+    code, out, err = proc.output()
     assert code == 0, err
     assert json.loads(out)["revision"] == revision
 
@@ -215,7 +216,7 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
     env.env["SUNDAY_NOTIFY_URL"] = receiver.url
     stand_ins: list[threading.Thread] = []
     others = [env_tag(f"other-{secrets.token_hex(2)}", env.name), env_tag(env.project, f"{env.name}-qa")]
-    third: subprocess.Popen[str] | None = None
+    third: Deploy | None = None
     try:
         repo = make_repo(APP, edit=env.edit)
         version = ci_passed(repo, prefect_api, git)  # one CI build: every revision deploys this commit
@@ -227,7 +228,7 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
         tag = env_tag(env.project, env.name)
         for other in others:
             _wait_for_run(other, "PAUSED")
-        third = _cd(env, repo, version, prefect_api)  # revision 3, on blue: it will pause holding the slot
+        third = Deploy(env, repo, version, prefect_api)  # revision 3, on blue: it will pause holding the slot
         _wait_for_slot(env, third)
         # the rollback starts before the deploy pauses: it waits for the slot and rejects the deploy once it pauses
         back = sunday("rollback", "--env", env.name, "--project", env.project, "--json", api=prefect_api,
@@ -238,7 +239,7 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
         rejected = _runs(tag)[-1]
         assert result["rejected"] == [f"{rejected.name} ({rejected.id})"], result
         assert result["revision"] == 4 and result["color"] == "blue" and result["version"] == version, result
-        code, _, err = _output(third, timeout=120)
+        code, _, err = third.output(timeout=120)
         reason = f"rejected by emergency rollback rollback-{env.name} ("
         assert code == 1 and reason in err, err
 
@@ -261,8 +262,8 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
                 resume_flow_run(run.id, run_input={"approve": False, "reason": "test over"})
         for thread in stand_ins:
             thread.join(60)
-        if third is not None and third.poll() is None:
-            third.kill()
-            third.wait()
+        if third is not None and not third.ended():
+            third.proc.kill()
+            third.proc.wait()
         receiver.server.shutdown()
         env.teardown()
