@@ -346,7 +346,10 @@ def rollback(env: str, to: int | None = None, project: str | None = None) -> dic
         target.save_state(state)
         evidence = [f"rolled back from revision {state.history[-2].revision} to {wanted.revision}"]
         evidence += [f"rejected the deploy paused for approval {paused}" for paused in rejected]
-        _notify(where, "rollback", f"{where} rolled back to revision {wanted.revision} ({wanted.version})", evidence)
+        text = f"{where} rolled back to revision {wanted.revision} ({wanted.version})"
+        if rejected:
+            text += "; rejected the deploy(s) paused for approval: " + ", ".join(str(paused) for paused in rejected)
+        _notify(where, "rollback", text, evidence)
         publish_rollout(f"rollout-{config.project}-{env}", where, release, evidence)
         return {"project": config.project, "env": env, "revision": release.revision, "version": wanted.version,
                 "color": idle, "rejected": [str(paused) for paused in rejected]}

@@ -252,6 +252,7 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
         assert httpx.get(f"{env.url}/api/boards").status_code == 200
         texts = [str(m.get("text", "")) for m in receiver.received if isinstance(m, dict)]
         assert any(reason in t for t in texts), texts  # the rejected deploy's notification says why
+        assert any(f"rejected the deploy(s) paused for approval: {rejected.name}" in t for t in texts), texts
         assert any(reason in md for md in _rollout_markdowns(env))  # and so does its rollout artifact
 
         for other in others:  # deploys of another project or environment: still waiting for approval
