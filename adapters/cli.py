@@ -234,17 +234,19 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 def cmd_e2e(args: argparse.Namespace) -> int:
     validate.name(args.env, "--env")
+    project = _project(args)
     if args.history:
         from sunday_release.e2e import history, render_history
 
-        records = history(args.history, env=args.env)
+        records = history(args.history, env=args.env, project=project)
         if args.json:
             _print_json(records)
         else:
             print(render_history(records))
         return EXIT_OK
-    code, result, error = _run_flow("e2e", args.verbose, f"E2E of {args.env}", env=args.env,
-                                    update_baselines=args.update_baselines)
+    project = Settings.from_env().resolve_project(args.env, project)  # exit 2 before a run: unknown or ambiguous
+    code, result, error = _run_flow("e2e", args.verbose, f"E2E of {project}/{args.env}", env=args.env,
+                                    update_baselines=args.update_baselines, project=project)
     return _finish(code, result, error, args.json, "E2E")
 
 
@@ -270,10 +272,11 @@ def cmd_webhook(args: argparse.Namespace) -> int:
 def cmd_dora(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from sunday_release.dora import dora, records_from_flow_runs, render, to_json
+    from sunday_release.dora import dora_by_project, records_from_flow_runs, render, to_json
 
     if args.days < 1:
         raise InputError(f"--days: {args.days} is not a positive number of days")
+    env, project = validate.name(args.env, "--env"), _project(args)
     _connect(args.verbose)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -294,12 +297,15 @@ def cmd_dora(args: argparse.Namespace) -> int:
             plain.append({"name": r.name, "flow_name": flows.get(r.flow_id), "state_type": r.state_type.value
                           if r.state_type else None, "start_time": r.start_time, "end_time": r.end_time,
                           "parameters": r.parameters, "state_message": r.state.message if r.state else None,
-                          "result": result if isinstance(result, dict) else None})
-    report = dora(records_from_flow_runs(plain), args.env, since, until)
+                          "tags": list(r.tags), "result": result if isinstance(result, dict) else None})
+    reports = dora_by_project(records_from_flow_runs(plain), env, since, until, project)
     if args.json:
-        _print_json(to_json(report))
+        _print_json({"env": env, "project": project, "since": since.isoformat(), "until": until.isoformat(),
+                     "reports": [to_json(report) for report in reports]})
+    elif reports:
+        print("\n".join(render(report) for report in reports), end="")
     else:
-        print(render(report))
+        print(f"no deploys of {env} in the last {args.days} days")
     return EXIT_OK
 
 
@@ -385,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("e2e", help="Playwright journeys, visual regression and k6 against an environment")
     p.add_argument("--env", required=True)
+    p.add_argument("--project", help="the environment's project (optional when only one project has --env)")
     p.add_argument("--update-baselines", action="store_true", help="rewrite the visual baselines deliberately")
     p.add_argument("--history", type=int, nargs="?", const=10, default=0, metavar="N",
                    help="show the last N runs side by side instead of running")
@@ -406,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=None, help="repository (or its sunday-release.yaml) for the refs to build")
     p.set_defaults(func=cmd_webhook)
 
-    p = sub.add_parser("dora", help="DORA metrics from the server's deploy history")
+    p = sub.add_parser("dora", help="DORA metrics from the server's deploy history, one report per project")
     p.add_argument("--env", default="production")
+    p.add_argument("--project", help="only this project's environment (default: one report per project)")
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dora)

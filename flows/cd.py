@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import flow
@@ -29,10 +29,12 @@ from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.release import Phase, advance, failure_outcome, reconcile_action, undo_steps
+from sunday_release.run_tags import rejection_message, rejection_reason
 from sunday_release.settings import Settings
 from sunday_release.targets import make_target
 from sunday_release.targets.protocol import DeployTarget
 from tasks._common import progress
+from tasks.approvals import PausedRun, find_paused_deploys, reject_deploy, tag_run
 from tasks.deploy import (
     claim_ports,
     describe,
@@ -56,6 +58,8 @@ from tasks.source import clone_repo, load_pipeline_config
 __all__ = ["Approval", "cd", "environment_slot", "limit_name", "rollback", "scale"]
 
 LEASE_SECONDS = 60  # the server's minimum; renewed while held, so only a killed run's slot waits it out
+WAIT_POLL_SECONDS = 5  # a run with something to do while it waits for the slot does it this often
+APPROVAL_POLL_SECONDS = 5  # how soon a paused deploy sees its answer (Prefect's default is 10)
 
 
 class Approval(RunInput):
@@ -71,12 +75,14 @@ def limit_name(project: str, env: str) -> str:
 
 
 @contextmanager
-def environment_slot(project: str, env: str) -> Iterator[None]:
+def environment_slot(project: str, env: str, while_waiting: Callable[[], object] | None = None) -> Iterator[None]:
     """Hold the one slot of `(project, env)` (Prefect global concurrency limit `deploy:PROJECT:ENV`, limit 1).
 
     The limit is created when missing. The slot is a lease of LEASE_SECONDS renewed while the run
     lives: a run killed with -9 frees it when the lease expires. Each environment has its own limit,
-    so a production rollback never waits behind staging.
+    so a production rollback never waits behind staging. `while_waiting` (if given) is called every
+    WAIT_POLL_SECONDS until the slot is taken: an emergency rollback rejects the deploys of its
+    environment that pause for approval while holding the slot.
     """
     name = limit_name(project, env)
     with get_client(sync_client=True) as client:
@@ -92,8 +98,19 @@ def environment_slot(project: str, env: str) -> Iterator[None]:
     if busy:
         progress(f"waiting: another deploy, rollback or scale of {project}/{env} is running")
     # strict: a missing limit is an error, not "no limit"; a failed lease renewal (a blip of the API) must not
-    # kill a deploy half-way through a switch, so it is logged by Prefect and the run goes on
-    with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True, raise_on_lease_renewal_failure=False):
+    # kill a deploy half-way through a switch, so it is logged by Prefect and the run goes on. With `while_waiting`
+    # each attempt ends after WAIT_POLL_SECONDS (TimeoutError; a lease granted at that moment is released by Prefect)
+    poll = WAIT_POLL_SECONDS if while_waiting is not None else None
+    with ExitStack() as held:
+        while True:
+            try:
+                held.enter_context(concurrency(name, occupy=1, timeout_seconds=poll, lease_duration=LEASE_SECONDS,
+                                               strict=True, raise_on_lease_renewal_failure=False))
+                break
+            except TimeoutError:
+                if while_waiting is None:
+                    raise
+                while_waiting()
         yield
 
 
@@ -185,6 +202,7 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
     where = f"{config.project}/{env}"
     claim_ports(target)
     images = resolve_version(config, version)
+    tag_run(config.project, env)
     with environment_slot(config.project, env):
         state = reconcile(target, environment.health_timeout)
         order = refuse_older_version(checkout, version, state.live_release(), config.release_tags, allow_older)
@@ -225,9 +243,10 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
                          for s in smoke]
             move("smoke-passed")
             if environment.approval:
-                decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout)
-                if not decision.approve:
-                    raise RolloutAborted(f"rejected in the UI: {decision.reason or 'no reason given'}")
+                decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
+                                          poll_interval=APPROVAL_POLL_SECONDS)
+                if not decision.approve:  # by a person, or by an emergency rollback of this environment
+                    raise RolloutAborted(rejection_message(decision.reason))
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")
                 move("approved")
             took = switch_traffic(target, idle)
@@ -291,15 +310,32 @@ def _undo(target: DeployTarget, release: Release, live: Color | None, evidence: 
     evidence.append(f"rolled back in {time.monotonic() - failed_at:.1f}s: {release.reason}")
 
 
+def _reject_paused_deploys(tag: str, reason: str, rejected: list[PausedRun]) -> None:
+    """Reject (approval answered `approve: False`) each deploy with `tag` paused for approval, once."""
+    for paused in find_paused_deploys(tag):
+        if paused not in rejected and reject_deploy(paused, reason):
+            rejected.append(paused)
+
+
 @flow(name="rollback", flow_run_name="rollback-{env}", persist_result=True)
 def rollback(env: str, to: int | None = None, project: str | None = None) -> dict[str, Any]:
-    """Emergency rollback of `env` (of `project`) to the previous live revision or to revision `to`."""
+    """Emergency rollback of `env` (of `project`) to the previous live revision or to revision `to`.
+
+    A deploy of the same environment paused for approval (it holds the environment's slot) is
+    rejected first, through its approval form, and again while the rollback waits for the slot:
+    the deploy takes its rejection path (idle color stopped, traffic untouched) and frees the slot.
+    Deploys of other projects or environments are left alone. The result's `rejected` names them.
+    """
     env = validate.name(env, "--env")
     config = saved_config(env, project)
     target = target_for(config, env)
     environment = config.environments[env]
     where = f"{config.project}/{env}"
-    with environment_slot(config.project, env):
+    tag = tag_run(config.project, env)
+    reason = rejection_reason(str(flow_run.get_name() or "rollback"), str(flow_run.get_id() or "local"))
+    rejected: list[PausedRun] = []
+    _reject_paused_deploys(tag, reason, rejected)
+    with environment_slot(config.project, env, while_waiting=lambda: _reject_paused_deploys(tag, reason, rejected)):
         state = reconcile(target, environment.health_timeout)
         live = state.live
         if live is None:
@@ -331,10 +367,14 @@ def rollback(env: str, to: int | None = None, project: str | None = None) -> dic
         state.live, state.revision = idle, release.revision
         target.save_state(state)
         evidence = [f"rolled back from revision {state.history[-2].revision} to {wanted.revision}"]
-        _notify(where, "rollback", f"{where} rolled back to revision {wanted.revision} ({wanted.version})", evidence)
+        evidence += [f"rejected the deploy paused for approval {paused}" for paused in rejected]
+        text = f"{where} rolled back to revision {wanted.revision} ({wanted.version})"
+        if rejected:
+            text += "; rejected the deploy(s) paused for approval: " + ", ".join(str(paused) for paused in rejected)
+        _notify(where, "rollback", text, evidence)
         publish_rollout(f"rollout-{config.project}-{env}", where, release, evidence)
         return {"project": config.project, "env": env, "revision": release.revision, "version": wanted.version,
-                "color": idle}
+                "color": idle, "rejected": [str(paused) for paused in rejected]}
 
 
 @flow(name="scale", flow_run_name="scale-{env}-{service}-{replicas}", persist_result=True)
@@ -348,6 +388,7 @@ def scale(env: str, service: str, replicas: int, project: str | None = None) -> 
         raise InputError(f"--service: {service!r} is not a service ({', '.join(config.services)})")
     if not 1 <= replicas <= 100:
         raise InputError(f"--replicas: {replicas} is not between 1 and 100")
+    tag_run(config.project, env)
     with environment_slot(config.project, env):
         state = reconcile(target, config.environments[env].health_timeout)
         if state.live is None:

@@ -66,14 +66,14 @@ def _lines(functional: dict[str, Any], visual: dict[str, Any], load: dict[str, A
 
 @flow(name="e2e", flow_run_name="e2e-{env}", persist_result=True)
 def e2e(env: str, update_baselines: bool = False, vus: int | None = None,
-        duration: str | None = None) -> dict[str, Any]:
+        duration: str | None = None, project: str | None = None) -> dict[str, Any]:
     """Run the functional journeys and the visual regression check side by side, then the k6 load test.
 
     The suite and the k6 script are this repository's (app/e2e, app/loadtest), never a parameter: a run
     request of the deployment must not choose what is executed.
 
     Each part reports even when another fails. Reports land under SUNDAY_HOME/runs/FLOW_RUN_ID/e2e/
-    and in the artifacts `e2e-{summary,functional,visual,load,trend}-ENV`; the run's key numbers are
+    and in the artifacts `e2e-{summary,functional,visual,load,trend}-PROJECT-ENV`; the run's key numbers are
     appended to SUNDAY_HOME/e2e-history.jsonl. A failure notifies the environment's webhook.
 
     Args:
@@ -81,19 +81,22 @@ def e2e(env: str, update_baselines: bool = False, vus: int | None = None,
         update_baselines: rewrite the visual baselines from this run's screenshots (deliberately).
         vus: k6 virtual users (default SUNDAY_K6_VUS or 10).
         duration: k6 duration (default SUNDAY_K6_DURATION or 30s).
+        project: the environment's project; may be left out when only one project has `env`.
 
     Returns:
         The summary (state, url, one report per part, artifact keys). Raises StageFailed carrying the same
         summary when a part failed or could not run.
     """
     env = validate.name(env, "--env")
-    url = target_for(saved_config(env), env).url
+    config = saved_config(env, project)
+    project, where = config.project, f"{config.project}/{env}"
+    url = target_for(config, env).url
     run_id = str(flow_run.get_id() or "local")
     run_dir = Settings.from_env().home / "runs" / run_id / "e2e"
     vus = vus or int(os.environ.get("SUNDAY_K6_VUS", "10"))
     duration = duration or os.environ.get("SUNDAY_K6_DURATION", "30s")
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
-    progress(f"E2E of {env} at {url}: functional and visual side by side, then load")
+    progress(f"E2E of {where} at {url}: functional and visual side by side, then load")
 
     # The browsers run side by side; the load test runs after them, on a machine they no longer
     # load: otherwise k6 would measure two Chromiums sharing the CPU, not the application.
@@ -105,19 +108,19 @@ def e2e(env: str, update_baselines: bool = False, vus: int | None = None,
     parts["load"] = _outcome(run_load_test.submit(url, str(run_dir / "load"), vus, duration))
     failed = [name for name in PARTS if parts[name].get("verdict") != "passed"]
     lines = _lines(parts["functional"], parts["visual"], parts["load"])
-    keys = artifact_keys(env)
+    keys = artifact_keys(project, env)
     summary: dict[str, Any] = {
-        "env": env, "url": url, "state": "FAILED" if failed else "COMPLETED", "flow_run_id": run_id,
+        "project": project, "env": env, "url": url, "state": "FAILED" if failed else "COMPLETED", "flow_run_id": run_id,
         "run_dir": str(run_dir), "started": started_at, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - started, 1), **parts, "lines": lines, "failed_parts": failed,
         "artifacts": list(keys.values()),
     }
     trend = record_e2e_trend(summary)
-    publish_e2e_reports(env, summary, trend)
+    publish_e2e_reports(project, env, summary, trend)
     if failed:
-        text = (f"E2E of {env} failed ({', '.join(failed)}): " + "; ".join(lines[PARTS.index(p)] for p in failed)
+        text = (f"E2E of {where} failed ({', '.join(failed)}): " + "; ".join(lines[PARTS.index(p)] for p in failed)
                 + f". Artifacts: {', '.join(keys.values())}")
-        notify(env, "failure", text, return_state=True)  # an unreachable webhook must not hide the summary
+        notify(where, "failure", text, return_state=True)  # an unreachable webhook must not hide the summary
         raise StageFailed("\n".join(lines[PARTS.index(p)] for p in failed), summary)
-    progress(f"E2E of {env} passed in {summary['seconds']}s")
+    progress(f"E2E of {where} passed in {summary['seconds']}s")
     return summary

@@ -1,6 +1,8 @@
-"""DORA metrics of one environment from its deploy history (pure: no Prefect, no I/O).
+"""DORA metrics of one environment `(project, env)` from its deploy history (pure: no Prefect, no I/O).
 
-The four keys, over the records of `env` whose `finished` falls in `[since, until)`:
+Two projects may each have a `staging`: their histories are apart, one report each
+(`dora_by_project`). The four keys, over the records of `(project, env)` whose `finished` falls in
+`[since, until)`:
 
 - **deployment frequency**: successful changes (`cd` runs that went live; emergency rollbacks are
   not changes) per day of the window.
@@ -29,12 +31,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from sunday_release.run_tags import parse_env_tag
+
 __all__ = [
     "DeployRecord",
     "DoraReport",
     "LeadTime",
     "Outcome",
     "dora",
+    "dora_by_project",
     "format_duration",
     "records_from_flow_runs",
     "render",
@@ -58,6 +63,7 @@ class DeployRecord:
         finished: when the run ended (the deploy time the window and the ordering use).
         outcome: `live` (it went live), `rolled-back` (the run rolled itself back), `failed`.
         is_rollback: an emergency rollback run (`sunday-release rollback`), not a change.
+        project: the project of the environment ("" when unknown: a run from before projects).
     """
 
     env: str
@@ -67,6 +73,7 @@ class DeployRecord:
     finished: datetime
     outcome: Outcome
     is_rollback: bool = False
+    project: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class LeadTime:
 
 @dataclass(frozen=True)
 class DoraReport:
-    """The four keys of `env` over `[since, until)`, and the counts behind them."""
+    """The four keys of `(project, env)` over `[since, until)`, and the counts behind them."""
 
     env: str
     since: datetime
@@ -96,6 +103,7 @@ class DoraReport:
     time_to_restore: float | None  # median seconds
     restores: int  # failed changes restored inside the window
     unrestored: int  # failed changes not restored inside the window
+    project: str | None = None  # None: every project's records of `env` together
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -131,16 +139,25 @@ def _failures(history: Sequence[DeployRecord]) -> list[tuple[DeployRecord, float
     return out
 
 
-def dora(records: Iterable[DeployRecord], env: str, since: datetime, until: datetime) -> DoraReport:
-    """The DORA metrics of `env` from the records finished in `[since, until)` (see the module docstring).
+def _window(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    since, until = _aware(since, "since"), _aware(until, "until")
+    if until <= since:
+        raise ValueError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
+    return since, until
+
+
+def dora(records: Iterable[DeployRecord], env: str, since: datetime, until: datetime,
+         project: str | None = None) -> DoraReport:
+    """The DORA metrics of `(project, env)` from the records finished in `[since, until)` (see the module docstring).
+
+    `project` None takes the records of `env` whatever their project (one history).
 
     Raises:
         ValueError: `since`/`until` are naive or `until` is not after `since`.
     """
-    since, until = _aware(since, "since"), _aware(until, "until")
-    if until <= since:
-        raise ValueError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
-    history = sorted((r for r in records if r.env == env and since <= _aware(r.finished, "finished") < until),
+    since, until = _window(since, until)
+    history = sorted((r for r in records if r.env == env and (project is None or r.project == project)
+                      and since <= _aware(r.finished, "finished") < until),
                      key=lambda r: (r.finished, r.started))
     changes = [r for r in history if not r.is_rollback]
     live = [r for r in changes if r.outcome == "live"]
@@ -157,8 +174,24 @@ def dora(records: Iterable[DeployRecord], env: str, since: datetime, until: date
         lead_time_for_changes=LeadTime(statistics.median(leads), _p90(leads), len(leads)) if leads else None,
         change_failure_rate=len(failures) / len(changes) if changes else None,
         time_to_restore=statistics.median(restore_times) if restore_times else None,
-        restores=len(restore_times), unrestored=len(failures) - len(restore_times),
+        restores=len(restore_times), unrestored=len(failures) - len(restore_times), project=project,
     )
+
+
+def dora_by_project(records: Iterable[DeployRecord], env: str, since: datetime, until: datetime,
+                    project: str | None = None) -> list[DoraReport]:
+    """One report per project that has records of `env` in `[since, until)`, by project name; only
+    `project`'s (even with no records) when it is given.
+
+    Raises:
+        ValueError: `since`/`until` are naive or `until` is not after `since`.
+    """
+    since, until = _window(since, until)
+    records = list(records)
+    if project is not None:
+        return [dora(records, env, since, until, project)]
+    projects = sorted({r.project for r in records if r.env == env and since <= _aware(r.finished, "finished") < until})
+    return [dora(records, env, since, until, p) for p in projects]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -201,7 +234,8 @@ def render(report: DoraReport) -> str:
     ]
     head = ("metric", "value", "detail")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(2)]
-    lines = [f"DORA metrics for {report.env}: {_when(report.since)} → {_when(report.until)}", ""]
+    where = report.env if report.project is None else f"{report.project or '(no project)'}/{report.env}"
+    lines = [f"DORA metrics for {where}: {_when(report.since)} → {_when(report.until)}", ""]
     lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip()
               for a, b, c in [head, ("-" * widths[0], "-" * widths[1], "-" * 6), *rows]]
     return "\n".join(lines) + "\n"
@@ -212,6 +246,7 @@ def to_json(report: DoraReport) -> dict[str, Any]:
     lead = report.lead_time_for_changes
     return {
         "env": report.env,
+        "project": report.project,
         "since": report.since.isoformat(),
         "until": report.until.isoformat(),
         "days": report.days,
@@ -256,7 +291,8 @@ def records_from_flow_runs(runs: Iterable[Mapping[str, Any]]) -> list[DeployReco
     | `state_type` COMPLETED | outcome `live` |
     | `state_type` FAILED or CRASHED | `rolled-back` if `state_message` says "rolled back", else `failed` |
     | any other state (running, paused, cancelled, scheduled…) or no `end_time` | skipped: not a finished deploy |
-    | `parameters.env` (else `result.env`) | `env` (a run without one is skipped) |
+    | `parameters.env` (else `result.env`, else the tag) | `env` (a run without one is skipped) |
+    | the tag `env:PROJECT/ENV` (`tags`), else `result.project`, else `parameters.project` | `project` ("" if none) |
     | `result.version`, else `parameters.version` | `version` ("" if neither) |
     | `result.committed_at` (ISO) | `commit_time` (None when absent) |
     | `start_time` (else `end_time`), `end_time` | `started`, `finished` |
@@ -281,9 +317,11 @@ def records_from_flow_runs(runs: Iterable[Mapping[str, Any]]) -> list[DeployReco
         params = run.get("parameters") or {}
         raw = run.get("result")
         result: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-        env = params.get("env") or result.get("env")
+        tagged = next((t for t in map(parse_env_tag, run.get("tags") or ()) if t is not None), None)
+        env = params.get("env") or result.get("env") or (tagged[1] if tagged else None)
         if not env:
             continue
+        project = tagged[0] if tagged else result.get("project") or params.get("project") or ""
         committed = result.get("committed_at")
         finished = _time(run["end_time"], name, "end_time")
         records.append(DeployRecord(
@@ -294,5 +332,6 @@ def records_from_flow_runs(runs: Iterable[Mapping[str, Any]]) -> list[DeployReco
             finished=finished,
             outcome=outcome,
             is_rollback=_FLOWS[str(flow)],
+            project=str(project),
         ))
     return records

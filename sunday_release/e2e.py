@@ -246,7 +246,8 @@ def trend_record(summary: Mapping[str, Any]) -> dict[str, Any]:
     functional, visual, load = summary.get("functional", {}), summary.get("visual", {}), summary.get("load", {})
     views = visual.get("views", {})
     return {
-        "at": summary.get("finished", ""), "env": summary.get("env", ""), "flow_run_id": summary.get("flow_run_id", ""),
+        "at": summary.get("finished", ""), "project": summary.get("project", ""), "env": summary.get("env", ""),
+        "flow_run_id": summary.get("flow_run_id", ""),
         "state": summary.get("state", ""),
         "functional": functional.get("verdict", ""), "passed": functional.get("passed", 0),
         "failed": functional.get("failed", 0),
@@ -272,8 +273,12 @@ def append_history(record: Mapping[str, Any], path: Path | None = None) -> Path:
     return file
 
 
-def history(n: int = 20, env: str | None = None, path: Path | None = None) -> list[dict[str, Any]]:
-    """The last `n` records (oldest first), of one environment if `env` is given; bad lines are skipped."""
+def history(n: int = 20, env: str | None = None, path: Path | None = None,
+            project: str | None = None) -> list[dict[str, Any]]:
+    """The last `n` records (oldest first), of one environment / project if given; bad lines are skipped.
+
+    A record from before projects has no `project`: it matches no `project` filter.
+    """
     file = path or history_path()
     if not file.exists():
         return []
@@ -283,7 +288,8 @@ def history(n: int = 20, env: str | None = None, path: Path | None = None) -> li
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and (env is None or record.get("env") == env):
+        if isinstance(record, dict) and (env is None or record.get("env") == env) and (
+                project is None or record.get("project") == project):
             records.append(record)
     return records[-n:] if n > 0 else []
 
@@ -294,13 +300,13 @@ def _fmt(value: Any, pattern: str) -> str:
 
 def _row(r: Mapping[str, Any]) -> list[str]:
     diffs = r.get("visual_diffs") or []
-    return [str(r.get("at", ""))[:19], str(r.get("env", "")), str(r.get("state", "")),
+    return [str(r.get("at", ""))[:19], str(r.get("project") or "-"), str(r.get("env", "")), str(r.get("state", "")),
             f"{r.get('passed', 0)}/{r.get('failed', 0)}",
             ", ".join(diffs) if diffs else (str(r.get("visual", "")) or "-"),
             _fmt(r.get("k6_p95_ms"), "{:.0f} ms"), _fmt(r.get("k6_error_rate"), "{:.2%}")]
 
 
-_HEADER = ["finished", "env", "state", "tests pass/fail", "visual diffs", "k6 p95", "k6 errors"]
+_HEADER = ["finished", "project", "env", "state", "tests pass/fail", "visual diffs", "k6 p95", "k6 errors"]
 
 
 def render_history(records: Sequence[Mapping[str, Any]]) -> str:
@@ -312,9 +318,9 @@ def render_history(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
-def trend_markdown(env: str, records: Iterable[Mapping[str, Any]]) -> str:
-    """The `e2e-trend-ENV` artifact: one table row per run, newest last."""
-    lines = [f"# E2E trend of {env}", "", "| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
+def trend_markdown(where: str, records: Iterable[Mapping[str, Any]]) -> str:
+    """The `e2e-trend-PROJECT-ENV` artifact (`where`: `PROJECT/ENV`): one table row per run, newest last."""
+    lines = [f"# E2E trend of {where}", "", "| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in _row(r)) + " |" for r in records]
     return "\n".join(lines) + "\n"
 

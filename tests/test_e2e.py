@@ -148,7 +148,7 @@ def test_a_run_request_cannot_choose_what_the_e2e_flow_executes() -> None:
     from flows.e2e import e2e
     from tasks.e2e import LOADTEST_DIR, SUITE_DIR, check_visual, run_functional_suite, run_load_test
 
-    assert set(e2e.parameters.properties) == {"env", "update_baselines", "vus", "duration"}
+    assert set(e2e.parameters.properties) == {"env", "update_baselines", "vus", "duration", "project"}  # a name
     for task in (run_functional_suite, check_visual, run_load_test):
         assert not {"suite_dir", "loadtest_dir"} & set(inspect.signature(task.fn).parameters), task.name
     assert (SUITE_DIR, LOADTEST_DIR) == (APP / "e2e", APP / "loadtest")
@@ -157,9 +157,10 @@ def test_a_run_request_cannot_choose_what_the_e2e_flow_executes() -> None:
 # ------------------------------------------------------------------------------------------ trends
 
 
-def _summary(env: str, p95: float, visual_bad: bool = False) -> dict[str, Any]:
-    return {"env": env, "finished": "2025-01-02T03:04:05+00:00", "state": "FAILED" if visual_bad else "COMPLETED",
-            "flow_run_id": "abc", "functional": {"verdict": "passed", "passed": 4, "failed": 0},
+def _summary(env: str, p95: float, visual_bad: bool = False, project: str = "shop") -> dict[str, Any]:
+    return {"project": project, "env": env, "finished": "2025-01-02T03:04:05+00:00",
+            "state": "FAILED" if visual_bad else "COMPLETED", "flow_run_id": "abc",
+            "functional": {"verdict": "passed", "passed": 4, "failed": 0},
             "visual": {"verdict": "failed" if visual_bad else "passed",
                        "views": {"boards": {"verdict": "failed" if visual_bad else "passed", "fraction": 0.02},
                                  "board": {"verdict": "passed", "fraction": 0.0}}},
@@ -180,8 +181,33 @@ def test_trend_history_appends_and_reads_back(tmp_path: Path) -> None:
     assert len(history(50, path=path)) == 5
     text = render_history(last)
     assert "boards" in text and "103 ms" in text and "4/0" in text and text.splitlines()[0].startswith("finished")
-    markdown = trend_markdown("staging", last)
-    assert markdown.startswith("# E2E trend of staging") and markdown.count("\n| 2025-01-02") == 2
+    assert text.splitlines()[1].split()[1:3] == ["shop", "staging"]
+    markdown = trend_markdown("shop/staging", last)
+    assert markdown.startswith("# E2E trend of shop/staging") and markdown.count("\n| 2025-01-02") == 2
+
+
+def test_trends_and_artifact_keys_are_per_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from sunday_release.cli import main
+    from tasks.e2e import artifact_keys
+
+    path = tmp_path / "e2e-history.jsonl"
+    append_history(trend_record(_summary("staging", 100.0, project="shop")), path)
+    append_history(trend_record(_summary("staging", 200.0, project="blog")), path)
+    append_history({"env": "staging", "k6_p95_ms": 300.0}, path)  # a record from before projects
+    assert [r["k6_p95_ms"] for r in history(5, env="staging", path=path, project="blog")] == [200.0]
+    assert [r["k6_p95_ms"] for r in history(5, env="staging", path=path)] == [100.0, 200.0, 300.0]
+    assert artifact_keys("shop", "staging")["summary"] == "e2e-summary-shop-staging"
+    assert artifact_keys("blog", "staging")["trend"] == "e2e-trend-blog-staging"
+
+    monkeypatch.setenv("SUNDAY_HOME", str(tmp_path))
+    for project in ("shop", "blog"):
+        (tmp_path / "projects" / project / "envs" / "staging").mkdir(parents=True)
+        (tmp_path / "projects" / project / "envs" / "staging" / "config.json").write_text("{}")
+    assert main(["e2e", "--env", "staging"]) == 2  # which staging? refused before any run
+    assert "'staging' exists in several projects (blog, shop): choose one with --project" in capsys.readouterr().err
+    assert main(["e2e", "--env", "staging", "--project", "wiki"]) == 2
+    assert "'staging' of project 'wiki' has never been deployed" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ the flow, for real
@@ -278,7 +304,9 @@ def test_the_deployed_app_passes_all_three_parts(deployed: Deployed, test_loadte
     assert load["verdict"] == "passed" and load["requests"] > 10 and load["error_rate"] == 0
     assert summary["run_dir"].endswith(f"{summary['flow_run_id']}/e2e")
     assert set(summary["artifacts"]) <= _artifact_keys()
-    assert history(1, env=deployed.env.name)[-1]["state"] == "COMPLETED"
+    assert f"e2e-summary-{deployed.env.project}-{deployed.env.name}" in summary["artifacts"]
+    assert summary["project"] == deployed.env.project
+    assert history(1, env=deployed.env.name, project=deployed.env.project)[-1]["state"] == "COMPLETED"
 
 
 def _move_create_button(repo: Path) -> None:

@@ -31,10 +31,12 @@ def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: P
     assert {"ci", "cd-staging", "cd-production", "rollback", "e2e-nightly"} <= set(deployments)
     assert deployments["ci"].work_pool_name == "sunday-ci"
     assert deployments["cd-production"].work_pool_name == "sunday-deploy"
-    staging = deployments["cd-staging"]
-    assert staging.global_concurrency_limit is not None and staging.global_concurrency_limit.limit == 1
-    assert staging.concurrency_options is not None
-    assert staging.concurrency_options.collision_strategy == "ENQUEUE"  # queued, not dropped
+    ci = deployments["ci"]
+    assert ci.global_concurrency_limit is not None and ci.global_concurrency_limit.limit == 2
+    assert ci.concurrency_options is not None
+    assert ci.concurrency_options.collision_strategy == "ENQUEUE"  # queued, not dropped
+    for name in ("cd-staging", "cd-production", "rollback"):  # one queue for every project and env: none
+        assert deployments[name].global_concurrency_limit is None, name  # the flows hold deploy:PROJECT:ENV
     nightly = deployments["e2e-nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]  # type: ignore[union-attr]
     gc = deployments["gc-nightly"]
