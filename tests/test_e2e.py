@@ -188,7 +188,7 @@ def test_trend_history_appends_and_reads_back(tmp_path: Path) -> None:
 
 def test_trends_and_artifact_keys_are_per_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from sunday_release.cli import main
+    from adapters.cli import main
     from tasks.e2e import artifact_keys
 
     path = tmp_path / "e2e-history.jsonl"
