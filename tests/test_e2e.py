@@ -335,7 +335,7 @@ def test_a_moved_button_fails_the_visual_check_only(deployed: Deployed, test_loa
     assert not ok
     assert receiver.events() == ["failure"], receiver.received
     text = str(receiver.received[0]["text"])
-    assert f"E2E of {deployed.env.name} failed (visual)" in text
+    assert f"E2E of sunday/{deployed.env.name} failed (visual)" in text  # PROJECT/ENV
     assert all(key in text for key in summary["artifacts"]), text  # links to the artifacts
     visual = summary["visual"]
     assert visual["verdict"] == "failed"
