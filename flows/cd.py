@@ -28,7 +28,7 @@ from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.release import Phase, advance, failure_outcome, reconcile_action, undo_steps
 from sunday_release.settings import Settings
-from sunday_release.targets import make_target
+from sunday_release.targets import last_config, make_target
 from tasks._common import progress
 from tasks.deploy import (
     claim_ports,
@@ -110,10 +110,16 @@ def saved_config(env: str, project: str | None = None) -> PipelineConfig:
         validate.name(project, "--project")
     settings = Settings.from_env()
     project = settings.resolve_project(env, project)
-    return PipelineConfig.model_validate_json((settings.env_dir(project, env) / "config.json").read_text())
+    return last_config(settings, project, env)
 
 
-def _save_config(config: PipelineConfig, env: str) -> None:
+def _save_config(target: Any, config: PipelineConfig, env: str) -> None:
+    """Record `config` as the environment's last: in the target's record where it keeps one (docker: its
+    database, then the cache file), else in the cache file ENV_ROOT/PROJECT/ENV/config.json alone."""
+    save = getattr(target, "save_config", None)
+    if save is not None:
+        save()
+        return
     path = Settings.from_env().env_dir(config.project, env) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.model_dump_json())
@@ -165,9 +171,10 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
     claim_ports(target)
     images = resolve_version(config, version)
     with environment_slot(config.project, env):
+        prepare_database(target)  # the release record lives in the environment's database: before reading it
         state = reconcile(target, environment.health_timeout)
         order = refuse_older_version(checkout, version, state.live_release(), config.release_tags, allow_older)
-        _save_config(config, env)
+        _save_config(target, config, env)
         live = state.live
         idle: Color = other(live) if live else "blue"
         release = Release(revision=state.next_revision(), version=version, digests=images, color=idle,
@@ -176,9 +183,10 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
         target.save_state(state)
         evidence: list[str] = [order]
 
-        def move(phase: Phase) -> None:
+        def move(phase: Phase, save: bool = True) -> None:
             release.phase = advance(release.phase, phase)
-            target.save_state(state)
+            if save:  # one upsert in the environment's database
+                target.save_state(state)
 
         _notify(where, "start", f"deploying {version} to {where} (revision {release.revision}, {idle})", evidence)
         failure: BaseException | None = None
@@ -188,7 +196,6 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
 
                 backup = backup_for_environment(env, target)
                 evidence.append(f"backup {backup.key} verified ({backup.size} bytes, sha256 {backup.sha256[:12]})")
-            prepare_database(target)
             for service, spec in config.services.items():
                 if spec.migrate:
                     run_migrations(target, service, images[service], spec.migrate, version)
@@ -202,16 +209,18 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
             smoke = smoke_test(target, idle, list(config.smoke))
             evidence += [f"smoke {s.service} {s.path} at {s.endpoint}: {s.status} in {s.elapsed_ms:.0f} ms"
                          for s in smoke]
-            move("smoke-passed")
+            # between healthy and switched the switch waits on no write: the phase is recorded with
+            # "switched" (a crash before it is reconciled from the router), or before an approval's pause
+            move("smoke-passed", save=environment.approval)
             if environment.approval:
                 decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout)
                 if not decision.approve:
                     raise RolloutAborted(f"rejected in the UI: {decision.reason or 'no reason given'}")
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")
-                move("approved")
+                move("approved", save=False)
             took = switch_traffic(target, idle)
-            move("switched")
             release.timings |= {"healthy_to_switch": time.monotonic() - healthy_at, "switched_at": time.time()}
+            move("switched")
             evidence.append(f"traffic switched {release.timings['healthy_to_switch']:.2f}s after healthy "
                             f"(reload {took * 1000:.0f} ms)")
             verdict = watch_live(target, idle, list(config.smoke), environment.watch_seconds,
