@@ -49,6 +49,7 @@ def make_repo(dest: Path, config_prefix: str = "") -> Path:
 def prefect_server(home: Path) -> Iterator[float]:
     """A Prefect server of the benchmark's own; yields its start-up time in seconds."""
     os.environ["SUNDAY_HOME"] = str(home)
+    os.environ["SUNDAY_ENV_ROOT"] = str(home / "envs")  # the benchmark's environments, not the machine's
     # the image scans need an offline DB, dated now (a stale one fails the gate): one FAKE advisory for a
     # package no image has
     write_trivy_db(home / "trivy-cache", [Advisory("CVE-2099-0999", "debian 12", "no-such-package", "CRITICAL",

@@ -41,7 +41,7 @@ def cleanup(home: Path, db_root: Path, project: str, env: str) -> None:
                           f"label=sunday.env={env}"], capture_output=True, text=True, check=False).stdout.split()
     if ids:
         subprocess.run(["/usr/bin/docker", "rm", "-f", *ids], capture_output=True, check=False)
-    subprocess.run(["nginx", "-s", "quit", "-c", str(home / "projects" / project / "envs" / env / "router" /
+    subprocess.run(["nginx", "-s", "quit", "-c", str(home / "envs" / project / env / "router" /
                                                      "nginx.conf")], capture_output=True, check=False)
     subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "stop", "-m", "immediate",
                     "-D", str(db_root / project / env / "data")], capture_output=True, check=False)
@@ -184,7 +184,7 @@ def main() -> None:
         finally:
             load.send_signal(signal.SIGINT)
             load.wait(120)
-        history = json.loads((work / "home" / "projects" / "sunday" / "envs" / env / "state.json").read_text()
+        history = json.loads((work / "home" / "envs" / "sunday" / env / "state.json").read_text()  # the record's cache
                              )["history"]
         switches = [r["timings"] for r in history if r["outcome"] in ("live", "superseded") and r["timings"]]
         rollbacks = [r["timings"] for r in history if r["outcome"] == "rolled-back"]

@@ -88,6 +88,7 @@ def throwaway_env(work: Path) -> Iterator[str]:
     work.chmod(0o755)
     db_root.chmod(0o755)
     os.environ["SUNDAY_DB_ROOT"] = str(db_root)
+    os.environ["SUNDAY_ENV_ROOT"] = str(work / "envs")  # the benchmark's environment, not the machine's
     repo = make_repo(work / "repo")
     config = repo / "sunday-release.yaml"
     text = config.read_text().replace("    route: /", "    platforms: [linux/amd64]\n    route: /")
@@ -108,7 +109,7 @@ def throwaway_env(work: Path) -> Iterator[str]:
                              capture_output=True, text=True, check=False).stdout.split()
         if ids:
             subprocess.run(["/usr/bin/docker", "rm", "-f", *ids], capture_output=True, check=False)
-        conf = Path(os.environ["SUNDAY_HOME"]) / "projects" / "sunday" / "envs" / name / "router" / "nginx.conf"
+        conf = Path(os.environ["SUNDAY_ENV_ROOT"]) / "sunday" / name / "router" / "nginx.conf"
         if conf.exists():
             subprocess.run(["nginx", "-s", "quit", "-c", str(conf)], capture_output=True, check=False)
         data = db_root / name / "data"

@@ -31,7 +31,7 @@ from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.release import Phase, advance, failure_outcome, reconcile_action, undo_steps
 from sunday_release.run_tags import rejection_message, rejection_reason
 from sunday_release.settings import Settings
-from sunday_release.targets import make_target
+from sunday_release.targets import last_config, make_target
 from sunday_release.targets.protocol import DeployTarget
 from tasks._common import progress
 from tasks.approvals import PausedRun, find_paused_deploys, reject_deploy, tag_run
@@ -137,7 +137,7 @@ def saved_config(env: str, project: str | None = None) -> PipelineConfig:
         if in_cluster is not None:
             return in_cluster
     project = settings.resolve_project(env, project)
-    return PipelineConfig.model_validate_json((settings.env_dir(project, env) / "config.json").read_text())
+    return last_config(settings, project, env)
 
 
 def _cluster_config(env: str, project: str) -> PipelineConfig | None:
@@ -151,10 +151,10 @@ def _cluster_config(env: str, project: str) -> PipelineConfig | None:
     return read_saved_config(project, env, context=context)
 
 
-def _save_config(config: PipelineConfig, env: str) -> None:
-    path = Settings.from_env().env_dir(config.project, env) / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.model_dump_json())
+def _save_config(target: DeployTarget) -> None:
+    """Record the target's config as the environment's last (docker: its database; both: the cache file
+    ENV_ROOT/PROJECT/ENV/config.json that says which target and database to ask)."""
+    target.save_config()
 
 
 def reconcile(target: DeployTarget, health_timeout: float) -> EnvState:
@@ -204,9 +204,10 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
     images = resolve_version(config, version)
     tag_run(config.project, env)
     with environment_slot(config.project, env):
+        prepare_database(target)  # the release record lives in the environment's database: before reading it
         state = reconcile(target, environment.health_timeout)
         order = refuse_older_version(checkout, version, state.live_release(), config.release_tags, allow_older)
-        _save_config(config, env)
+        _save_config(target)
         live = state.live
         idle: Color = other(live) if live else "blue"
         release = Release(revision=state.next_revision(), version=version, digests=images, color=idle,
@@ -215,9 +216,10 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
         target.save_state(state)
         evidence: list[str] = [order]
 
-        def move(phase: Phase) -> None:
+        def move(phase: Phase, save: bool = True) -> None:
             release.phase = advance(release.phase, phase)
-            target.save_state(state)
+            if save:  # one upsert in the environment's database
+                target.save_state(state)
 
         _notify(where, "start", f"deploying {version} to {where} (revision {release.revision}, {idle})", evidence)
         failure: BaseException | None = None
@@ -227,7 +229,6 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
 
                 backup = backup_for_environment(env, target)
                 evidence.append(f"backup {backup.key} verified ({backup.size} bytes, sha256 {backup.sha256[:12]})")
-            prepare_database(target)
             for service, spec in config.services.items():
                 if spec.migrate:
                     run_migrations(target, service, images[service], spec.migrate, version)
@@ -241,14 +242,16 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
             smoke = smoke_test(target, idle, list(config.smoke))
             evidence += [f"smoke {s.service} {s.path} at {s.endpoint}: {s.status} in {s.elapsed_ms:.0f} ms"
                          for s in smoke]
-            move("smoke-passed")
+            # between healthy and switched the switch waits on no write: the phase is recorded with
+            # "switched" (a crash before it is reconciled from the router), or before an approval's pause
+            move("smoke-passed", save=environment.approval)
             if environment.approval:
                 decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
                                           poll_interval=APPROVAL_POLL_SECONDS)
                 if not decision.approve:  # by a person, or by an emergency rollback of this environment
                     raise RolloutAborted(rejection_message(decision.reason))
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")
-                move("approved")
+                move("approved", save=False)
             took = switch_traffic(target, idle)
             # the moment traffic moved (the router reloaded), before the state write that records it
             release.timings |= {"healthy_to_switch": time.monotonic() - healthy_at, "switched_at": time.time()}

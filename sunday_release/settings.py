@@ -32,7 +32,10 @@ class Settings:
     `db/trivy.db` must be there, the pipeline never downloads it), SUNDAY_EXTRA_CA_CERTS (a PEM
     file or a directory of *.crt given to every image build as the EXTRA_CA_CERTS build argument),
     SUNDAY_DB_ROOT (where the docker target keeps each environment's PostgreSQL cluster; it must be
-    reachable by the `postgres` OS user, default /var/lib/sunday-release/postgres).
+    reachable by the `postgres` OS user, default /var/lib/sunday-release/postgres), SUNDAY_ENV_ROOT
+    (the machine's environments, shared by every worker and SUNDAY_HOME on it: ENV_ROOT/PROJECT/ENV
+    holds the router, secrets, ports.json and the state.json/config.json cache of the release record
+    kept in the environment's database; default /var/lib/sunday-release/envs).
     """
 
     home: Path
@@ -41,6 +44,7 @@ class Settings:
     trivy_cache: Path
     extra_ca_certs: Path | None = None
     db_root: Path = Path("/var/lib/sunday-release/postgres")
+    env_root: Path = Path("/var/lib/sunday-release/envs")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,6 +57,7 @@ class Settings:
             extra_ca_certs=Path(os.environ["SUNDAY_EXTRA_CA_CERTS"]) if os.environ.get("SUNDAY_EXTRA_CA_CERTS")
             else None,
             db_root=Path(os.environ.get("SUNDAY_DB_ROOT", "/var/lib/sunday-release/postgres")),
+            env_root=Path(os.environ.get("SUNDAY_ENV_ROOT") or "/var/lib/sunday-release/envs").expanduser(),
         )
 
     def ca_bundle(self) -> str:
@@ -68,16 +73,18 @@ class Settings:
         return self.home / "workspaces"
 
     def env_dir(self, project: str, env: str) -> Path:
-        """The directory of environment `env` of `project` (state, router, secrets, last config).
+        """The directory of environment `env` of `project` on this machine: ENV_ROOT/PROJECT/ENV.
 
-        Every environment is keyed by `(project, env)`: two projects may each have a `staging`.
-        Directories of the layout before projects (SUNDAY_HOME/envs/ENV) are left alone.
+        Router, secrets, ports.json and the cache (state.json, config.json) of the release record.
+        Every environment is keyed by `(project, env)`: two projects may each have a `staging`; every
+        worker of the machine (whatever its SUNDAY_HOME) sees the same directory. Directories of
+        older layouts (SUNDAY_HOME/envs/ENV, SUNDAY_HOME/projects/PROJECT/envs/ENV) are left alone.
         """
-        return self.home / "projects" / project / "envs" / env
+        return self.env_root / project / env
 
     def projects_with(self, env: str) -> list[str]:
         """The projects that deployed an environment called `env` on this machine (sorted)."""
-        return sorted(p.parent.parent.parent.name for p in (self.home / "projects").glob(f"*/envs/{env}/config.json"))
+        return sorted(p.parent.parent.name for p in self.env_root.glob(f"*/{env}/config.json"))
 
     def resolve_project(self, env: str, project: str | None) -> str:
         """The project whose environment `env` a command means; InputError when none or several could be meant."""

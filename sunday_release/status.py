@@ -8,9 +8,8 @@ from typing import Any
 import httpx
 
 from sunday_release import validate
-from sunday_release.config import PipelineConfig
 from sunday_release.settings import Settings
-from sunday_release.targets import make_target
+from sunday_release.targets import last_config, make_target
 
 __all__ = ["environment_status", "render_status"]
 
@@ -26,8 +25,7 @@ def environment_status(env: str, project: str | None = None) -> dict[str, Any]:
     if project is not None:
         validate.name(project, "--project")
     project = settings.resolve_project(env, project)
-    config = PipelineConfig.model_validate_json((settings.env_dir(project, env) / "config.json").read_text())
-    target = make_target(config, env, settings)
+    target = make_target(last_config(settings, project, env), env, settings)
     state = target.load_state()
     live = target.live_color()
     release = state.live_release()

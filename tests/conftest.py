@@ -1,4 +1,4 @@
-"""Shared fixtures: a private SUNDAY_HOME/PREFECT_HOME, a real Prefect server, git repositories.
+"""Shared fixtures: a private SUNDAY_HOME/SUNDAY_ENV_ROOT/PREFECT_HOME, a real Prefect server, git repositories.
 
 Tiers: a test's markers follow from the fixtures it takes (`_FIXTURE_MARKERS`), so they cannot lie.
 `docker` (the engine, a registry), `server` (a real Prefect server) and `services` (PostgreSQL, moto_server,
@@ -28,6 +28,7 @@ _HOME = Path(tempfile.mkdtemp(prefix="sunday-tests-"))
 # Before anything imports Prefect: results, settings and workspaces of the tests stay in _HOME.
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
 os.environ["SUNDAY_HOME"] = str(_HOME / "sunday")
+os.environ["SUNDAY_ENV_ROOT"] = str(_HOME / "envs")  # never the machine's /var/lib/sunday-release/envs
 os.environ["SUNDAY_TRIVY_CACHE"] = str(_HOME / "trivy")
 os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
 os.environ.pop("PREFECT_API_URL", None)

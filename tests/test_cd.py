@@ -50,8 +50,8 @@ class Env:
 
     @property
     def home(self) -> Path:
-        """The environment's directory under SUNDAY_HOME."""
-        return Path(os.environ["SUNDAY_HOME"]) / "projects" / self.project / "envs" / self.name
+        """The environment's directory under SUNDAY_ENV_ROOT (the tests' own, set by conftest)."""
+        return Path(os.environ["SUNDAY_ENV_ROOT"]) / self.project / self.name
 
     def container_ids(self, *filters: str) -> list[str]:
         """Containers of this environment (running and stopped), with extra `--filter`s."""

@@ -83,8 +83,10 @@ class App:
         cluster.obj("ConfigMap", STATE_CONFIGMAP)["metadata"]["labels"][PROJECT_LABEL] = self.project
 
     def history_seen_from(self, home: Path, monkeypatch: pytest.MonkeyPatch) -> EnvState:
-        """The release history as another worker reads it: a fresh SUNDAY_HOME, the same cluster."""
+        """The release history as a worker on another host reads it: a fresh SUNDAY_HOME and env root, the same
+        cluster."""
         monkeypatch.setenv("SUNDAY_HOME", str(home))
+        monkeypatch.setenv("SUNDAY_ENV_ROOT", str(home / "envs"))
         target = make_target(load_config(self.source, check_files=False), "production", Settings.from_env())
         try:
             return target.load_state()  # type: ignore[no-any-return]
@@ -216,13 +218,14 @@ def test_cd_on_kubernetes_backs_up_asks_approval_switches_and_records_history(
     # the release history is in the cluster: a second worker (fresh SUNDAY_HOME) reads the same releases
     stored = json.loads(cluster.obj("ConfigMap", STATE_CONFIGMAP)["data"]["state.json"])
     assert [r["revision"] for r in stored["history"]] == [1, 2]
+    first_env_root = Settings.from_env().env_root
     second_home = tmp_path / "second-worker"
     state = app.history_seen_from(second_home, monkeypatch)
     assert (state.live, state.revision) == ("green", 2)
     assert [(r.revision, r.version, r.color, r.outcome) for r in state.history] == [
         (1, v1, "blue", "superseded"), (2, v2, "green", "live")]
-    assert not (second_home / "projects").exists()  # nothing of it came from that worker's disk
-    local = EnvState.load(home / "projects" / app.project / "envs" / "production" / "state.json", "production")
+    assert not (second_home / "envs").exists()  # nothing of it came from that worker's disk
+    local = EnvState.load(first_env_root / app.project / "production" / "state.json", "production")
     assert local == state  # the first worker's local copy, for people
 
     # one verified backup of the real database per deploy, in S3, named in the rollout evidence
@@ -242,6 +245,7 @@ def test_cd_on_kubernetes_backs_up_asks_approval_switches_and_records_history(
     from flows.cd import rollback
 
     monkeypatch.setenv("SUNDAY_HOME", str(second_home))
+    monkeypatch.setenv("SUNDAY_ENV_ROOT", str(second_home / "envs"))
     monkeypatch.setenv("SUNDAY_KUBE_CONTEXT", "sunday-production")
     back = rollback(env="production", project=app.project)
     assert (back["revision"], back["version"], back["color"]) == (3, v1, "blue")

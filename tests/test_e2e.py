@@ -200,10 +200,10 @@ def test_trends_and_artifact_keys_are_per_project(tmp_path: Path, monkeypatch: p
     assert artifact_keys("shop", "staging")["summary"] == "e2e-summary-shop-staging"
     assert artifact_keys("blog", "staging")["trend"] == "e2e-trend-blog-staging"
 
-    monkeypatch.setenv("SUNDAY_HOME", str(tmp_path))
+    monkeypatch.setenv("SUNDAY_ENV_ROOT", str(tmp_path / "envs"))  # environments belong to the machine
     for project in ("shop", "blog"):
-        (tmp_path / "projects" / project / "envs" / "staging").mkdir(parents=True)
-        (tmp_path / "projects" / project / "envs" / "staging" / "config.json").write_text("{}")
+        (tmp_path / "envs" / project / "staging").mkdir(parents=True)
+        (tmp_path / "envs" / project / "staging" / "config.json").write_text("{}")
     assert main(["e2e", "--env", "staging"]) == 2  # which staging? refused before any run
     assert "'staging' exists in several projects (blog, shop): choose one with --project" in capsys.readouterr().err
     assert main(["e2e", "--env", "staging", "--project", "wiki"]) == 2

@@ -34,7 +34,7 @@ def _target(home: Path, project: str, port: int, db_port: int | None = None, env
 
     config = parse_config({"project": project, "services": {"api": {"context": "api", "port": 8000, "route": "/"}},
                            "environments": {env: {"port": port, **({"db_port": db_port} if db_port else {})}}})
-    return DockerTarget(config, env, config.environments[env], home, "docker", home / "db")
+    return DockerTarget(config, env, config.environments[env], home, "docker", home / "db", env_root=home / "envs")
 
 
 def test_a_port_of_another_environment_is_refused_naming_its_owner(tmp_path: Path) -> None:
@@ -50,22 +50,49 @@ def test_a_port_of_another_environment_is_refused_naming_its_owner(tmp_path: Pat
         _target(tmp_path, "blog", 8090, db_port=9081).claim_ports()  # shop's database port (8081 + 1000)
     with pytest.raises(ConfigError, match="used by environment shop/staging"):
         _target(tmp_path, "shop", 8081, env="qa").claim_ports()  # another env of the same project too
-    assert not list((tmp_path / "projects").glob("blog/*/*/ports.json"))  # a refused claim records nothing
+    assert not list((tmp_path / "envs").glob("blog/*/ports.json"))  # a refused claim records nothing
     _target(tmp_path, "blog", 8090).claim_ports()  # its own ports: fine, and side by side with shop's staging
-    assert json.loads((tmp_path / "projects" / "blog" / "envs" / "staging" / "ports.json").read_text()) == {
+    assert json.loads((tmp_path / "envs" / "blog" / "staging" / "ports.json").read_text()) == {
         "environments.staging.port": 8090, "environments.staging.db_port": 9090}
 
 
-def test_ports_of_an_environment_from_before_projects_stay_taken(tmp_path: Path) -> None:
+def test_ports_of_older_layouts_are_taken_only_while_something_listens(tmp_path: Path) -> None:
+    import socket
+
     from sunday_release.errors import ConfigError
 
-    legacy = tmp_path / "envs" / "staging"
-    legacy.mkdir(parents=True)
-    legacy.joinpath("config.json").write_text(json.dumps({"project": "old", "environments": {"staging": {
-        "port": 8081, "db_port": None, "target": "docker"}}}))
-    with pytest.raises(ConfigError, match=r"port 8081 is already used by environment old/staging \(deployed before "
-                                          r"projects"):
-        _target(tmp_path, "shop", 8081).claim_ports()
+    before_projects = tmp_path / "envs" / "staging"  # SUNDAY_HOME/envs/ENV
+    before_projects.mkdir(parents=True)
+    before_env_root = tmp_path / "projects" / "old" / "envs" / "qa"  # SUNDAY_HOME/projects/PROJECT/envs/ENV
+    before_env_root.mkdir(parents=True)
+    listeners = [socket.socket(), socket.socket()]
+    for listener in listeners:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+    old, older = (listener.getsockname()[1] for listener in listeners)
+    before_projects.joinpath("config.json").write_text(json.dumps({"project": "old", "environments": {
+        "staging": {"port": older, "db_port": None, "target": "docker"}}}))
+    before_env_root.joinpath("ports.json").write_text(json.dumps({"environments.qa.port": old,
+                                                                  "environments.qa.db_port": old + 1}))
+    try:  # running: their ports are taken
+        with pytest.raises(ConfigError, match=rf"port {old} is already used by environment old/qa \(older layout, "
+                                              rf"{before_env_root}\)"):
+            _target(tmp_path, "shop", old).claim_ports()
+        with pytest.raises(ConfigError, match=rf"port {older} is already used by environment old/staging "
+                                              r"\(deployed before projects"):
+            _target(tmp_path, "blog", older).claim_ports()
+    finally:
+        for listener in listeners:
+            listener.close()
+    _target(tmp_path, "shop", old).claim_ports()  # stopped (nothing listens): the ports are free
+    _target(tmp_path, "blog", older).claim_ports()
+    with socket.socket() as router:  # shop's own router listens now: its own claim under the env root
+        router.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        router.bind(("127.0.0.1", old))
+        router.listen()
+        _target(tmp_path, "shop", old).claim_ports()
+    assert (before_env_root / "ports.json").is_file() and (before_projects / "config.json").is_file()  # left alone
 
 
 def test_names_of_an_environment_include_its_project(tmp_path: Path) -> None:
@@ -81,8 +108,10 @@ def test_which_project_a_command_means(tmp_path: Path, monkeypatch: pytest.Monke
     from sunday_release.errors import InputError
     from sunday_release.settings import Settings
 
-    monkeypatch.setenv("SUNDAY_HOME", str(tmp_path))
+    monkeypatch.setenv("SUNDAY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SUNDAY_ENV_ROOT", str(tmp_path / "envs"))
     settings = Settings.from_env()
+    assert settings.env_dir("shop", "staging") == tmp_path / "envs" / "shop" / "staging"
     with pytest.raises(InputError, match="'staging' has never been deployed on this machine"):
         settings.resolve_project("staging", None)
     for project in ("shop", "blog"):

@@ -8,8 +8,9 @@ Runs, all through the CLI: CI, a failing CI, CD (with a verified backup), a seco
 the Prefect API every log, artifact, flow run (parameters, name, every state and its message), task run,
 event, variable and block document; the manifests and image configs (labels, history) of every image CI
 pushed and the local images the containers run; `docker inspect` of the environment's containers (all but
-Config.Env, where the app's DATABASE_URL belongs); every file and file name under SUNDAY_HOME, PREFECT_HOME,
-the Prefect server's home (its SQLite database) and the environment's database root. Plain text and base64.
+Config.Env, where the app's DATABASE_URL belongs); every file and file name under SUNDAY_HOME,
+SUNDAY_ENV_ROOT, PREFECT_HOME, the Prefect server's home (its SQLite database) and the environment's
+database root. Plain text and base64.
 
 Each canary is also shown to have been used: a canary nobody read would prove nothing.
 """
@@ -215,14 +216,15 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
         # Config.Env is where the app's DATABASE_URL belongs: the backend's holds the canary password.
         assert any(canaries.db_password in " ".join(e) for e in container_envs.values()), container_envs
 
-        home = Path(os.environ["SUNDAY_HOME"])
+        home, env_root = Path(os.environ["SUNDAY_HOME"]), Path(os.environ["SUNDAY_ENV_ROOT"])
         # the declared secret store: 0600 --env-files, 0700 dir
-        store = home / "projects" / "sunday" / "envs" / env.name / "secrets"
+        store = env_root / "sunday" / env.name / "secrets"
         assert stat.S_IMODE(store.stat().st_mode) == 0o700
         stored = list(store.iterdir())
         assert stored and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in stored), stored
         assert any(canaries.db_password in p.read_text() for p in stored)
-        hits.scan_tree("SUNDAY_HOME", home, skip=lambda p: p.parent == store)
+        hits.scan_tree("SUNDAY_HOME", home)
+        hits.scan_tree("SUNDAY_ENV_ROOT", env_root, skip=lambda p: p.parent == store)
         hits.scan_tree("PREFECT_HOME", Path(os.environ["PREFECT_HOME"]))
         hits.scan_tree("Prefect server home", _SERVER_HOME)
         hits.scan_tree("database root", env.db_root, skip=lambda p: p == password_file)

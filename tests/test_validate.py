@@ -250,7 +250,8 @@ def test_an_env_name_is_refused_before_it_becomes_a_path(tmp_path: Path) -> None
     evil = "../../etc"
     calls: list[Callable[[], object]] = [
         lambda: make_target(config, evil, Settings.from_env()),
-        lambda: DockerTarget(config, evil, Environment(port=8081), tmp_path, "docker", tmp_path / "db"),
+        lambda: DockerTarget(config, evil, Environment(port=8081), tmp_path, "docker", tmp_path / "db",
+                             env_root=tmp_path / "envs"),
         lambda: saved_config(evil),
         lambda: cd.fn(evil, "a" * 40, "https://github.com/a/b.git"),
         lambda: rollback.fn(evil),

@@ -12,7 +12,7 @@ from sunday_release.errors import InputError
 from sunday_release.settings import Settings
 from sunday_release.targets.protocol import DeployTarget
 
-__all__ = ["make_target"]
+__all__ = ["last_config", "make_target"]
 
 
 def make_target(config: PipelineConfig, env: str, settings: Settings,
@@ -29,9 +29,21 @@ def make_target(config: PipelineConfig, env: str, settings: Settings,
     if environment.target == "kubernetes":
         from sunday_release.targets.kubernetes import KubernetesTarget
 
+        root = settings.env_dir(config.project, env)
         if read_secret is None:
-            return KubernetesTarget(config, env, environment, settings.home)
-        return KubernetesTarget(config, env, environment, settings.home, read_secret=read_secret)
+            return KubernetesTarget(config, env, environment, settings.home, root=root)
+        return KubernetesTarget(config, env, environment, settings.home, read_secret=read_secret, root=root)
     from sunday_release.targets.docker import DockerTarget
 
-    return DockerTarget(config, env, environment, settings.home, settings.docker, settings.db_root)
+    return DockerTarget(config, env, environment, settings.home, settings.docker, settings.db_root,
+                        env_root=settings.env_root)
+
+
+def last_config(settings: Settings, project: str, env: str) -> PipelineConfig:
+    """The config of `project`'s `env`'s last deploy: the target's record (docker: its database) wins over the cache.
+
+    The cache file (ENV_ROOT/PROJECT/ENV/config.json) says which target and database to ask; a target
+    that has none yet leaves the cache.
+    """
+    cached = PipelineConfig.model_validate_json((settings.env_dir(project, env) / "config.json").read_text())
+    return make_target(cached, env, settings).load_config() or cached

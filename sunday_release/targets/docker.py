@@ -1,27 +1,33 @@
 """The `docker` target: blue and green containers on one Docker engine behind a host nginx router.
 
 An environment is keyed by `(project, env)`: two projects may each have a `staging` on one machine.
-Per environment, under SUNDAY_HOME/projects/PROJECT/envs/ENV: `state.json` (release history),
-`ports.json` (the host ports it holds: the machine's registry of ports), `router/` (nginx config,
-pid, access log), `secrets/` (0600 env files given to containers with --env-file: secrets never
-appear in argv); its PostgreSQL cluster is under SUNDAY_DB_ROOT/PROJECT/ENV. Containers are named
-`sunday-PROJECT-ENV-SERVICE-COLOR-N`, carry the labels `sunday.project` and `sunday.env`, and publish
-their port on 127.0.0.1 only.
+Environments belong to the machine, not to a worker's SUNDAY_HOME: per environment, under
+SUNDAY_ENV_ROOT/PROJECT/ENV, `ports.json` (the host ports it holds: the machine's registry of ports),
+`router/` (nginx config, pid, access log), `secrets/` (0600 env files given to containers with
+--env-file: secrets never appear in argv) and `state.json`/`config.json`, a cache of the release
+record. The record itself (release history and last config) is a row of the database
+`sunday_release` in the environment's own PostgreSQL cluster under SUNDAY_DB_ROOT/PROJECT/ENV
+(`env_record`): every worker on the machine reads the same copy, and it wins over the cache.
+Containers are named `sunday-PROJECT-ENV-SERVICE-COLOR-N`, carry the labels `sunday.project` and
+`sunday.env`, and publish their port on 127.0.0.1 only.
 
-Environments of the layout before projects (SUNDAY_HOME/envs/ENV, containers without a
-`sunday.project` label) are left alone: nothing here stops or reads them, except that the ports
-they hold are refused to other environments.
+Environments of older layouts (SUNDAY_HOME/envs/ENV from before projects, SUNDAY_HOME/projects/
+PROJECT/envs/ENV from before the env root) are left alone: nothing here stops or reads their state,
+and the ports they recorded count as taken only while something listens on them.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import platform
+import socket
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import SecretStr
 
@@ -31,6 +37,7 @@ from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import ConfigError, InputError, PipelineError, RolloutAborted
 from sunday_release.registry import INDEX_TYPES, RegistryClient
 from sunday_release.runner import run, tail
+from sunday_release.targets import env_record
 from sunday_release.targets.local_db import LocalDatabase
 from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, DeployTarget, Replica, TrafficLog
 
@@ -43,16 +50,16 @@ class DockerTarget:
     """Blue-green on one Docker engine; the router's config file says which color is live."""
 
     def __init__(self, config: PipelineConfig, env_name: str, env: Environment, home: Path, docker: str,
-                 db_root: Path) -> None:
+                 db_root: Path, *, env_root: Path) -> None:
         validate.name(env_name, "--env")  # it becomes a directory, container names and labels
         self.project = validate.name(config.project, "project")
         if env.port is None:
             raise ConfigError("sunday-release.yaml", f"environments.{env_name}.port",
                               "the docker target needs the port of the environment's entry point")
         self.config, self.env_name, self.env, self.docker, self.home = config, env_name, env, docker, home
-        self.root = home / "projects" / self.project / "envs" / env_name
+        self.env_root = env_root
+        self.root = env_root / self.project / env_name  # as Settings.env_dir
         self.router_dir = self.root / "router"
-        self.state_path = self.root / "state.json"
         self.db = LocalDatabase(db_root / self.project / env_name, env.db_port or env.port + 1000)
 
     @property
@@ -71,18 +78,35 @@ class DockerTarget:
                 f"environments.{self.env_name}.db_port": self.db.port}
 
     def _port_owners(self) -> dict[int, str]:
-        """Port → `project/env` of every other environment on this machine (the ports.json registry)."""
+        """Port → owner of every other environment on this machine that holds it.
+
+        Environments under the env root hold their ports (ports.json) whether or not they run. Those
+        of older layouts under SUNDAY_HOME hold a port only while something listens on it: a stopped
+        old staging does not keep 8081 from a new one, a running one does.
+        """
         owners: dict[int, str] = {}
-        for claim in (self.home / "projects").glob("*/envs/*/ports.json"):
-            owner = f"{claim.parent.parent.parent.name}/{claim.parent.name}"
-            if owner == self.key:
+        mine: set[int] = set()
+        for claim in self.env_root.glob("*/*/ports.json"):
+            ports = _ports_in(claim)
+            if f"{claim.parent.parent.name}/{claim.parent.name}" == self.key:
+                mine = set(ports)
+            else:
+                owners |= {port: f"{claim.parent.parent.name}/{claim.parent.name}" for port in ports}
+        for port, owner in self._older_layouts().items():
+            if port in owners or port in mine or not _listening(port):
                 continue
-            try:
-                ports = json.loads(claim.read_text())
-            except (OSError, ValueError):
-                continue
-            owners |= {int(port): owner for port in ports.values() if isinstance(port, int)}
-        for legacy in (self.home / "envs").glob("*/config.json"):  # deployed before projects: left alone
+            if port == self.db.port and self.db.running():
+                continue  # this environment's own cluster: SUNDAY_DB_ROOT/PROJECT/ENV serves every layout
+            owners[port] = owner
+        return owners
+
+    def _older_layouts(self) -> dict[int, str]:
+        """Port → owner recorded by environments of older layouts under SUNDAY_HOME (left alone otherwise)."""
+        owners: dict[int, str] = {}
+        for claim in (self.home / "projects").glob("*/envs/*/ports.json"):  # before the env root
+            owners |= {port: f"{claim.parent.parent.parent.name}/{claim.parent.name} (older layout, {claim.parent})"
+                       for port in _ports_in(claim)}
+        for legacy in (self.home / "envs").glob("*/config.json"):  # before projects
             try:
                 data = json.loads(legacy.read_text())
                 spec = data["environments"][legacy.parent.name]
@@ -100,8 +124,8 @@ class DockerTarget:
         Raises:
             ConfigError: a port of the config is held by another `project/env` on this machine (named).
         """
-        (self.home / "projects").mkdir(parents=True, exist_ok=True)
-        with open(self.home / "projects" / ".ports.lock", "a+") as lock:
+        self.env_root.mkdir(parents=True, exist_ok=True)
+        with open(self.env_root / ".ports.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two first deploys of different projects claim one after the other
             try:
                 owners = self._port_owners()
@@ -117,12 +141,77 @@ class DockerTarget:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    # ---------------------------------------------------------------- state
+    # ---------------------------------------------------------------- release record
+    @property
+    def state_path(self) -> Path:
+        """The cache of the release history (the database copy wins)."""
+        return self.root / "state.json"
+
+    @property
+    def config_path(self) -> Path:
+        """The cache of the last deployed config (the database copy wins); what `Settings.projects_with` finds."""
+        return self.root / "config.json"
+
+    def prepare_record(self) -> None:
+        """Create the database `sunday_release` and its table in the environment's (running) cluster, once."""
+        done = self.db.psql(env_record.prepare_script(self.db.user), "postgres")
+        if not done.ok:
+            raise PipelineError(f"{self.key}: preparing the release record (database {env_record.DATABASE} on port "
+                                f"{self.db.port}) failed: {tail(done.stderr, 3)}")
+
+    def read_record(self) -> env_record.Record | None:
+        """The environment's row in its database, starting the cluster if it is stopped.
+
+        None when there is no cluster, no `sunday_release` database (a cluster of an older layout
+        that no deploy prepared yet) or no row: the cache is all there is then.
+        """
+        if not self.db.start():
+            return None
+        done = self.db.psql(env_record.read_script(self.project, self.env_name), env_record.DATABASE)
+        if done.returncode == 2 and f'database "{env_record.DATABASE}" does not exist' in done.stderr:
+            return None
+        if not done.ok:
+            raise PipelineError(f"{self.key}: reading the release record (database {env_record.DATABASE} on port "
+                                f"{self.db.port}) failed: {tail(done.stderr, 3)}")
+        return env_record.parse_record(done.stdout)
+
+    def _write_record(self, column: Literal["state", "config"], value: dict[str, object], cache: Path) -> None:
+        """One upsert of `column`, then its cache file (atomically); a refused value changes neither."""
+        what = "release history" if column == "state" else "config"
+        done = self.db.psql(env_record.write_script(self.project, self.env_name, column, value), env_record.DATABASE)
+        if not done.ok:
+            refused = env_record.refused_write(self.key, what, done.stderr)
+            if refused is not None:
+                raise refused
+            raise PipelineError(f"{self.key}: writing the {what} (database {env_record.DATABASE} on port "
+                                f"{self.db.port}) failed: {tail(done.stderr, 3)}")
+        _write_atomically(cache, json.dumps(value, indent=2))
+
     def load_state(self) -> EnvState:
+        """The release history: the database's copy, else the cache file, else an empty one."""
+        record = self.read_record()
+        if record is not None and record.state is not None:
+            return EnvState.model_validate(record.state)
         return EnvState.load(self.state_path, self.env_name)
 
     def save_state(self, state: EnvState) -> None:
-        state.save(self.state_path)
+        """Write the release history: one upsert in the environment's database, then the cache file."""
+        self._write_record("state", state.model_dump(mode="json"), self.state_path)
+
+    def load_config(self) -> PipelineConfig | None:
+        """The config of the environment's last deploy from its database, None when it has none."""
+        record = self.read_record()
+        if record is None or record.config is None:
+            return None
+        return PipelineConfig.model_validate(record.config)
+
+    def save_config(self) -> None:
+        """Record this target's config as the environment's last (database, then cache file).
+
+        Raises:
+            InputError: PostgreSQL refused a value of the config (named by SQLSTATE, never quoted).
+        """
+        self._write_record("config", self.config.model_dump(mode="json"), self.config_path)
 
     @property
     def url(self) -> str:
@@ -134,8 +223,9 @@ class DockerTarget:
         return out.stdout.strip() or "172.17.0.1"
 
     def ensure_database(self) -> None:
-        """Start (creating once) the environment's PostgreSQL."""
+        """Start (creating once) the environment's PostgreSQL and its release record database."""
         self.db.ensure(self.bridge_ip())
+        self.prepare_record()
 
     def _env_file(self, service: str, version: str, color: Color) -> Path:
         secrets = self.root / "secrets"
@@ -365,6 +455,33 @@ class DockerTarget:
             self.remove_color(color)  # type: ignore[arg-type]
         self.stop_router()
         self.db.stop()
+
+
+def _ports_in(claim: Path) -> list[int]:
+    """The ports a ports.json records ([] when it cannot be read)."""
+    try:
+        ports = json.loads(claim.read_text())
+    except (OSError, ValueError):
+        return []
+    return [int(p) for p in ports.values() if isinstance(p, int)] if isinstance(ports, dict) else []
+
+
+def _listening(port: int) -> bool:
+    """Does something accept connections on 127.0.0.1:`port`?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a rename, so a reader sees the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 if TYPE_CHECKING:

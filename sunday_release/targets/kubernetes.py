@@ -220,15 +220,19 @@ class KubernetesTarget:
 
     def __init__(self, config: PipelineConfig, env_name: str, env: Environment, home: Path,
                  api: KubeApi | None = None, namespace: str | None = None, *, url: str | None = None,
-                 timing: Timing | None = None, read_secret: Callable[[str], SecretStr] = no_secret_reader) -> None:
+                 timing: Timing | None = None, read_secret: Callable[[str], SecretStr] = no_secret_reader,
+                 root: Path | None = None) -> None:
         """`api` None: the cluster of `env.kube_context` (or the one `substitute_cluster` names).
+
+        `root` is the environment's local directory (Settings.env_dir: ENV_ROOT/PROJECT/ENV) for the copies
+        of the state and config; default HOME/projects/PROJECT/envs/ENV.
 
         `read_secret` reads a secret by name (the flows pass the Prefect Secret block reader), for `database()`.
         """
         self.config, self.env_name, self.env = config, validate.name(env_name, "--env"), env
         self.project = validate.name(config.project, "project")
         self.namespace = namespace or f"sunday-{env_name}"
-        self.root = home / "projects" / self.project / "envs" / env_name  # as Settings.env_dir
+        self.root = root or home / "projects" / self.project / "envs" / env_name
         self.state_path = self.root / "state.json"
         substitute = _substitute if api is None else None
         if substitute is not None:
@@ -260,6 +264,18 @@ class KubernetesTarget:
     def saved_config(self) -> PipelineConfig | None:
         """The config the last `save_state` stored beside the history; None before the first."""
         return config_from_configmap(self._state_configmap("read the last config"))
+
+    def load_config(self) -> PipelineConfig | None:
+        """The environment's last config as the cluster keeps it (the state ConfigMap)."""
+        return self.saved_config()
+
+    def save_config(self) -> None:
+        """The cluster's copy is written with every `save_state`; here the cache file ROOT/config.json."""
+        path = self.root / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.config.model_dump_json())
+        tmp.replace(path)
 
     def save_state(self, state: EnvState) -> None:
         """Store `state` (trimmed) and the target's config (the environment's last config) in the state

@@ -2,7 +2,8 @@
 
 It stands in for RDS and outlives deployments. The server runs as the `postgres` OS user (it
 refuses root); containers reach it through the Docker bridge gateway with a password kept in a
-0600 file of the environment's directory.
+0600 file of the environment's directory. The same cluster keeps the environment's release record
+(database `sunday_release`, see `env_record`), which the application's role cannot connect to.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sunday_release.errors import PipelineError
-from sunday_release.runner import run
+from sunday_release.runner import CommandResult, run
 
 __all__ = ["LocalDatabase"]
 
@@ -54,6 +55,24 @@ class LocalDatabase:
         return run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "status", "-D", str(self.data)],
                    check=False).returncode == 0
 
+    def start(self) -> bool:
+        """Start the existing cluster if it is not running; False when there is no cluster (never created)."""
+        if not (self.data / "PG_VERSION").exists():
+            return False
+        if not self.running():
+            self._as_postgres(str(PG_BIN / "pg_ctl"), "start", "-w", "-D", str(self.data), "-l",
+                              str(self.data / "server.log"))
+        return True
+
+    def psql(self, script: str, database: str) -> CommandResult:
+        """Run `script` (on stdin: values never reach argv) on `database` as the `postgres` OS user, unchecked.
+
+        Through the cluster's Unix socket (in its data directory, which only `postgres` and root can
+        enter); `-X`: no psqlrc; `-qAt`: bare rows. psql exits 2 when it could not connect.
+        """
+        return run(["runuser", "-u", "postgres", "--", str(PG_BIN / "psql"), "-X", "-qAt", "-h", str(self.data),
+                    "-p", str(self.port), "-d", database], input=script, timeout=120, check=False)
+
     def ensure(self, bridge_ip: str) -> None:
         """Create the cluster, role and database once; start the server if it is not running."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -70,9 +89,7 @@ class LocalDatabase:
                            f"unix_socket_directories = '{self.data}'\n")
             with open(self.data / "pg_hba.conf", "a") as hba:
                 hba.write("host all all 172.16.0.0/12 scram-sha-256\n")
-        if not self.running():
-            self._as_postgres(str(PG_BIN / "pg_ctl"), "start", "-w", "-D", str(self.data), "-l",
-                              str(self.data / "server.log"))
+        self.start()
         if fresh:
             password = self.password().replace("'", "''")
             # CREATEDB: the backup's restore check restores into a scratch database

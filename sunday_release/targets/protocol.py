@@ -124,6 +124,16 @@ class DeployTarget(Protocol):
 
     def save_state(self, state: EnvState) -> None: ...
 
+    def load_config(self) -> PipelineConfig | None:
+        """The config of the environment's last deploy as the target keeps it (docker: its database;
+        kubernetes: the state ConfigMap), None when it keeps none yet."""
+        ...
+
+    def save_config(self) -> None:
+        """Record this target's config as the environment's last: in the target's own record, and in the
+        cache file ROOT/config.json that says which target (and cluster or database) to ask."""
+        ...
+
     # ---------------------------------------------------------------- colors
     def live_color(self) -> Color | None:
         """The color receiving traffic, None before the first release."""
