@@ -52,6 +52,27 @@ class Waited(Exception):
     """Raised by `while_waiting`: the slot was busy."""
 
 
+def _taken(project: str, env: str, hold: float = 0) -> bool:
+    """Whether `environment_slot(project, env)` is granted (without `while_waiting`: it waits as long as it takes).
+
+    Run in a daemon thread and given 120 s, far beyond a slow server's answer but finite: a slot that is wrongly
+    shared with a held one never comes, and the test fails instead of hanging the suite.
+    """
+    from flows.cd import environment_slot
+
+    got = threading.Event()
+
+    def take() -> None:
+        with environment_slot(project, env):
+            got.set()
+            time.sleep(hold)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(120 + hold)
+    return got.is_set()
+
+
 def test_a_production_slot_is_taken_at_once_while_staging_is_held(prefect_api: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import flows.cd
@@ -59,18 +80,18 @@ def test_a_production_slot_is_taken_at_once_while_staging_is_held(prefect_api: s
 
     monkeypatch.setattr(flows.cd, "WAIT_POLL_SECONDS", 1)
     project = f"slots-{secrets.token_hex(2)}"
+    polls: list[str] = []
 
     def busy() -> None:
+        polls.append("staging")
         raise Waited
 
     with environment_slot(project, "staging"):  # a staging deploy or rollback is running
-        started = time.monotonic()
-        with environment_slot(project, "production", while_waiting=busy):
-            assert time.monotonic() - started < 5  # production's own slot: taken at once, never a poll
+        assert _taken(project, "production"), "production waited behind staging's slot"
         with pytest.raises(Waited), environment_slot(project, "staging", while_waiting=busy):
             pytest.fail("a second holder of staging's slot got it")  # pragma: no cover
-    with environment_slot(project, "staging", while_waiting=busy):  # released: free again
-        pass
+        assert polls == ["staging"]  # it waited, and `while_waiting` ran while it did
+    assert _taken(project, "staging"), "staging's slot stayed taken after its holder left"
 
 
 # --- real: deploys paused for approval and an emergency rollback ------------------------------------------------
