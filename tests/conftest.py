@@ -8,6 +8,7 @@ Trivy) are what `make test-fast` leaves out. When a run selects none of them (th
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -36,10 +37,14 @@ os.environ.pop("PREFECT_API_URL", None)
 # before Prefect reads its settings, so every client (other threads, subprocess workers) sends it.
 _SERVER_HOME = _HOME / "server-home"
 os.environ["PREFECT_API_AUTH_STRING"] = LocalServer(_SERVER_HOME).auth_string()
+# `--dist loadgroup`: the workers (started after this import, with this environment) write the groups here
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["SUNDAY_TEST_GROUPS"] = str(_HOME / "xdist-groups.json")
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+_FAULTS = Path(__file__).resolve().parent / "faults"
 DOCKER = "/usr/bin/docker"
 
 
@@ -213,18 +218,19 @@ _FIXTURE_MARKERS = {
 TIER_MARKERS = frozenset({*_FIXTURE_MARKERS.values(), "docker", "server", "services"})
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    xdist = config.pluginmanager.hasplugin("xdist")
-    for item in items:
-        names = set(getattr(item, "fixturenames", ()))
-        for fixture, marker in _FIXTURE_MARKERS.items():
-            if fixture in names:
-                item.add_marker(getattr(pytest.mark, marker))
-        if xdist and _shares_a_module_fixture(item):
-            # `--dist loadgroup`: the tests of a module-scoped fixture (one deployed app, one `make server`) run
-            # on one worker, which sets it up once; every other test goes to whichever worker is free
-            item.add_marker(pytest.mark.xdist_group(name=item.nodeid.split("::", 1)[0]))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark each test as it is collected: before any `pytest_collection_modifyitems` (`-m` deselects by these
+    markers; pytest-xdist's worker turns `xdist_group` into the node id suffix that `--dist loadgroup` schedules by)."""
+    names = set(getattr(item, "fixturenames", ()))
+    if _FAULTS in item.path.parents:
+        item.add_marker(pytest.mark.faults)
+    for fixture, marker in _FIXTURE_MARKERS.items():
+        if fixture in names:
+            item.add_marker(getattr(pytest.mark, marker))
+    if item.config.pluginmanager.hasplugin("xdist") and _shares_a_module_fixture(item):
+        # `--dist loadgroup`: the tests of a module-scoped fixture (one deployed app, one `make server`) run
+        # on one worker, which sets it up once; every other test goes to whichever worker is free
+        item.add_marker(pytest.mark.xdist_group(name=item.nodeid.split("::", 1)[0]))
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:
@@ -232,6 +238,43 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
     if info is None:
         return False
     return any(defs[-1].scope in ("module", "package", "class") for defs in info.name2fixturedefs.values() if defs)
+
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A worker writes the group of each grouped test for the controller's scheduler (below)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or "SUNDAY_TEST_GROUPS" not in os.environ:
+        return
+    groups = {item.nodeid: str(mark.kwargs["name"]) for item in items
+              for mark in item.iter_markers("xdist_group")}
+    path = Path(os.environ["SUNDAY_TEST_GROUPS"])
+    partial = path.with_name(f"{path.name}.{os.environ['PYTEST_XDIST_WORKER']}")
+    partial.write_text(json.dumps(groups))
+    partial.replace(path)  # every worker collects the same tests: whichever lands last, the content is the same
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` by the groups the workers found.
+
+    pytest-xdist 3.8 marks a group by renaming the test's node id, which pytest 9 no longer reads (the id lives
+    elsewhere): its own loadgroup sends the tests of one module-scoped fixture to several workers, and each sets
+    the fixture up again. This scheduler groups by what the workers wrote instead, through xdist's hook.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModuleFixture(LoadScopeScheduling):  # type: ignore[misc]
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # read once, after every worker collected
+                path = Path(os.environ["SUNDAY_TEST_GROUPS"])
+                self.groups = json.loads(path.read_text()) if path.exists() else {}
+            return self.groups.get(nodeid, nodeid)
+
+    return ByModuleFixture(config, log)
 
 
 # --- the fast tier's guard ------------------------------------------------------------------------------------
