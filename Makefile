@@ -27,16 +27,16 @@ lint: venv
 	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
 
-# The full suite but the fault-injection cases (tests/faults, `make test-faults`), on three workers: the tests of
+# The full suite but the fault-injection cases (tests/faults, `make test-faults`). With `-n N --dist loadgroup` the tests of
 # one module-scoped fixture (one deployed app) stay on one worker (tests/conftest.py schedules them)
 test: setup
 	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n 3 --dist loadgroup -m "not faults" --durations=15
+	$(BIN)/pytest -q -m "not faults" --durations=15
 
 # Every fault the pipeline promises to survive (kill -9 at each step, outages, a failing release), on the real platform
 test-faults: setup
-	$(BIN)/pytest -q -n 2 --dist loadgroup -m faults --durations=15
+	$(BIN)/pytest -q -m faults --durations=15
 
 # The fast tier: every test that needs no Docker engine, no server and no root (tests/conftest.py marks the rest
 # from the fixtures they take, and refuses Docker and the servers in this run), on two workers; no `setup`.
