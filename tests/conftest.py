@@ -240,7 +240,6 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
     return any(defs[-1].scope in ("module", "package", "class") for defs in info.name2fixturedefs.values() if defs)
 
 
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A worker writes the group of each grouped test for the controller's scheduler (below)."""
     if "PYTEST_XDIST_WORKER" not in os.environ or "SUNDAY_TEST_GROUPS" not in os.environ:

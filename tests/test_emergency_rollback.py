@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import secrets
@@ -52,11 +53,12 @@ class Waited(Exception):
     """Raised by `while_waiting`: the slot was busy."""
 
 
-def _taken(project: str, env: str, hold: float = 0) -> bool:
+def _taken(project: str, env: str) -> bool:
     """Whether `environment_slot(project, env)` is granted (without `while_waiting`: it waits as long as it takes).
 
     Run in a daemon thread and given 120 s, far beyond a slow server's answer but finite: a slot that is wrongly
-    shared with a held one never comes, and the test fails instead of hanging the suite.
+    shared with a held one never comes, and the test fails instead of hanging the suite. The thread runs in a copy
+    of this context, so it asks the test's Prefect server (a bare thread has no API URL: an ephemeral server).
     """
     from flows.cd import environment_slot
 
@@ -65,11 +67,10 @@ def _taken(project: str, env: str, hold: float = 0) -> bool:
     def take() -> None:
         with environment_slot(project, env):
             got.set()
-            time.sleep(hold)
 
-    thread = threading.Thread(target=take, daemon=True)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(take,), daemon=True)
     thread.start()
-    thread.join(120 + hold)
+    thread.join(120)
     return got.is_set()
 
 
