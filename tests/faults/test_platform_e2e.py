@@ -171,10 +171,10 @@ def answer_in_ui(stack: Stack, run_id: str, approve: bool, reason: str, screensh
             page.get_by_role("menuitem", name="Resume", exact=True).click()
             dialog = page.get_by_role("dialog", name="Resume Flow Run")
             dialog.get_by_text("Provide input to resume").wait_for(timeout=30_000)
-            checkbox = dialog.get_by_role("switch").or_(dialog.get_by_role("checkbox")).first
-            checkbox.wait_for(timeout=30_000)
-            if checkbox.is_checked() != approve:
-                checkbox.click()
+            switch = dialog.get_by_role("switch")
+            switch.click()  # `approve` is unset (the form refuses it) until the switch is touched
+            if switch.is_checked() != approve:
+                switch.click()
             dialog.get_by_role("textbox").first.fill(reason)
             dialog.get_by_role("button", name="Resume", exact=True).click()
             page.get_by_text("Flow run resumed").wait_for(timeout=30_000)
