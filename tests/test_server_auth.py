@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +20,14 @@ import pytest
 from adapters.server import LocalServer
 from adapters.webhook import repository_slug, sign
 from tests.conftest import _SERVER_HOME, ROOT, free_port
+from tests.platform_fixture import POOLS, Platform, basic, started_platform
 from tests.waiting import wait_for_healthz
 
 CLI = [sys.executable, "-m", "adapters.cli"]
-POOLS = ("sunday-ci", "sunday-deploy", "sunday-e2e")
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def _basic(auth: str) -> tuple[str, str]:
-    user, _, password = auth.partition(":")
-    return user, password
 
 
 # --- the CLI's local server -----------------------------------------------------------------------
@@ -50,7 +42,7 @@ def test_the_local_server_refuses_requests_without_its_auth_string(prefect_api: 
         assert httpx.request(method, prefect_api + path, json={} if method == "POST" else None,
                              timeout=10).status_code == 401, path
     assert httpx.post(f"{prefect_api}/flows/filter", json={}, auth=("sunday", "wrong"), timeout=10).status_code == 401
-    assert httpx.post(f"{prefect_api}/flows/filter", json={}, auth=_basic(auth), timeout=10).status_code == 200
+    assert httpx.post(f"{prefect_api}/flows/filter", json={}, auth=basic(auth), timeout=10).status_code == 200
     # Prefect lets GET /health through for probes; it tells nothing but "up"
     assert httpx.get(f"{prefect_api}/health", timeout=10).status_code == 200
 
@@ -135,55 +127,11 @@ def test_the_cli_keeps_a_callers_auth_string_for_another_server(tmp_path: Path) 
 # --- make server --------------------------------------------------------------------------------
 
 
-@dataclass
-class Platform:
-    dir: Path
-    api: str
-    auth: str
-    started: str  # what `server.sh start` printed
-    seconds: float
-
-    def get(self, path: str, auth: bool = True) -> httpx.Response:
-        return httpx.get(self.api + path, auth=_basic(self.auth) if auth else None, timeout=30)
-
-    def post(self, path: str, body: Any = None, auth: bool = True) -> httpx.Response:
-        return httpx.post(self.api + path, json={} if body is None else body,
-                          auth=_basic(self.auth) if auth else None, timeout=30)
-
-    def client_env(self, auth: bool = True) -> dict[str, str]:
-        env = {**os.environ, "PREFECT_API_URL": self.api}
-        env.pop("PREFECT_API_AUTH_STRING", None)
-        if auth:
-            env["PREFECT_API_AUTH_STRING"] = self.auth
-        return env
-
-
-def _server_sh(action: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(ROOT / "infra" / "local" / "server.sh"), action], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
 @pytest.fixture(scope="module")
 def platform(starts_server: None) -> Iterator[Platform]:
     """`make server` in a private directory on free ports; always stopped and removed afterwards."""
-    top = Path(tempfile.mkdtemp(prefix="sunday-platform-"))
-    top.chmod(0o711)  # PostgreSQL (user postgres) traverses it to its data directory
-    port = free_port()
-    env = {**os.environ, "SUNDAY_PLATFORM_DIR": str(top / "platform"), "PREFECT_PORT": str(port),
-           "PREFECT_DB_PORT": str(free_port()), "SUNDAY_S3_PORT": str(free_port())}
-    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_HOME", "SUNDAY_APP_REPO"):
-        env.pop(name, None)
-    started = time.monotonic()
-    try:
-        done = _server_sh("start", env, timeout=240)
-        seconds = time.monotonic() - started
-        assert done.returncode == 0, done.stderr[-3000:]
-        auth = (top / "platform" / "api-auth").read_text().strip()
-        yield Platform(top / "platform", f"http://127.0.0.1:{port}/api", auth, done.stdout + done.stderr, seconds)
-    finally:
-        stopped = _server_sh("stop", env, timeout=180)
-        shutil.rmtree(top, ignore_errors=True)
-        assert stopped.returncode == 0, stopped.stderr[-3000:]
+    with started_platform() as running:
+        yield running
 
 
 @pytest.mark.docker
@@ -233,7 +181,7 @@ def _webhook(platform: Platform, port: int, auth: bool, home: Path) -> subproces
 @pytest.mark.docker
 def test_the_webhook_receiver_emits_to_make_server_with_the_string(platform: Platform, tmp_path: Path) -> None:
     # the ci deployment's trigger would start a CI run on this push: its pool holds it
-    assert httpx.patch(f"{platform.api}/work_pools/sunday-ci", json={"is_paused": True}, auth=_basic(platform.auth),
+    assert httpx.patch(f"{platform.api}/work_pools/sunday-ci", json={"is_paused": True}, auth=basic(platform.auth),
                        timeout=30).status_code == 204
     refused = _webhook(platform, free_port(), auth=False, home=tmp_path / "no-auth")
     _, stderr = refused.communicate(timeout=120)

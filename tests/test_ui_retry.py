@@ -60,7 +60,8 @@ def ci_deployment(pool: str) -> Iterator[Any]:
 
 
 @contextmanager
-def chromium_page() -> Iterator[Any]:
+def chromium_page(auth: str | None = None) -> Iterator[Any]:
+    """Headless Chromium on a page that gives the UI `auth` (default: this process's PREFECT_API_AUTH_STRING)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -68,18 +69,18 @@ def chromium_page() -> Iterator[Any]:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             # the server asks for its auth string: the UI keeps it, base64, in localStorage["prefect-password"]
-            token = base64.b64encode(os.environ["PREFECT_API_AUTH_STRING"].encode()).decode()
+            token = base64.b64encode((auth or os.environ["PREFECT_API_AUTH_STRING"]).encode()).decode()
             page.add_init_script(f"localStorage.setItem('prefect-password', {json.dumps(token)})")
             yield page
         finally:
             browser.close()
 
 
-def press_retry(url: str, screenshot: Path) -> None:
+def press_retry(url: str, screenshot: Path, auth: str | None = None) -> None:
     """Open the flow run in the (default, v2) UI, choose Retry in its menu and confirm; screenshot on failure."""
     from playwright.sync_api import Error
 
-    with chromium_page() as page:
+    with chromium_page(auth) as page:
         try:
             page.goto(url)
             page.get_by_text("Failed", exact=True).first.wait_for(timeout=60_000)  # the run's state badge
