@@ -215,6 +215,7 @@ def push_platform_image(service: str, local_tag: str, platform: str) -> Descript
     registry, _, rest = local_tag.partition("/")
     repository, _, tag = rest.rpartition(":")
     _docker_login(registry, repository)
+    progress(f"pushing {platform} to {registry}")
     pushed = run([settings.docker, "push", local_tag], timeout=1800, check=False)
     if not pushed.ok:
         failure = CommandFailed(["docker", "push", local_tag], pushed.returncode,
