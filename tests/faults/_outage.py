@@ -26,7 +26,7 @@ CLI = [sys.executable, "-m", "adapters.cli"]
 class FaultProxy:
     """A TCP relay on 127.0.0.1 in front of a real service; `outage(seconds)` closes it: connection refused.
 
-    With `cut_on=b"PUT "`, the first request starting so is relayed in part, then cut on both sides
+    With `cut_on=b"PUT "`, the first request that starts so is relayed in part, then cut on both sides
     (the server saw a truncated request) and the outage starts: the service went away mid-request.
     """
 
@@ -63,15 +63,13 @@ class FaultProxy:
             threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        first = True
         try:
             while data := src.recv(65536):
-                if upstream and first and self.cut_on and data.startswith(self.cut_on) and not self._cut.is_set():
+                if upstream and self.cut_on and data.startswith(self.cut_on) and not self._cut.is_set():
                     self._cut.set()
                     dst.sendall(data[: len(data) // 2])  # the server gets half a request
                     self.outage(self.seconds)
                     return
-                first = False
                 dst.sendall(data)
         except OSError:
             pass
