@@ -4,6 +4,7 @@
     ├── InputError                bad input from a person: exit code 2, nothing done
     │   └── ConfigError           sunday-release.yaml (file, key path, what was expected)
     ├── CommandFailed             a subprocess exited non-zero or timed out
+    │   └── DockerUnavailable     the Docker daemon (or its network) did not answer: retried, then names the daemon
     ├── CheckFailed               a service's build, test, lint or type check did not pass
     ├── GateFailed                a gate (scan policy, thresholds) said no
     ├── TagExists                 an immutable image tag already points at other content
@@ -21,6 +22,7 @@ __all__ = [
     "CheckFailed",
     "CommandFailed",
     "ConfigError",
+    "DockerUnavailable",
     "GateFailed",
     "InputError",
     "PipelineError",
@@ -65,6 +67,19 @@ class CommandFailed(PipelineError):
 
     def __reduce__(self) -> tuple[type, tuple[list[str], int | None, str]]:
         return (type(self), (self.argv, self.returncode, self.stderr_tail))
+
+
+class DockerUnavailable(CommandFailed):
+    """A docker command failed because the daemon (or its network) did not answer; the message names the daemon."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr_tail: str, daemon: str) -> None:
+        super().__init__(argv, returncode, stderr_tail)
+        self.daemon = daemon
+        last = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else "no answer"
+        self.args = (f"the Docker daemon {daemon} is unavailable: docker {' '.join(self.argv[1:4])} failed: {last}",)
+
+    def __reduce__(self) -> tuple[type, tuple[list[str], int | None, str, str]]:  # type: ignore[override]
+        return (type(self), (self.argv, self.returncode, self.stderr_tail, self.daemon))
 
 
 class CheckFailed(PipelineError):

@@ -16,7 +16,7 @@ from sunday_release import validate
 from sunday_release.config import PipelineConfig, Service
 from sunday_release.content_key import content_key
 from sunday_release.ecr import EcrClient, ecr_credentials, ensure_repository, is_ecr, region_of
-from sunday_release.errors import CheckFailed, CommandFailed, ConfigError, InputError
+from sunday_release.errors import CheckFailed, CommandFailed, ConfigError, DockerUnavailable, InputError
 from sunday_release.registry import (
     DOCKER_HUB,
     Descriptor,
@@ -170,7 +170,7 @@ def find_published(service: str, registry: str, repository: str, key: str) -> Pu
                           cached=True, key=key)
 
 
-@task(name="build-image", task_run_name="build[{service} {platform}]", retries=2,
+@task(name="build-image", task_run_name="build[{service} {platform}]", retries=3,
       retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5, retry_condition_fn=is_transient,
       cache_policy=ON_THIS_MACHINE, cache_expiration=LOCAL_CACHE, persist_result=True)
 def build_platform_image(service: str, spec: Service, checkout: Checkout, config: PipelineConfig, platform: str,
@@ -199,8 +199,9 @@ def build_platform_image(service: str, spec: Service, checkout: Checkout, config
     built = run(argv, env={"DOCKER_BUILDKIT": "1"}, timeout=3600, check=False)
     if not built.ok:
         failure = CommandFailed(argv[:4], built.returncode, tail(built.stderr or built.stdout))
-        if transient_command(failure):
-            raise failure
+        if transient_command(failure):  # the daemon went away or did not answer: retried, then named
+            raise DockerUnavailable(argv[:4], built.returncode, failure.stderr_tail,
+                                    os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
         raise CheckFailed(service, f"build {platform}", tail(built.stderr or built.stdout, 8))
     progress(f"built {platform} in {time.monotonic() - started:.1f}s")
     return tag
@@ -215,6 +216,7 @@ def push_platform_image(service: str, local_tag: str, platform: str) -> Descript
     registry, _, rest = local_tag.partition("/")
     repository, _, tag = rest.rpartition(":")
     _docker_login(registry, repository)
+    progress(f"pushing {platform} to {registry}")
     pushed = run([settings.docker, "push", local_tag], timeout=1800, check=False)
     if not pushed.ok:
         failure = CommandFailed(["docker", "push", local_tag], pushed.returncode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from prefect import task
 from deployments.projects import find_policy
 from sunday_release import validate
 from sunday_release.config import CONFIG_FILE, PipelineConfig, load_config
-from sunday_release.errors import CommandFailed, ConfigError, InputError
+from sunday_release.errors import CommandFailed, ConfigError, InputError, PipelineError
 from sunday_release.policy import enforce
 from sunday_release.refs import is_sha
 from sunday_release.runner import run
@@ -70,6 +71,13 @@ def _check_on_ref(dest: Path, repo: str, ref: str, sha: str) -> None:
         raise InputError(f"--sha: commit {sha!r} is not on {ref!r} of {repo}")
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space (ENOSPC), in git (its stderr) or in this process."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return isinstance(exc, CommandFailed) and "no space left on device" in exc.stderr_tail.lower()
+
+
 @task(name="clone", task_run_name="clone", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.5,
       retry_condition_fn=is_transient, cache_policy=ON_THIS_MACHINE,
       cache_expiration=LOCAL_CACHE, persist_result=True)
@@ -100,8 +108,12 @@ def clone_repo(repo: str, ref: str, workspace: str, sha: str | None = None) -> C
         # `git checkout --detach` refuses `--end-of-options` (git 2.39); `git switch` takes it
         run(["git", "-C", str(dest), "switch", "-q", "--detach", "--end-of-options", sha or "FETCH_HEAD"],
             env=_GIT_ENV)
-    except (CommandFailed, InputError):
-        shutil.rmtree(dest, ignore_errors=True)
+    except (CommandFailed, InputError, OSError) as exc:
+        shutil.rmtree(dest, ignore_errors=True)  # never a truncated checkout left behind
+        if _disk_full(exc):
+            raise PipelineError(f"the workspace disk is full: no space left on device for the checkout of {ref} "
+                                f"in {dest} (SUNDAY_HOME/workspaces); the partial checkout was removed: free "
+                                f"space there and Retry\n{exc}") from None
         raise
     show = run(["git", "-C", str(dest), "show", "-s", "--format=%H %cI", "--end-of-options", "HEAD"],
                env=_GIT_ENV).stdout.split()

@@ -1,0 +1,209 @@
+"""Outages of a real service for a while: a TCP fault proxy, a private dockerd, a small tmpfs, a CLI watcher.
+
+Each is started by the test that needs it and always torn down; none touches the machine's own
+services (its dockerd, its registry on :5000).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import DOCKER, ROOT, free_port
+
+CLI = [sys.executable, "-m", "adapters.cli"]
+
+
+class FaultProxy:
+    """A TCP relay on 127.0.0.1 in front of a real service; `outage(seconds)` closes it: connection refused.
+
+    With `cut_on=b"PUT "`, the first request that starts so is relayed in part, then cut on both sides
+    (the server saw a truncated request) and the outage starts: the service went away mid-request.
+    """
+
+    def __init__(self, target: tuple[str, int], cut_on: bytes | None = None, seconds: float = 10) -> None:
+        self.target, self.cut_on, self.seconds = target, cut_on, seconds
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.refused_at: float | None = None  # monotonic time the outage started
+        self.back_at: float | None = None
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._cut = threading.Event()
+        self._up()
+
+    def _up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed: the outage
+                return
+            server = socket.create_connection(self.target)
+            with self._lock:
+                self._open |= {client, server}
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if upstream and self.cut_on and data.startswith(self.cut_on) and not self._cut.is_set():
+                    self._cut.set()
+                    dst.sendall(data[: len(data) // 2])  # the server gets half a request
+                    self.outage(self.seconds)
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def outage(self, seconds: float) -> None:
+        """Refuse connections and cut the open ones now; come back after `seconds` (in the background)."""
+        self.refused_at = time.monotonic()
+        self.down()
+        timer = threading.Timer(seconds, self._back)
+        timer.daemon = True
+        timer.start()
+
+    def _back(self) -> None:
+        self._up()
+        self.back_at = time.monotonic()
+
+    def down(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for s in self._open:
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    s.close()  # linger 0: a reset, as when the service dies
+                except OSError:
+                    pass
+            self._open.clear()
+
+
+class PrivateDockerd:
+    """A second dockerd of the test's own: its data root, exec root, pidfile and unix socket under `root`.
+
+    `--bridge=none --iptables=false`: it leaves the machine's network alone, so a build on it may not
+    RUN anything (no bridge); `docker run --network none` and pulls work. Stopped with SIGTERM, as
+    `systemctl stop docker` does.
+    """
+
+    def __init__(self) -> None:
+        # short: containerd's socket under the exec root must fit in a unix socket path (108 bytes)
+        self.root = Path(tempfile.mkdtemp(prefix="sd-dockerd-"))
+        self.socket = self.root / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.log = self.root / "dockerd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> PrivateDockerd:
+        argv = ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+                "--pidfile", str(self.root / "dockerd.pid"), "--host", self.host, "--bridge=none",
+                "--iptables=false", "--ip6tables=false"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while subprocess.run([DOCKER, "--host", self.host, "version"], capture_output=True,
+                             check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the private dockerd did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def remove(self) -> None:
+        """Stop it, unmount what it left mounted under its root and delete the root."""
+        self.stop()
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(self.root))]
+        for mount in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Tmpfs:
+    """A tmpfs of `size` mounted at `path` (root only); `unmount()` is safe to call twice."""
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True,
+                       capture_output=True)
+        self.mounted = True
+
+    def resize(self, size: str) -> None:
+        """Free space: a bigger tmpfs, what was on it kept."""
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True, capture_output=True)
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
+            self.mounted = False
+
+
+def run_cli_with_fault(args: list[str], marker: str, fault: Callable[[], None], env: dict[str, str],
+                       timeout: float = 600) -> tuple[int, str, str, bool]:
+    """Run `sunday-release ARGS`; call `fault()` once its progress (stderr) shows `marker`.
+
+    Returns (exit code, stdout, stderr, whether the fault was injected).
+    """
+    proc = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read() if proc.stdout else ""), daemon=True)
+    reader.start()
+    seen: list[str] = []
+    injected = False
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if not injected and marker in line:
+                injected = True
+                fault()
+        proc.wait(timeout)
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    return proc.returncode, "".join(out), "".join(seen), injected
