@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ K6 = str(Path(sys.executable).parent / "k6")
 SCRIPT = ROOT / "infra" / "local" / "k6" / "constant_load.js"
 CLI = [sys.executable, "-m", "adapters.cli"]
 
-__all__ = ["CLI", "ConstantLoad", "Load", "Timed", "kill_at", "running_colors", "timed"]
+__all__ = ["CLI", "Approver", "ConstantLoad", "Load", "Timed", "kill_at", "paused_since", "running_colors", "timed"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,6 @@ def kill_at(argv: list[str], env: Mapping[str, str], when: Callable[[str], bool]
         RuntimeError: it ended (or `timeout` passed) before, or did not die of SIGKILL.
     """
     import queue
-    import threading
 
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=dict(env))
@@ -143,3 +143,48 @@ def running_colors(project: str, env: str, docker: str = "/usr/bin/docker") -> s
                            f"label=sunday.project={project}", "--filter", f"label=sunday.env={env}"],
                           capture_output=True, text=True, check=True)
     return set(done.stdout.split())
+
+
+class Approver:
+    """Answers (`approve`) the approval form of each `cd` tagged `tag` that pauses after it started.
+
+    Runs paused before it started (a killed run stays `Paused`) are never answered.
+    """
+
+    def __init__(self, tag: str, approve: bool) -> None:
+        from tasks.approvals import find_paused_deploys
+
+        self.tag, self.approve = tag, approve
+        self.before = {p.id for p in find_paused_deploys(tag)}
+        self.answered: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Approver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from uuid import UUID
+
+        from prefect.flow_runs import resume_flow_run
+
+        from tasks.approvals import find_paused_deploys
+
+        while not self._stop.wait(0.5):
+            for paused in find_paused_deploys(self.tag):
+                if paused.id not in self.before and paused.id not in self.answered:
+                    resume_flow_run(UUID(paused.id), run_input={"approve": self.approve, "reason": "fault test"})
+                    self.answered.append(paused.id)
+
+
+def paused_since(tag: str) -> Callable[[], bool]:
+    """A predicate: a `cd` tagged `tag` is paused for approval that was not when this was called."""
+    from tasks.approvals import find_paused_deploys
+
+    before = {p.id for p in find_paused_deploys(tag)}
+    return lambda: any(p.id not in before for p in find_paused_deploys(tag))

@@ -17,16 +17,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 
-from devtools.faults import CLI, ConstantLoad, Load, kill_at, running_colors, timed
+from devtools.faults import CLI, Approver, ConstantLoad, Load, kill_at, paused_since, running_colors, timed
 from sunday_release.run_tags import env_tag
 from tests.conftest import APP, ROOT, _git
 from tests.pg import S3, s3  # noqa: F401  (fixture)
@@ -100,45 +98,6 @@ def _killed_release(env: Env, revision: int) -> dict[str, object]:
     return found[0]
 
 
-class Approver:
-    """Answers the approval form of each new `cd` of `env` that pauses (not those paused before it started)."""
-
-    def __init__(self, env: Env, approve: bool) -> None:
-        from tasks.approvals import find_paused_deploys
-
-        self.tag, self.approve = env_tag(env.project, env.name), approve
-        self.before = {p.id for p in find_paused_deploys(self.tag)}  # killed runs stay paused: never answer them
-        self.answered: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Approver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        from prefect.flow_runs import resume_flow_run
-
-        from tasks.approvals import find_paused_deploys
-
-        while not self._stop.wait(0.5):
-            for paused in find_paused_deploys(self.tag):
-                if paused.id not in self.before and paused.id not in self.answered:
-                    resume_flow_run(UUID(paused.id), run_input={"approve": self.approve, "reason": "kill matrix"})
-                    self.answered.append(paused.id)
-
-
-def _paused(env: Env, before: set[str]) -> Callable[[], bool]:
-    from tasks.approvals import find_paused_deploys
-
-    tag = env_tag(env.project, env.name)
-    return lambda: any(p.id not in before for p in find_paused_deploys(tag))
-
-
 def _kill_and_rerun(env: Env, argv: list[str], api: str, tmp_path: Path, when: Callable[[str], bool] = lambda _: False,
                     ready: Callable[[], bool] | None = None, approve: bool | None = None) -> tuple[int, Load, str]:
     """Under load: run `argv`, kill it at `when`/`ready`, run it again; (the re-run's exit code, load, stderr)."""
@@ -148,7 +107,7 @@ def _kill_and_rerun(env: Env, argv: list[str], api: str, tmp_path: Path, when: C
         if approve is None:
             again = timed(argv, _env(env, api))
         else:
-            with Approver(env, approve):
+            with Approver(env_tag(env.project, env.name), approve):
                 again = timed(argv, _env(env, api))
     return again.returncode, load.result, again.stderr
 
@@ -209,16 +168,14 @@ def test_a_rollback_killed_after_its_switch_is_completed_by_a_rerun(prefect_api:
 
 def test_a_deploy_killed_while_paused_for_approval_is_rolled_back_cleanly_by_a_rejected_rerun(
         prefect_api: str, versions: Versions, tmp_path: Path) -> None:
-    from tasks.approvals import find_paused_deploys
-
     env = versions.gated
-    with Approver(env, approve=True):
+    tag = env_tag(env.project, env.name)
+    with Approver(tag, approve=True):
         first = timed(_cd(env, versions.repo, versions.v1), _env(env, prefect_api))
     assert first.returncode == 0, first.stderr
-    paused_before = {p.id for p in find_paused_deploys(env_tag(env.project, env.name))}
 
     code, load, err = _kill_and_rerun(env, _cd(env, versions.repo, versions.v2), prefect_api, tmp_path,
-                                      ready=_paused(env, paused_before), approve=False)
+                                      ready=paused_since(tag), approve=False)
     assert code == 1 and "rolled back" in err, err  # the re-run is rejected: the clean rollback path
     assert "freed the slot of a dead run" in err, err
     st = _consistent(env, versions.v1, load)
