@@ -40,7 +40,7 @@ class Load:
 class ConstantLoad:
     """k6 at constant load (`vus` users) on `url` for as long as the `with` block runs; `result` after it."""
 
-    def __init__(self, url: str, summary: Path, vus: int = 10) -> None:
+    def __init__(self, url: str, summary: Path, vus: int = 5) -> None:
         self.url, self.summary, self.vus = url, summary, vus
         self._err = tempfile.TemporaryFile("w+")
         self._proc: subprocess.Popen[str] | None = None

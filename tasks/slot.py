@@ -7,6 +7,7 @@ The calls are the Prefect client's (`increment_concurrency_slots_with_lease`, `r
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -156,7 +157,8 @@ class LeaseRenewer:
     def __init__(self, lease_id: UUID, seconds: float, what: str) -> None:
         self.lease_id, self.seconds, self.what = lease_id, seconds, what
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"renew {what}", daemon=True)
+        context = contextvars.copy_context()  # the caller's Prefect settings (an API URL of a test's thread, say)
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name=f"renew {what}", daemon=True)
 
     def __enter__(self) -> LeaseRenewer:
         self._thread.start()

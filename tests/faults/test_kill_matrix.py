@@ -52,6 +52,10 @@ def versions(prefect_api: str, docker_engine: str, tmp_path_factory: pytest.Temp
     try:
         for env in envs:
             env.edit(repo)
+        # the watch's latency budget (2 s) leaves too little room on a 2-core machine shared by several test runs
+        # under k6: a watch failing on latency is not what this matrix tests
+        config = repo / "sunday-release.yaml"
+        config.write_text(config.read_text().replace("budget_ms: 2000", "budget_ms: 10000"))
         for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "v1"]):
             _git(repo, *args)
         v1 = ci_passed(repo, prefect_api, _git)
