@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import secrets
@@ -67,7 +68,8 @@ def _taken(project: str, env: str, hold: float = 0) -> bool:
             got.set()
             time.sleep(hold)
 
-    thread = threading.Thread(target=take, daemon=True)
+    # the thread runs in this context: the tests' server (a bare thread would see Prefect's settings of import time)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(take,), daemon=True)
     thread.start()
     thread.join(120 + hold)
     return got.is_set()
