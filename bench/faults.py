@@ -129,7 +129,12 @@ def main() -> None:
     ports = {name: free_port() for name in envs}
     with tempfile.TemporaryDirectory(prefix="sunday-bench-faults-") as tmp, prefect_server(Path(tmp) / "home"), \
             s3_endpoint() as s3:
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
         work = Path(tmp)
+        settings = temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"],
+                                               PREFECT_API_AUTH_STRING: os.environ["PREFECT_API_AUTH_STRING"]})
+        settings.__enter__()  # this process's clients (the approver) ask the benchmark's server
         backup_env = {"SUNDAY_BACKUP_BUCKET": "backups", "SUNDAY_S3_ENDPOINT": s3}
         extra = {"plain": {}, "gated": {}, "backed": backup_env}
         try:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import signal
 import subprocess
@@ -158,7 +159,8 @@ class Approver:
         self.before = {p.id for p in find_paused_deploys(tag)}
         self.answered: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        context = contextvars.copy_context()  # the caller's Prefect settings: a bare thread sees import-time ones
+        self._thread = threading.Thread(target=context.run, args=(self._run,), daemon=True)
 
     def __enter__(self) -> Approver:
         self._thread.start()
