@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -53,11 +52,21 @@ from tasks.deploy import (
     watch_live,
 )
 from tasks.notify import send_notification
+from tasks.slot import (
+    Busy,
+    LeaseRenewer,
+    forget_record,
+    free_if_dead,
+    record_path,
+    release_lease,
+    take_lease,
+    write_record,
+)
 from tasks.source import clone_repo, load_pipeline_config
 
 __all__ = ["Approval", "cd", "environment_slot", "limit_name", "rollback", "scale"]
 
-LEASE_SECONDS = 60  # the server's minimum; renewed while held, so only a killed run's slot waits it out
+LEASE_SECONDS = 60  # the server's minimum; renewed while held: only a killed run's slot on another machine waits it out
 WAIT_POLL_SECONDS = 5  # a run with something to do while it waits for the slot does it this often
 APPROVAL_POLL_SECONDS = 5  # how soon a paused deploy sees its answer (Prefect's default is 10)
 
@@ -78,40 +87,56 @@ def limit_name(project: str, env: str) -> str:
 def environment_slot(project: str, env: str, while_waiting: Callable[[], object] | None = None) -> Iterator[None]:
     """Hold the one slot of `(project, env)` (Prefect global concurrency limit `deploy:PROJECT:ENV`, limit 1).
 
-    The limit is created when missing. The slot is a lease of LEASE_SECONDS renewed while the run
-    lives: a run killed with -9 frees it when the lease expires. Each environment has its own limit,
-    so a production rollback never waits behind staging. `while_waiting` (if given) is called every
-    WAIT_POLL_SECONDS until the slot is taken: an emergency rollback rejects the deploys of its
-    environment that pause for approval while holding the slot.
+    The limit is created when missing; a limit that disappears is an error, not "no limit" (strict).
+    The slot is a lease of LEASE_SECONDS, renewed every LEASE_SECONDS/3 from a daemon thread while
+    the run lives (a failed renewal, a blip of the API, is logged and the run goes on: it must not
+    kill a deploy half-way through a switch) and released on exit. The holder records itself in
+    ENV_ROOT/PROJECT/ENV/slot.json (`tasks.slot`). A run that finds the slot busy reads that record:
+    when the holder ran on this machine (same boot, host name and pid namespace) and its process is
+    gone or is another process now (pid reused), it was killed (-9): its lease is released and the
+    slot taken at once. A holder on another machine, or alive, or a record that does not parse: the
+    run waits, and a killed holder's slot comes free when its lease expires (about LEASE_SECONDS).
+
+    Each environment has its own limit, so a production rollback never waits behind staging.
+    `while_waiting` (if given) is called every WAIT_POLL_SECONDS until the slot is taken: an
+    emergency rollback rejects the deploys of its environment that pause for approval while holding
+    the slot.
     """
-    name = limit_name(project, env)
+    name, where = limit_name(project, env), f"{project}/{env}"
+    record = record_path(project, env)
+    tried: set[str] = set()
     with get_client(sync_client=True) as client:
         try:
-            limit = client.read_global_concurrency_limit_by_name(name)
-            busy = limit.active_slots >= limit.limit
+            client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
             except ObjectAlreadyExists:  # created by a run that started at the same moment
                 pass
-            busy = False
-    if busy:
-        progress(f"waiting: another deploy, rollback or scale of {project}/{env} is running")
-    # strict: a missing limit is an error, not "no limit"; a failed lease renewal (a blip of the API) must not
-    # kill a deploy half-way through a switch, so it is logged by Prefect and the run goes on. With `while_waiting`
-    # each attempt ends after WAIT_POLL_SECONDS (TimeoutError; a lease granted at that moment is released by Prefect)
-    poll = WAIT_POLL_SECONDS if while_waiting is not None else None
-    with ExitStack() as held:
+        told = False
         while True:
             try:
-                held.enter_context(concurrency(name, occupy=1, timeout_seconds=poll, lease_duration=LEASE_SECONDS,
-                                               strict=True, raise_on_lease_renewal_failure=False))
+                lease_id = take_lease(client, name, LEASE_SECONDS)
                 break
-            except TimeoutError:
-                if while_waiting is None:
-                    raise
-                while_waiting()
-        yield
+            except Busy as busy:
+                if free_if_dead(client, record, where, tried):
+                    continue
+                if not told:
+                    progress(f"waiting: another deploy, rollback or scale of {where} is running")
+                    told = True
+                time.sleep(WAIT_POLL_SECONDS if while_waiting is not None
+                           else min(max(busy.retry_after, 0.2), WAIT_POLL_SECONDS))
+                if while_waiting is not None:
+                    while_waiting()
+        try:
+            write_record(record, lease_id)
+            with LeaseRenewer(lease_id, LEASE_SECONDS, where):
+                yield
+        finally:
+            try:
+                forget_record(record, lease_id)
+            finally:
+                release_lease(client, lease_id, quiet=True)
 
 
 def target_for(config: PipelineConfig, env: str) -> DeployTarget:
