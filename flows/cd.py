@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import httpx
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError  # the error both context managers raise
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import FlowPauseTimeout, ObjectAlreadyExists, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
@@ -29,7 +31,7 @@ from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.release import Phase, advance, failure_outcome, reconcile_action, undo_steps
-from sunday_release.run_tags import rejection_message, rejection_reason
+from sunday_release.run_tags import approval_timeout_message, rejection_message, rejection_reason
 from sunday_release.settings import Settings
 from sunday_release.targets import last_config, make_target
 from sunday_release.targets.protocol import DeployTarget
@@ -87,31 +89,43 @@ def environment_slot(project: str, env: str, while_waiting: Callable[[], object]
     name = limit_name(project, env)
     with get_client(sync_client=True) as client:
         try:
-            limit = client.read_global_concurrency_limit_by_name(name)
-            busy = limit.active_slots >= limit.limit
+            client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
             except ObjectAlreadyExists:  # created by a run that started at the same moment
                 pass
-            busy = False
-    if busy:
-        progress(f"waiting: another deploy, rollback or scale of {project}/{env} is running")
     # strict: a missing limit is an error, not "no limit"; a failed lease renewal (a blip of the API) must not
-    # kill a deploy half-way through a switch, so it is logged by Prefect and the run goes on. With `while_waiting`
-    # each attempt ends after WAIT_POLL_SECONDS (TimeoutError; a lease granted at that moment is released by Prefect)
+    # kill a deploy half-way through a switch, so it is logged by Prefect and the run goes on. The first attempt
+    # is a single try (max_retries=0): the server answers 423 when another run holds the slot, and only then
+    # does this run say it waits (two runs started together: reading the limit first would tell neither). With
+    # `while_waiting` each later attempt ends after WAIT_POLL_SECONDS (TimeoutError; a lease granted at that
+    # moment is released by Prefect)
     poll = WAIT_POLL_SECONDS if while_waiting is not None else None
     with ExitStack() as held:
+        first = True
         while True:
             try:
                 held.enter_context(concurrency(name, occupy=1, timeout_seconds=poll, lease_duration=LEASE_SECONDS,
-                                               strict=True, raise_on_lease_renewal_failure=False))
+                                               max_retries=0 if first else None, strict=True,
+                                               raise_on_lease_renewal_failure=False))
                 break
+            except ConcurrencySlotAcquisitionError as exc:
+                if not (first and _slot_taken(exc)):
+                    raise
+                progress(f"waiting: another deploy, rollback or scale of {project}/{env} is running")
             except TimeoutError:
                 if while_waiting is None:
                     raise
                 while_waiting()
+            first = False
         yield
+
+
+def _slot_taken(exc: ConcurrencySlotAcquisitionError) -> bool:
+    """Did a single acquisition attempt fail because the slot is held (the server's 423 Locked)?"""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
 
 
 def target_for(config: PipelineConfig, env: str) -> DeployTarget:
@@ -246,8 +260,11 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
             # "switched" (a crash before it is reconciled from the router), or before an approval's pause
             move("smoke-passed", save=environment.approval)
             if environment.approval:
-                decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
-                                          poll_interval=APPROVAL_POLL_SECONDS)
+                try:
+                    decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
+                                              poll_interval=APPROVAL_POLL_SECONDS)
+                except FlowPauseTimeout:  # nobody answered: a rejection, undone like one (traffic never moved)
+                    raise RolloutAborted(approval_timeout_message(environment.approval_timeout)) from None
                 if not decision.approve:  # by a person, or by an emergency rollback of this environment
                     raise RolloutAborted(rejection_message(decision.reason))
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")
