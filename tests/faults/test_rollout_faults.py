@@ -13,7 +13,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,14 @@ class Traffic:
                 self.seen.append((time.time(), code))
                 self._stop.wait(0.02)
 
+    def wait_for(self, when: Callable[[float], bool], count: int, timeout: float = 60) -> None:
+        """Until `count` requests were answered at a time `when` accepts (fails after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while sum(1 for t, _ in list(self.seen) if when(t)) < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"fewer than {count} requests in {timeout:.0f}s")
+            time.sleep(0.1)
+
     def stop(self) -> list[tuple[float, int]]:
         self._stop.set()
         self._thread.join(30)
@@ -169,7 +177,7 @@ def test_a_release_failing_real_traffic_is_rolled_back_within_its_watch_window(p
     try:
         code, out, err = _cd(env, versions, versions.flaky, prefect_api).output()
         returned = time.time()
-        time.sleep(2)  # traffic after the rollback, on the old version
+        traffic.wait_for(lambda t: t > returned, 40)  # requests after the rollback, on the old version
     finally:
         seen = traffic.stop()
 
@@ -178,6 +186,7 @@ def test_a_release_failing_real_traffic_is_rolled_back_within_its_watch_window(p
     assert f"deploy of {versions.flaky} to {env.project}/{env.name} rolled back: watch window failed on green" \
         in err, err
     assert f"of {WATCH_SECONDS}s: error rate " in err and "above 1.0%" in err, err
+    print(err.strip().splitlines()[-1], json.dumps(status(env)["history"]))  # shown with -s
 
     st = status(env)
     assert st["serving"] is True and st["live_color"] == "blue" and st["version"] == versions.v1
