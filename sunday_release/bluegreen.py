@@ -29,6 +29,7 @@ __all__ = [
     "EnvState",
     "Release",
     "SmokeResult",
+    "WATCH_MIN_REQUESTS",
     "WatchVerdict",
     "evaluate_smoke",
     "other",
