@@ -36,7 +36,7 @@ from sunday_release.settings import Settings
 from sunday_release.targets import last_config, make_target
 from sunday_release.targets.protocol import DeployTarget
 from tasks._common import progress
-from tasks.approvals import PausedRun, find_paused_deploys, reject_deploy, tag_run
+from tasks.approvals import PausedRun, find_paused_deploys, reject_deploy, resume_timed_out_run, tag_run
 from tasks.deploy import (
     claim_ports,
     describe,
@@ -264,7 +264,9 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
                     decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
                                               poll_interval=APPROVAL_POLL_SECONDS)
                 except FlowPauseTimeout:  # nobody answered: a rejection, undone like one (traffic never moved)
-                    raise RolloutAborted(approval_timeout_message(environment.approval_timeout)) from None
+                    timed_out = approval_timeout_message(environment.approval_timeout)
+                    resume_timed_out_run(timed_out)  # the undo's tasks and the run's Failed state need a Running run
+                    raise RolloutAborted(timed_out) from None
                 if not decision.approve:  # by a person, or by an emergency rollback of this environment
                     raise RolloutAborted(rejection_message(decision.reason))
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")

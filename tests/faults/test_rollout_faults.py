@@ -241,6 +241,7 @@ def test_an_unanswered_approval_times_out_and_the_old_color_keeps_serving(prefec
     assert "approval timed out" in _rollout_markdown(env)
     runs = _runs(tag)
     assert [r.state.type.value for r in runs] == ["COMPLETED", "FAILED"]  # not left Paused
+    assert "approval timed out" in runs[-1].state.message  # the deploy's reason, not the server's
     assert not _runs(tag, "PAUSED")
 
 
