@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import FlowPauseTimeout, ObjectAlreadyExists, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
@@ -28,12 +28,12 @@ from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.release import Phase, advance, failure_outcome, reconcile_action, undo_steps
-from sunday_release.run_tags import rejection_message, rejection_reason
+from sunday_release.run_tags import approval_timeout_message, rejection_message, rejection_reason
 from sunday_release.settings import Settings
 from sunday_release.targets import last_config, make_target
 from sunday_release.targets.protocol import DeployTarget
 from tasks._common import progress
-from tasks.approvals import PausedRun, find_paused_deploys, reject_deploy, tag_run
+from tasks.approvals import PausedRun, find_paused_deploys, reject_deploy, resume_timed_out_run, tag_run
 from tasks.deploy import (
     claim_ports,
     describe,
@@ -137,6 +137,7 @@ def environment_slot(project: str, env: str, while_waiting: Callable[[], object]
                 forget_record(record, lease_id)
             finally:
                 release_lease(client, lease_id, quiet=True)
+
 
 
 def target_for(config: PipelineConfig, env: str) -> DeployTarget:
@@ -271,8 +272,13 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
             # "switched" (a crash before it is reconciled from the router), or before an approval's pause
             move("smoke-passed", save=environment.approval)
             if environment.approval:
-                decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
-                                          poll_interval=APPROVAL_POLL_SECONDS)
+                try:
+                    decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
+                                              poll_interval=APPROVAL_POLL_SECONDS)
+                except FlowPauseTimeout:  # nobody answered: a rejection, undone like one (traffic never moved)
+                    timed_out = approval_timeout_message(environment.approval_timeout)
+                    resume_timed_out_run(timed_out)  # the undo's tasks and the run's Failed state need a Running run
+                    raise RolloutAborted(timed_out) from None
                 if not decision.approve:  # by a person, or by an emergency rollback of this environment
                     raise RolloutAborted(rejection_message(decision.reason))
                 evidence.append(f"approved: {decision.reason or 'no reason given'}")

@@ -29,13 +29,17 @@ __all__ = [
     "EnvState",
     "Release",
     "SmokeResult",
+    "WATCH_MIN_REQUESTS",
     "WatchVerdict",
     "evaluate_smoke",
     "other",
     "render_rollout",
     "render_router_config",
+    "watch_should_stop",
     "watch_verdict",
 ]
+
+WATCH_MIN_REQUESTS = 20  # an error rate judged before the window ends needs at least this many requests
 
 Color = Literal["blue", "green"]
 
@@ -171,6 +175,18 @@ def watch_verdict(statuses: Sequence[int], smoke: Sequence[SmokeResult], max_err
         return WatchVerdict(False, len(statuses), errors,
                             f"error rate {errors}/{len(statuses)} above {max_error_rate:.1%}")
     return WatchVerdict(True, len(statuses), errors)
+
+
+def watch_should_stop(verdict: WatchVerdict, smoke: Sequence[SmokeResult],
+                      min_requests: int = WATCH_MIN_REQUESTS) -> bool:
+    """Can the watch fail before its window ends? At once on a failed smoke check; on the error rate only
+    once `min_requests` requests were seen (one 500 among the first two requests is no rate yet).
+
+    A passing verdict never stops the watch early: healthy means healthy for the whole window.
+    """
+    if verdict.passed:
+        return False
+    return any(not s.passed for s in smoke) or verdict.requests >= min_requests
 
 
 def render_router_config(env: str, listen: int, routes: Mapping[str, str], upstreams: Mapping[str, Sequence[str]],

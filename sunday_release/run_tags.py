@@ -11,7 +11,8 @@ from __future__ import annotations
 from sunday_release import validate
 from sunday_release.errors import InputError
 
-__all__ = ["PREFIX", "ROLLBACK_REJECTION", "env_tag", "parse_env_tag", "rejection_message", "rejection_reason"]
+__all__ = ["PREFIX", "ROLLBACK_REJECTION", "approval_timeout_message", "env_tag", "parse_env_tag", "rejection_message",
+           "rejection_reason"]
 
 PREFIX = "env:"
 ROLLBACK_REJECTION = "rejected by emergency rollback "
@@ -47,3 +48,9 @@ def rejection_message(reason: str) -> str:
     if reason.startswith(ROLLBACK_REJECTION):
         return reason
     return f"rejected in the UI: {reason or 'no reason given'}"
+
+
+def approval_timeout_message(timeout: int) -> str:
+    """Why a deploy was rejected when nobody answered its approval within `approval_timeout` seconds."""
+    return (f"approval timed out: nobody approved or rejected the deploy within {timeout}s (approval_timeout); "
+            "traffic was not moved")

@@ -25,11 +25,12 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.runtime import flow_run
+from prefect.states import Running
 
 from sunday_release.run_tags import env_tag
 from tasks._common import RETRY_DELAYS, progress
 
-__all__ = ["PausedRun", "find_paused_deploys", "reject_deploy", "tag_run"]
+__all__ = ["PausedRun", "find_paused_deploys", "reject_deploy", "resume_timed_out_run", "tag_run"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,19 @@ def reject_deploy(paused: PausedRun, reason: str) -> bool:
         return False
     progress(f"rejected the approval of {paused}: {reason}")
     return True
+
+
+def resume_timed_out_run(reason: str) -> None:
+    """After this run's approval pause timed out: put the run back to Running (forced), with `reason`.
+
+    The server refuses a normal transition out of an expired pause (it substitutes its own "The flow
+    was failed and never resumed", losing the deploy's reason) and refuses task runs of a paused run,
+    so without this the undo tasks and the final Failed state of the deploy race the server's
+    pause-expiration service. A plain client call, not a task: no task can start while the run is
+    paused. Outside a flow run it does nothing.
+    """
+    run_id = flow_run.get_id()
+    if run_id is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(run_id), Running(message=reason), force=True)

@@ -19,6 +19,7 @@ from sunday_release.bluegreen import (
     evaluate_smoke,
     other,
     render_rollout,
+    watch_should_stop,
     watch_verdict,
 )
 from sunday_release.config import PipelineConfig, SmokeCheck
@@ -244,22 +245,28 @@ def switch_traffic(target: DeployTarget, color: Color) -> float:
 @task(name="watch", task_run_name="watch[{color}]", cache_policy=NO_CACHE)
 def watch_live(target: DeployTarget, color: Color, checks: list[SmokeCheck], seconds: float,
                max_error_rate: float) -> WatchVerdict:
-    """Watch the live color for `seconds`: smoke through the router and the router's 5xx rate."""
+    """Watch the live color for `seconds`: smoke through the router and the router's 5xx rate.
+
+    The verdict is taken again every second over what the router logged so far, so a release that
+    fails real traffic is rolled back as soon as that shows (`watch_should_stop`), within the window.
+    """
     log = target.traffic_log()
     offset = log.access_log_size() if log is not None else 0
-    deadline = time.monotonic() + seconds
-    smoke: list[SmokeResult] = []
+    started = time.monotonic()
+    deadline = started + seconds
     while True:
         smoke = run_smoke(target, color, checks, via_router=True)
-        if any(not s.passed for s in smoke) or time.monotonic() >= deadline:
+        statuses = log.statuses_since(offset, color) if log is not None else []  # no log: the smoke checks decide
+        verdict = watch_verdict(statuses, smoke, max_error_rate)
+        if watch_should_stop(verdict, smoke) or time.monotonic() >= deadline:
             break
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-    statuses = log.statuses_since(offset, color) if log is not None else []  # no log: the smoke checks decide
-    verdict = watch_verdict(statuses, smoke, max_error_rate)
-    progress(f"watch {color}: {verdict.requests} request(s), {verdict.errors} error(s): "
+    watched = time.monotonic() - started
+    progress(f"watch {color}: {verdict.requests} request(s), {verdict.errors} error(s) in {watched:.1f}s: "
              f"{'healthy' if verdict.passed else verdict.reason}")
     if not verdict.passed:
-        raise RolloutAborted(f"watch window failed on {color}: {verdict.reason}")
+        raise RolloutAborted(f"watch window failed on {color} after {watched:.1f}s of {seconds:g}s: "
+                             f"{verdict.reason}")
     return verdict
 
 

@@ -68,7 +68,6 @@ def _taken(project: str, env: str) -> bool:
         with environment_slot(project, env):
             got.set()
 
-    # the thread runs in this context: the tests' server (a bare thread would see Prefect's settings of import time)
     thread = threading.Thread(target=contextvars.copy_context().run, args=(take,), daemon=True)
     thread.start()
     thread.join(120)
