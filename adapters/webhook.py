@@ -720,22 +720,28 @@ def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None, s
     logger.info("webhook receiver listening on http://%s:%s/webhook (builds %s and tags matching %s; "
                 "accepted bodies kept in %s)", host, server.server_address[1], default_branch, release_tags,
                 server.store.path)
-    _stop_on_signals()
+    _stop_on_signals(server)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+        logger.info("webhook receiver stopped")
+    except KeyboardInterrupt:  # serve called outside the main thread's signal handlers
         logger.info("webhook receiver stopped")
     finally:
         server.server_close()
 
 
-def _stop_on_signals() -> None:
-    """SIGINT and SIGTERM stop the receiver, even when it inherited SIGINT ignored (a script's background job)."""
+def _stop_on_signals(server: WebhookServer) -> None:
+    """SIGINT and SIGTERM stop the receiver, even when it inherited SIGINT ignored (a script's background job).
+
+    The handler asks the serving loop to end (`shutdown`, from a thread of its own: it waits for the loop)
+    rather than raising in the main thread, where an exception at an arbitrary point (between a handler
+    thread's start and its connection count) would leave the accounting wrong and the exit unclean.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
 
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        threading.Thread(target=server.shutdown, name="webhook-stop", daemon=True).start()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)

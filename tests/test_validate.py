@@ -7,8 +7,10 @@ in a repository URL) fail safely here: exit 2 or InputError/ConfigError, nothing
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -350,7 +352,8 @@ _EVIL = ["-", "--", "--upload-pack=", "-oProxyCommand=", "--end-of-options", "${
          "0123456789abcdef0123456789abcdef01234567"]
 fuzzed = st.one_of(st.lists(st.sampled_from(_EVIL), max_size=8).map("".join), st.text(max_size=10))
 
-_ROOT = Path(tempfile.mkdtemp(prefix="sunday-validate-"))
+_ROOT = Path(tempfile.mkdtemp(prefix="sunday-validate-"))  # built at import: the strategies below name it
+atexit.register(shutil.rmtree, _ROOT, True)
 (_ROOT / "repo" / "api").mkdir(parents=True)
 (_ROOT / "repo" / "api" / "Dockerfile").write_text("FROM x\n")
 (_ROOT / "repo" / "api" / "in").symlink_to("Dockerfile")
@@ -423,6 +426,7 @@ def test_every_accepted_ref_is_one_git_accepts(value: str) -> None:
 # --- fuzz through clone_repo: what reaches git ------------------------------------------------------------------
 
 _LOCAL = Path(tempfile.mkdtemp(prefix="sunday-validate-repo-"))
+atexit.register(shutil.rmtree, _LOCAL, True)
 subprocess.run(["git", "init", "-q", str(_LOCAL)], check=True)
 _REFS = st.lists(st.sampled_from(["main", "v1", "a", "-", "--", "/", ".", "_", "+", "@", "refs/heads/", "refs/tags/",
                                   "--upload-pack=x", "abc1234"]), min_size=1, max_size=5).map("".join)

@@ -116,8 +116,8 @@ def test_query_string_is_ignored_for_routing(client: Client) -> None:
 def test_request_is_logged_to_stderr(client: Client, capfd: pytest.CaptureFixture[str]) -> None:
     client.request("GET", "/healthz?x=1")
     seen = ""
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:  # the server thread logs right after replying
+    deadline = time.monotonic() + 30  # the server thread logs right after replying; 30 s only bounds a hang
+    while time.monotonic() < deadline:
         seen += capfd.readouterr().err
         if "GET /healthz 200 " in seen:
             break
