@@ -139,7 +139,6 @@ def environment_slot(project: str, env: str, while_waiting: Callable[[], object]
                 release_lease(client, lease_id, quiet=True)
 
 
-
 def target_for(config: PipelineConfig, env: str) -> DeployTarget:
     """The environment's deploy target (DockerTarget or KubernetesTarget: one protocol, two implementations).
 
