@@ -7,6 +7,7 @@ services (its dockerd, its registry on :5000).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -109,9 +110,10 @@ class FaultProxy:
 class PrivateDockerd:
     """A second dockerd of the test's own: its data root, exec root, pidfile and unix socket under `root`.
 
-    `--bridge=none --iptables=false`: it leaves the machine's network alone, so a build on it may not
-    RUN anything (no bridge); `docker run --network none` and pulls work. Stopped with SIGTERM, as
-    `systemctl stop docker` does.
+    Its default network is a bridge of its own (`--bridge`, created here, deleted by `remove`), with
+    `--iptables=false`: it leaves the machine's network alone. Never `--bridge=none`: a dockerd started
+    so deletes the interface `docker0`, the machine's dockerd's bridge, and every container of the
+    machine loses its network. Stopped with SIGTERM, as `systemctl stop docker` does.
     """
 
     def __init__(self) -> None:
@@ -121,11 +123,17 @@ class PrivateDockerd:
         self.host = f"unix://{self.socket}"
         self.log = self.root / "dockerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.bridge = f"sdbr{secrets.token_hex(3)}"  # an interface name: at most 15 characters
 
     def start(self, timeout: float = 60) -> PrivateDockerd:
+        if not Path(f"/sys/class/net/{self.bridge}").exists():
+            subnet = f"10.213.{secrets.randbelow(256)}.1/24"
+            for argv in (["link", "add", "name", self.bridge, "type", "bridge"],
+                         ["addr", "add", subnet, "dev", self.bridge], ["link", "set", self.bridge, "up"]):
+                subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
         argv = ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                "--pidfile", str(self.root / "dockerd.pid"), "--host", self.host, "--bridge=none",
-                "--iptables=false", "--ip6tables=false"]
+                "--pidfile", str(self.root / "dockerd.pid"), "--host", self.host, f"--bridge={self.bridge}",
+                "--iptables=false", "--ip6tables=false", "--ip-masq=false"]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -153,7 +161,8 @@ class PrivateDockerd:
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
                   if line.split()[1].startswith(str(self.root))]
         for mount in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False, timeout=30)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False, timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

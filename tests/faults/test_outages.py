@@ -152,7 +152,12 @@ def test_s3_down_10s_mid_upload_is_retried_and_the_backup_is_whole(postgres: Pos
 
 @pytest.fixture
 def private_dockerd() -> Iterator[PrivateDockerd]:
-    """A dockerd of the test's own (never the machine's), with the base image; removed afterwards."""
+    """A dockerd of the test's own (never the machine's), with the base image; removed afterwards.
+
+    The machine's bridge `docker0` is the same interface afterwards: a second dockerd must not touch it.
+    """
+    docker0 = Path("/sys/class/net/docker0/ifindex")
+    before = docker0.read_text() if docker0.exists() else None
     daemon = PrivateDockerd()
     try:
         daemon.start()
@@ -161,10 +166,13 @@ def private_dockerd() -> Iterator[PrivateDockerd]:
         yield daemon
     finally:
         daemon.remove()
+    after = docker0.read_text() if docker0.exists() else None
+    assert after == before, f"the machine's docker0 was replaced or deleted (ifindex {before} -> {after})"
 
 
 def _no_run_step(repo: Path) -> None:
-    """The private dockerd has no bridge: its builds may not RUN. USER by number needs no passwd entry."""
+    """No RUN step on the private dockerd (quicker: the daemon going away is what is tested). USER by number
+    needs no passwd entry."""
     dockerfile = repo / "tool" / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text().replace("RUN useradd --uid 10001 --no-create-home tool\n", ""))
 
