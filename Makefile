@@ -27,12 +27,13 @@ lint: venv
 	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
 
-# The full suite but the fault-injection cases (tests/faults, `make test-faults`). With `-n N --dist loadgroup` the tests of
-# one module-scoped fixture (one deployed app) stay on one worker (tests/conftest.py schedules them)
+# The full suite but the fault-injection cases (tests/faults, `make test-faults`), on three workers: most of a test's
+# time is waiting on containers and servers, so three share two cores well. `--dist loadgroup`: the tests of one
+# module-scoped fixture (one deployed app, one `make server`) stay on one worker (tests/conftest.py schedules them)
 test: setup
 	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not faults" --durations=15
+	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadgroup -m "not faults" --durations=15
 
 # Every fault the pipeline promises to survive (kill -9 at each step, outages, a failing release), on the real platform
 test-faults: setup
