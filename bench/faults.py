@@ -4,8 +4,8 @@ For each step of a deploy (backup, migrate, start, smoke, approval pause, switch
 `rollback`, with k6 at constant load through the environment's router: the CLI killed with -9 at the
 step's progress line (or while paused for approval), then the same command again. Prints per step the
 requests failed during the kill and the re-run (target 0) and the time from the re-run's start to one
-healthy live color (the re-run's end), as a ratio to a normal deploy of the same environment measured
-in the same run (target <= 1.5). The three environments (plain, approval, backup to a local S3 endpoint,
+healthy live color (the re-run's end), as a ratio to a normal deploy of the same environment run just
+before the case (target <= 1.5): each case has its own baseline, as the machine's speed drifts. The three environments (plain, approval, backup to a local S3 endpoint,
 moto_server standing in for AWS) share one repository with two versions.
 
     .venv/bin/python bench/faults.py
@@ -153,41 +153,49 @@ def main() -> None:
                 git(repo, "commit", "-qam", label)
                 run_ci(repo)
                 versions.append(git(repo, "rev-parse", "HEAD"))
-            normal = {}
-            for name, env in envs.items():  # a first deploy, then the normal deploy the re-runs compare to
+            for name, env in envs.items():  # a first deploy: each environment has a live version
                 deploy(env, repo, versions[0], extra[name], approve=name == "gated")
-                normal[name] = deploy(env, repo, versions[1], extra[name], approve=name == "gated")
-                print(f"{env}: normal deploy {normal[name]:.1f} s", flush=True)
+
+            def normal(name: str) -> float:
+                """A normal deploy of the version not live, just before a case: its baseline, on the machine of
+                that moment (a shared machine's speed drifts over the minutes of the run)."""
+                env = envs[name]
+                live = status(env)["version"]
+                version = versions[0] if live == versions[1] else versions[1]
+                seconds = deploy(env, repo, version, extra[name], approve=name == "gated")
+                print(f"{env}: normal deploy {seconds:.1f} s", flush=True)
+                return seconds
 
             rows: list[tuple[str, str, int, int, float, float, bool, str]] = []
 
-            def record(step: str, name: str, result: tuple[int, int, float, bool, str]) -> None:
+            def record(step: str, name: str, base: float, result: tuple[int, int, float, bool, str]) -> None:
                 failed, requests, seconds, freed, check = result
-                rows.append((step, name, failed, requests, seconds, normal[name], freed, check))
+                rows.append((step, name, failed, requests, seconds, base, freed, check))
                 print(f"{step}: {check}", flush=True)
 
             env = envs["plain"]
             for step, marker in STEPS.items():
+                base = normal("plain")
                 st = status(env)
                 version = versions[0] if st["version"] == versions[1] else versions[1]
                 text = marker(other(st["live_color"]))
-                record(step, "plain", case(env, cd(env, repo, version), {}, work, ports["plain"],
-                                           when=printed(text)))
+                record(step, "plain", base, case(env, cd(env, repo, version), {}, work, ports["plain"],
+                                                 when=printed(text)))
+            base = normal("plain")
             st = status(env)
             kept = [h for h in st["history"] if h["outcome"] == "superseded"  # type: ignore[attr-defined]
                     and h["version"] != st["version"]]
             argv = [*CLI, "rollback", "--env", env, "--project", PROJECT, "--to", str(kept[-1]["revision"])]
             idle = other(st["live_color"])
-            record("rollback", "plain", case(env, argv, {}, work, ports["plain"],
-                                             when=printed(f"switch[{idle}]")))
+            record("rollback", "plain", base, case(env, argv, {}, work, ports["plain"],
+                                                   when=printed(f"switch[{idle}]")))
 
-            env = envs["gated"]
-            record("approval", "gated", case(env, cd(env, repo, versions[0]), {}, work, ports["gated"],
-                                             when=lambda line: False, ready=paused_since(f"env:{PROJECT}/{env}"),
-                                             approve=True))
-            env = envs["backed"]
-            record("backup", "backed", case(env, cd(env, repo, versions[0]), backup_env, work, ports["backed"],
-                                            when=printed("backing up")))
+            for name, step, when, ready in (
+                    ("gated", "approval", lambda line: False, paused_since(f"env:{PROJECT}/{envs['gated']}")),
+                    ("backed", "backup", printed("backing up"), None)):
+                base = normal(name)  # leaves versions[1] live: the case deploys versions[0]
+                record(step, name, base, case(envs[name], cd(envs[name], repo, versions[0]), extra[name], work,
+                                              ports[name], when=when, ready=ready, approve=name == "gated"))
         finally:
             for env in envs.values():
                 cleanup(work / "home", db_root, PROJECT, env)
