@@ -15,7 +15,7 @@
 # Secret block sunday-notify-webhook) when one is set.
 # Concurrency leases (the `ci` deployment's limit, each environment's deploy slot) are kept in files under
 # $dir/prefect (PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE): Prefect's default keeps them in the server's memory, so a
-# restarted server would have forgotten them and their slots would stay taken.
+# restarted server would refuse their renewals and free nothing on their release (a deploy slot stays taken).
 # The S3 endpoint is moto_server, a stand-in for AWS S3 (in memory: its objects are gone when it stops).
 # It holds the workers' shared result storage (bucket sunday-results, block s3-bucket/sunday-results)
 # and the deploy worker's database backups (bucket sunday-backups).
