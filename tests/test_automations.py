@@ -171,3 +171,33 @@ def test_a_crashed_run_of_a_pipeline_flow_is_notified(registered: Callable[..., 
         assert other.name not in texts[0]
     finally:
         webhook.close()
+
+
+def _module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sunday_automations", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_zombie_window_is_overridden_only_for_the_zombie_automation_and_says_so() -> None:
+    module = _module()
+    entries = module.load(ROOT / "prefect.yaml")
+    changed = {e["name"]: e for e in module.with_zombie_window(entries, 45)}
+    zombie = changed["sunday-crash-zombie-flow-runs"]
+    assert zombie["trigger"]["within"] == 45 and zombie["actions"][0]["message"].startswith("No heartbeat for 45 s")
+    assert changed["sunday-notify-crashed-flow-runs"] == DECLARED["sunday-notify-crashed-flow-runs"]
+    assert DECLARED["sunday-crash-zombie-flow-runs"]["trigger"]["within"] == 300  # the default is prefect.yaml's
+    assert {e["name"]: e for e in entries} == DECLARED  # the entries read are left as they were
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_bad_zombie_window_is_refused_before_anything_is_registered(value: str) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), str(ROOT / "prefect.yaml"), "--zombie-seconds", value],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert done.returncode == 2 and "--zombie-seconds" in done.stderr and "SUNDAY_ZOMBIE_SECONDS" in done.stderr, \
+        done.stderr

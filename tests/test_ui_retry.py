@@ -76,14 +76,15 @@ def chromium_page(auth: str | None = None) -> Iterator[Any]:
             browser.close()
 
 
-def press_retry(url: str, screenshot: Path, auth: str | None = None) -> None:
-    """Open the flow run in the (default, v2) UI, choose Retry in its menu and confirm; screenshot on failure."""
+def press_retry(url: str, screenshot: Path, auth: str | None = None, state: str = "Failed") -> None:
+    """Open the flow run (its badge showing `state`) in the (default, v2) UI, choose Retry in its menu and confirm;
+    screenshot on failure."""
     from playwright.sync_api import Error
 
     with chromium_page(auth) as page:
         try:
             page.goto(url)
-            page.get_by_text("Failed", exact=True).first.wait_for(timeout=60_000)  # the run's state badge
+            page.get_by_text(state, exact=True).first.wait_for(timeout=60_000)  # the run's state badge
             page.locator('[data-slot="dropdown-menu-trigger"]').click()
             page.get_by_role("menuitem", name="Retry", exact=True).click()
             dialog = page.get_by_role("alertdialog", name="Retry Flow Run")

@@ -3,12 +3,19 @@
 # deployments, workers.
 #   server.sh start   start what is not running (idempotent), register pools, blocks and deployments
 #   server.sh stop    stop workers, then the server, the S3 endpoint and PostgreSQL (by PID)
+#   server.sh restart-server   stop the Prefect server and start it again (after a Prefect upgrade or a server
+#                     setting changed): PostgreSQL, the S3 endpoint, the workers and their flow runs keep going,
+#                     their clients retry through the gap (PREFECT_CLIENT_MAX_RETRIES)
 # Flow runs start in the prewarmed server (deployments/prewarmed.py: Prefect and the flows imported once,
 # each run a fork), through the pools' command deployments.launch, which falls back to a plain
 # `python -m prefect.engine` when the server does not answer.
-# Flow runs send heartbeats every 60 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY); prefect.yaml's `automations:`
-# (registered by infra/prefect/automations.py) mark a run Crashed when they stop, and post crashed pipeline
-# runs to SUNDAY_NOTIFY_URL (or the Secret block sunday-notify-webhook) when one is set.
+# Flow runs send heartbeats every SUNDAY_HEARTBEAT_SECONDS (default 60: PREFECT_FLOWS_HEARTBEAT_FREQUENCY);
+# prefect.yaml's `automations:` (registered by infra/prefect/automations.py; SUNDAY_ZOMBIE_SECONDS overrides the
+# zombie window) mark a run Crashed when they stop, and post crashed pipeline runs to SUNDAY_NOTIFY_URL (or the
+# Secret block sunday-notify-webhook) when one is set.
+# Concurrency leases (the `ci` deployment's limit, each environment's deploy slot) are kept in files under
+# $dir/prefect (PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE): Prefect's default keeps them in the server's memory, so a
+# restarted server would refuse their renewals and free nothing on their release (a deploy slot stays taken).
 # The S3 endpoint is moto_server, a stand-in for AWS S3 (in memory: its objects are gone when it stops).
 # It holds the workers' shared result storage (bucket sunday-results, block s3-bucket/sunday-results)
 # and the deploy worker's database backups (bucket sunday-backups).
@@ -17,7 +24,7 @@
 # PostgreSQL's group only (0710), its logs and secrets are 0600.
 # Env: SUNDAY_APP_REPO (the application repository the deployments build; default: a copy of app/),
 #      SUNDAY_PLATFORM_DIR (default /var/lib/sunday-release/platform), PREFECT_PORT (4200), PREFECT_DB_PORT (5433),
-#      SUNDAY_S3_PORT (9000).
+#      SUNDAY_S3_PORT (9000), SUNDAY_HEARTBEAT_SECONDS (60).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 dir=${SUNDAY_PLATFORM_DIR:-/var/lib/sunday-release/platform}
@@ -28,6 +35,7 @@ s3=http://127.0.0.1:$s3port
 pg=/usr/lib/postgresql/15/bin
 bin=$top/.venv/bin
 pools=(sunday-ci sunday-deploy sunday-e2e)
+heartbeat=${SUNDAY_HEARTBEAT_SECONDS:-60}
 log() { printf '[server] %s\n' "$*" >&2; }
 as_pg() { runuser -u postgres -- "$@"; }
 # curl with the API's auth string, never on its command line (visible to every local user in ps)
@@ -41,6 +49,31 @@ halt() {
   local pid; pid=$(cat "$1"); kill "$pid"
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
   log "$(basename "$1") (PID $pid) did not stop on SIGTERM: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true
+}
+
+# what every client started here needs: the API's URL and auth string, the database password ($pw)
+server_env() {
+  pw=$(cat "$dir/db-password")
+  # every client started here (python, prefect CLI, prewarmed server, workers and their flow runs) sends it
+  PREFECT_API_AUTH_STRING=$(cat "$dir/api-auth")
+  export PREFECT_HOME=$dir/prefect PREFECT_API_URL=http://127.0.0.1:$port/api PREFECT_API_AUTH_STRING
+  unset PREFECT_API_KEY  # a client would send it instead of the auth string
+}
+
+# the Prefect server, unless it runs; then wait until it takes the auth string (server_env first)
+start_server() {
+  if ! alive "$dir/pids/server"; then
+    log "prefect server on 127.0.0.1:$port (PostgreSQL 127.0.0.1:$dbport)"
+    (umask 077  # its PREFECT_HOME and files: root's only
+     PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" \
+       PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_UI_API_URL=$PREFECT_API_URL \
+       PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem \
+       nohup "$bin/prefect" server start --host 127.0.0.1 --port "$port" >"$(logfile server)" 2>&1 &
+     echo $! > "$dir/pids/server")
+  fi
+  for _ in $(seq 1 120); do api -fsS "$PREFECT_API_URL/admin/version" >/dev/null 2>&1 && break; sleep 1; done
+  api -fsS "$PREFECT_API_URL/admin/version" >/dev/null \
+    || { log "server did not start or refuses $dir/api-auth; see $dir/logs/server.log"; exit 1; }
 }
 
 start() {
@@ -75,10 +108,7 @@ start() {
     "${psql[@]}" <<<"CREATE ROLE prefect LOGIN PASSWORD '$pw'; CREATE DATABASE prefect OWNER prefect;"
     as_pg "$pg/psql" -h "$dir/pg" -p "$dbport" -d prefect -qAt -c "CREATE EXTENSION IF NOT EXISTS pg_trgm"
   fi
-  # every client started below (python, prefect CLI, prewarmed server, workers and their flow runs) sends it
-  PREFECT_API_AUTH_STRING=$(cat "$dir/api-auth")
-  export PREFECT_HOME=$dir/prefect PREFECT_API_URL=http://127.0.0.1:$port/api PREFECT_API_AUTH_STRING
-  unset PREFECT_API_KEY  # a client would send it instead of the auth string
+  server_env
   # /api/health answers without authentication (Prefect lets probes through); /api/admin/version does not
   if ! alive "$dir/pids/server" && curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then
     log "another Prefect server answers on port $port (the CLI's? \`sunday-release server stop\`); or set PREFECT_PORT"
@@ -90,17 +120,7 @@ start() {
     halt "$dir/pids/prewarmed"
     halt "$dir/pids/server"
   fi
-  if ! alive "$dir/pids/server"; then
-    log "prefect server on 127.0.0.1:$port (PostgreSQL 127.0.0.1:$dbport)"
-    (umask 077  # its PREFECT_HOME and files: root's only
-     PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" \
-       PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_UI_API_URL=$PREFECT_API_URL \
-       nohup "$bin/prefect" server start --host 127.0.0.1 --port "$port" >"$(logfile server)" 2>&1 &
-     echo $! > "$dir/pids/server")
-  fi
-  for _ in $(seq 1 120); do api -fsS "$PREFECT_API_URL/admin/version" >/dev/null 2>&1 && break; sleep 1; done
-  api -fsS "$PREFECT_API_URL/admin/version" >/dev/null \
-    || { log "server did not start or refuses $dir/api-auth; see $dir/logs/server.log"; exit 1; }
+  start_server
   if ! alive "$dir/pids/s3"; then
     log "S3 endpoint (moto_server, stand-in for AWS S3) on $s3"
     nohup "$bin/moto_server" -H 127.0.0.1 -p "$s3port" >"$(logfile s3)" 2>&1 &
@@ -162,7 +182,7 @@ EOF
     if ! alive "$dir/pids/worker-$pool"; then
       PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
         SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=0.5 \
-        SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock PREFECT_FLOWS_HEARTBEAT_FREQUENCY=60 \
+        SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock PREFECT_FLOWS_HEARTBEAT_FREQUENCY=$heartbeat \
         nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" >"$(logfile "worker-$pool")" 2>&1 &
       echo $! > "$dir/pids/worker-$pool"
     fi
@@ -186,4 +206,27 @@ stop() {
   log "stopped"
 }
 
-case "${1:-start}" in start) start ;; stop) stop ;; *) echo "usage: $0 start|stop" >&2; exit 2 ;; esac
+restart_server() {
+  alive "$dir/pids/server" || { log "no Prefect server of $dir runs: \`server.sh start\`"; exit 1; }
+  server_env
+  halt "$dir/pids/server"
+  start_server
+  log "prefect server restarted on 127.0.0.1:$port"
+}
+
+# Prefect takes heartbeats 30 s apart or more; the zombie window must leave room for at least one
+case "$heartbeat" in
+  ''|*[!0-9]*) echo "SUNDAY_HEARTBEAT_SECONDS: expected a whole number of seconds >= 30, got '$heartbeat'" >&2; exit 2 ;;
+esac
+[ "$heartbeat" -ge 30 ] || { echo "SUNDAY_HEARTBEAT_SECONDS: expected a whole number of seconds >= 30 (Prefect's" \
+  "minimum), got $heartbeat" >&2; exit 2; }
+case "${SUNDAY_ZOMBIE_SECONDS:-}" in
+  '') ;;
+  *[!0-9]*) echo "SUNDAY_ZOMBIE_SECONDS: expected a whole number of seconds, got '$SUNDAY_ZOMBIE_SECONDS'" >&2; exit 2 ;;
+  *) [ "$SUNDAY_ZOMBIE_SECONDS" -gt "$heartbeat" ] || { echo "SUNDAY_ZOMBIE_SECONDS: expected more than" \
+       "SUNDAY_HEARTBEAT_SECONDS ($heartbeat): a window without a heartbeat, got $SUNDAY_ZOMBIE_SECONDS" >&2; exit 2; } ;;
+esac
+case "${1:-start}" in
+  start) start ;; stop) stop ;; restart-server) restart_server ;;
+  *) echo "usage: $0 start|stop|restart-server" >&2; exit 2 ;;
+esac

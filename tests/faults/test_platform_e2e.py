@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,10 @@ def _configure(repo: Path, staging: Env, production: Env) -> None:
     config.write_text(text.replace("environments:\n", "environments:\n" + lines, 1))
 
 
-@pytest.fixture(scope="module")
-def stack(starts_server: None, docker_engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    top = tmp_path_factory.mktemp("platform-e2e")
+@contextmanager
+def running_stack(top: Path, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """`make server` (with `extra_env`) for a copy of the sample app under `top`, its staging and production on
+    free ports, and the webhook receiver; all stopped and removed afterwards."""
     project = f"plat-{uuid.uuid4().hex[:6]}"
     staging, production = Env(project=project, name="staging"), Env(project=project, name="production", approval=True)
     shutil.rmtree(production.db_root)
@@ -145,7 +147,7 @@ def stack(starts_server: None, docker_engine: str, tmp_path_factory: pytest.Temp
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "sample app"]):
         _git(repo, *args)
     trivy = write_clean_trivy_db(top / "trivy")
-    extra = {"SUNDAY_APP_REPO": str(repo), "SUNDAY_TRIVY_CACHE": str(trivy), **staging.env}
+    extra = {"SUNDAY_APP_REPO": str(repo), "SUNDAY_TRIVY_CACHE": str(trivy), **staging.env, **(extra_env or {})}
     webhook: subprocess.Popen[str] | None = None
     try:
         with started_platform(extra) as platform:
@@ -169,6 +171,12 @@ def stack(starts_server: None, docker_engine: str, tmp_path_factory: pytest.Temp
                 webhook.communicate(timeout=10)
         staging.teardown()
         production.teardown()
+
+
+@pytest.fixture(scope="module")
+def stack(starts_server: None, docker_engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("platform-e2e")) as running:
+        yield running
 
 
 def answer_in_ui(stack: Stack, run_id: str, approve: bool, reason: str, screenshot: Path) -> None:
