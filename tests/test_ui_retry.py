@@ -76,6 +76,22 @@ def chromium_page(auth: str | None = None) -> Iterator[Any]:
             browser.close()
 
 
+def open_run(page: Any, url: str, badge: str) -> None:
+    """Go to the flow run's page and wait for its state badge `badge`; once reloaded if the page stays blank.
+
+    Under load the UI's bundle can fail to load and leave the app's empty shell (a grey page, seen on a
+    2-core machine running several suites): a reload is what an operator does.
+    """
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    page.goto(url)
+    try:
+        page.get_by_text(badge, exact=True).first.wait_for(timeout=60_000)
+    except PageTimeout:
+        page.reload()
+        page.get_by_text(badge, exact=True).first.wait_for(timeout=60_000)
+
+
 def press_retry(url: str, screenshot: Path, auth: str | None = None, state: str = "Failed") -> None:
     """Open the flow run (its badge showing `state`) in the (default, v2) UI, choose Retry in its menu and confirm;
     screenshot on failure."""
@@ -83,8 +99,7 @@ def press_retry(url: str, screenshot: Path, auth: str | None = None, state: str 
 
     with chromium_page(auth) as page:
         try:
-            page.goto(url)
-            page.get_by_text(state, exact=True).first.wait_for(timeout=60_000)  # the run's state badge
+            open_run(page, url, state)
             page.locator('[data-slot="dropdown-menu-trigger"]').click()
             page.get_by_role("menuitem", name="Retry", exact=True).click()
             dialog = page.get_by_role("alertdialog", name="Retry Flow Run")

@@ -34,7 +34,7 @@ from tests.conftest import APP, ROOT, _git, free_port
 from tests.deployed_ci import ProcessWorker, write_clean_trivy_db
 from tests.platform_fixture import Platform, started_platform
 from tests.test_cd import Env, status
-from tests.test_ui_retry import chromium_page, press_retry
+from tests.test_ui_retry import chromium_page, open_run, press_retry
 from tests.waiting import wait_for_healthz
 
 pytestmark = pytest.mark.docker
@@ -185,8 +185,7 @@ def answer_in_ui(stack: Stack, run_id: str, approve: bool, reason: str, screensh
 
     with chromium_page(stack.platform.auth) as page:
         try:
-            page.goto(f"{stack.platform.ui}/v2/runs/flow-run/{run_id}")
-            page.get_by_text("Paused", exact=True).first.wait_for(timeout=60_000)  # the run's state badge
+            open_run(page, f"{stack.platform.ui}/v2/runs/flow-run/{run_id}", "Paused")
             page.locator('[data-slot="dropdown-menu-trigger"]').click()
             page.get_by_role("menuitem", name="Resume", exact=True).click()
             dialog = page.get_by_role("dialog", name="Resume Flow Run")
