@@ -5,8 +5,9 @@ For each step of a deploy (backup, migrate, start, smoke, approval pause, switch
 step's progress line (or while paused for approval), then the same command again. Prints per step the
 requests failed during the kill and the re-run (target 0) and the time from the re-run's start to one
 healthy live color (the re-run's end), as a ratio to a normal deploy of the same environment run just
-before the case (target <= 1.5): each case has its own baseline, as the machine's speed drifts. The three environments (plain, approval, backup to a local S3 endpoint,
-moto_server standing in for AWS) share one repository with two versions.
+before the case (target <= 1.5): each case has its own baseline, as the machine's speed drifts. The
+three environments (plain, approval, backup to a local S3 endpoint, moto_server standing in for AWS)
+share one repository with two versions.
 
     .venv/bin/python bench/faults.py
 """
