@@ -59,6 +59,13 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _canonical(scope: str) -> str:
+    """`repository:NAME:push,pull` → `repository:NAME:pull,push`: the registry's challenge lists a scope's
+    actions in Go map order, which changes from one request to the next."""
+    head, _, actions = scope.rpartition(":")
+    return f"{head}:{','.join(sorted(actions.split(',')))}" if ":" in head else scope
+
+
 class TokenIssuer:
     """The registry's realm: issues RS256 JWTs (`x5c` = the trusted certificate) for the scopes asked."""
 
@@ -82,7 +89,7 @@ class TokenIssuer:
                 query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
                 user = issuer.user_of(self.headers.get("Authorization", ""))
                 scope = query.get("scope", [""])[0]
-                issuer.requests[(user or "", scope)] += 1
+                issuer.requests[(user or "", _canonical(scope))] += 1
                 if user is None:
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="token"')
