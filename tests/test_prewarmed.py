@@ -17,6 +17,11 @@ from deployments.prewarmed import launch_command
 from tests.conftest import ROOT
 from tests.deployed_ci import ProcessWorker, wait_for_flow_run
 
+# One worker runs this module's tests one after another: test_changed_code_is_never_run_from_the_old_imports
+# touches tests/prewarm_flow.py, and every prewarmed server started here watches that file (a server of a
+# test running beside it on another xdist worker would find its code "changed" and run the flow the ordinary way)
+pytestmark = pytest.mark.xdist_group(name="tests/test_prewarmed.py")
+
 LAUNCH = launch_command()
 
 
@@ -193,7 +198,7 @@ def test_a_cancelled_run_takes_its_child_processes_with_it(pool: str, prewarmed:
                 time.sleep(0.2)
             children = _processes_with(duration)
             assert all(Path(f"/proc/{pid}/environ").read_bytes().count(b"SUNDAY_PREWARMED=" + str(server.pid).encode())
-                       for pid in children)  # the run was forked from the server
+                       for pid in children), (tmp_path / "prewarmed.log").read_text()  # forked from the server
             client.set_flow_run_state(run.id, Cancelling(message="test"), force=True)
         done = wait_for_flow_run(run.id, worker, timeout=90)
         assert done.state.is_cancelled(), (done.state, worker.log_tail())
