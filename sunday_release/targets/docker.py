@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import httpx
 from pydantic import SecretStr
 
 from sunday_release import validate
@@ -44,6 +45,24 @@ from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, DeployT
 __all__ = ["DockerTarget"]
 
 NGINX = "/usr/sbin/nginx"
+
+
+HEALTH_INTERVAL = "10s"
+"""Docker's own health check of a replica (the image's HEALTHCHECK), for `status` and a replica that dies later.
+
+Every check is a process started in the container (`docker exec`: about 70 ms of CPU for the sample backend's,
+plus the engine's share), so every live replica pays for it all the time. Readiness does not wait for it: while
+Docker says `starting` (or the image has no HEALTHCHECK), `answers` probes the service's `health_path` from the
+host, so a new color is healthy as soon as it serves.
+"""
+
+
+def answers(endpoint: str, path: str) -> bool:
+    """The replica at `endpoint` (127.0.0.1:PORT) answers GET `path` with a 2xx within 2 s: it is ready."""
+    try:
+        return httpx.get(f"http://{endpoint}{path}", timeout=2, trust_env=False).is_success  # never a proxy
+    except httpx.HTTPError:
+        return False
 
 
 class DockerTarget:
@@ -287,8 +306,8 @@ class DockerTarget:
              "--label", f"sunday.color={color}",
              "--label", f"sunday.service={service}", "--label", f"sunday.version={version}",
              "--env-file", str(env_file), "--add-host", "sunday-db:host-gateway",
-             "--restart", "unless-stopped", "--health-interval", "2s", "--health-timeout", "5s",
-             "--health-retries", "5", "-p", f"127.0.0.1::{port}", image], timeout=300)
+             "--restart", "unless-stopped", "--health-interval", HEALTH_INTERVAL, "--health-timeout", "5s",
+             "--health-retries", "3", "-p", f"127.0.0.1::{port}", image], timeout=300)
 
     def replicas(self, color: Color, include_stopped: bool = False) -> list[Replica]:
         """The containers of `color`, with their health and published endpoint."""
@@ -305,6 +324,9 @@ class DockerTarget:
             endpoint = f"127.0.0.1:{bindings[0]['HostPort']}" if bindings else ""
             state = c["State"]
             health = state.get("Health", {}).get("Status", "none") if state["Running"] else "exited"
+            if health in ("starting", "none") and endpoint and service in self.config.services \
+                    and answers(endpoint, self.config.services[service].health_path):
+                health = "healthy"
             out.append(Replica(service, c["Name"].lstrip("/"), endpoint, health))
         return sorted(out, key=lambda r: r.name)
 
