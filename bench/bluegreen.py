@@ -144,13 +144,7 @@ def main() -> None:
         config = repo / "sunday-release.yaml"
         config.write_text(config.read_text().replace("environments:\n", f"environments:\n  {env}: {{port: {port}, "
                           f"db_port: {free_port()}, watch_seconds: 2, drain_seconds: 1}}\n", 1))
-        versions = []
-        for label in ("a", "b"):
-            index = repo / "frontend" / "public" / "index.html"
-            index.write_text(index.read_text().replace("</title>", f" {label}</title>", 1))
-            git(repo, "commit", "-qam", label)
-            run_ci(repo)
-            versions.append(git(repo, "rev-parse", "HEAD"))
+        versions = two_versions(repo)
         store = repo / "backend" / "sunday_api" / "store.py"
         store.write_text(store.read_text().replace('cur.execute("SELECT 1")', 'cur.execute("SELECT 1/0")', 1))
         git(repo, "commit", "-qam", "bad: readyz fails")
