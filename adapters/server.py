@@ -161,10 +161,22 @@ class LocalServer:
             return False
         os.killpg(pid, signal.SIGTERM)
         for _ in range(50):
-            if self.pid() is None:
+            if _reaped(pid) or self.pid() is None:
                 break
             time.sleep(0.2)
         else:
             os.killpg(pid, signal.SIGKILL)
+            _reaped(pid)
         self.pidfile.unlink(missing_ok=True)
         return True
+
+
+def _reaped(pid: int) -> bool:
+    """True when `pid` is this process's child and has exited (it is reaped here). A child that exited stays a
+    zombie until its parent waits, and `kill(pid, 0)` still finds a zombie: without this, `stop` in the process
+    that started the server waited out its whole grace period, then sent SIGKILL to a process already gone."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False  # not our child: its own parent (or init) reaps it
+    return done == pid

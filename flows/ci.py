@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sunday_release.findings import ImageScan, ScanReport
 from sunday_release.refs import short_ref, validate_ref, validate_repo, validate_sha
 from sunday_release.registry import PublishedImage, validate_repository
 from sunday_release.settings import Settings
+from tasks._common import progress
 from tasks.checks import build_check_image, run_check
 from tasks.images import (
     build_platform_image,
@@ -39,7 +41,12 @@ def _outcome(future: PrefectFuture[Any], service: str, step: str) -> StepResult:
     state = future.state
     if state.is_completed():
         value = future.result()
-        return value if isinstance(value, StepResult) else StepResult(service, step, "passed")
+        result = value if isinstance(value, StepResult) else StepResult(service, step, "passed")
+        if state.name == "Cached" and step != "build":  # the task did not run: say so where it would have
+            result = replace(result, reused=True)
+            progress(f"{step} reused: passed in this check image with this command before, not run again",
+                     task_run_name=f"{step}[{service}]")
+        return result
     exc = state.result(raise_on_failure=False)
     if isinstance(exc, CheckFailed) and isinstance(exc.result, StepResult):
         return exc.result
@@ -77,8 +84,8 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
         spec = config.services[name]
         for step, argv in spec.checks.steps().items():
             reports = settings.home / "runs" / run_id / "reports" / f"{name}-{step}"
-            checks.append((name, step, run_check.submit(name, step, argv, image, str(reports),
-                                                        spec.checks.timeout)))
+            check = run_check if spec.checks.reuse else run_check.with_options(refresh_cache=True)
+            checks.append((name, step, check.submit(name, step, argv, image, str(reports), spec.checks.timeout)))
     # which images already exist: read-only lookups, so they run beside the checks (the images stage waits for these)
     repos = {name: validate_repository(f"{config.project}/{name}") for name in config.services}
     keys: dict[str, Any] = {name: image_content_key.submit(name, spec, checkout, config.base_image)

@@ -24,6 +24,7 @@ class StepResult:
     seconds: float = 0.0
     tests: TestCounts | None = None
     detail: str = ""  # why it failed: failing tests, or the tail of the command's output
+    reused: bool = False  # passed in the same check image with the same command before: not run again
 
 
 def tests_rows(results: list[StepResult]) -> list[dict[str, Any]]:
@@ -34,7 +35,7 @@ def tests_rows(results: list[StepResult]) -> list[dict[str, Any]]:
         rows.append({
             "service": r.service, "step": r.step, "outcome": r.outcome,
             "passed": t.passed if t else "", "failed": t.failed if t else "", "skipped": t.skipped if t else "",
-            "seconds": round(r.seconds, 1),
+            "seconds": round(r.seconds, 1), "reused": r.reused,
             "failing": "; ".join(f"{c.classname}::{c.name}" if c.classname else c.name
                                   for c in t.failures) if t else "",
         })
@@ -113,6 +114,7 @@ def ci_summary(flow_run_id: str, state: str, commit: str, services: list[str], r
             "lint": steps["lint"].outcome if "lint" in steps else "not configured",
             "typecheck": steps["typecheck"].outcome if "typecheck" in steps else "not configured",
             "build": steps["build"].outcome if "build" in steps else "not run",
+            "reused": sorted(r.step for r in steps.values() if r.reused),
             "image": images[name].ref if name in images else None,
             "tags": list(images[name].tags) if name in images else [],
             "platforms": [d.platform for d in images[name].platforms] if name in images else [],

@@ -115,6 +115,7 @@ class Checks(_Model):
     lint: Argv | None = None
     typecheck: Argv | None = None
     timeout: int = Field(900, ge=10, le=7200)
+    reuse: bool = True  # a step that passed in the same check image, with the same command, is not run again
 
     def steps(self) -> dict[str, list[str]]:
         """The configured steps, in pipeline order, with their argv."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from sunday_release import validate
 from sunday_release.ci_report import StepResult
@@ -19,7 +21,7 @@ from sunday_release.settings import Settings
 from tasks._common import LOCAL_CACHE, ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
 from tasks.source import Checkout
 
-__all__ = ["build_check_image", "run_check"]
+__all__ = ["CHECK_REUSE", "REUSE_FOR", "build_check_image", "run_check"]
 
 
 def check_image_tag(project: str, service: str, stage: str, commit: str) -> str:
@@ -65,7 +67,16 @@ def build_check_image(project: str, service: str, spec: Service, checkout: Check
     return image_id
 
 
-@task(name="check", task_run_name="{step}[{service}]", persist_result=True)
+# What a check's outcome depends on: the check image (its id is a digest of the service's content and its base
+# image), the command, its time limit, and this task's code. Not the flow run, nor where its reports go: CI of a
+# commit that left a service unchanged reuses that service's passes (a Cached task run) instead of running them
+# again; a failure is never reused. `checks.reuse: false` runs every step every time.
+CHECK_REUSE = (INPUTS - "reports_dir") + TASK_SOURCE
+REUSE_FOR = timedelta(days=7)
+
+
+@task(name="check", task_run_name="{step}[{service}]", persist_result=True, cache_policy=CHECK_REUSE,
+      cache_expiration=REUSE_FOR)
 def run_check(service: str, step: str, argv: list[str], image: str, reports_dir: str,
               timeout: int = 900) -> StepResult:
     """Run one check command in a container of the check image; JUnit files land in `reports_dir`.

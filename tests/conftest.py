@@ -8,6 +8,7 @@ Trivy) are what `make test-fast` leaves out. When a run selects none of them (th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -40,6 +41,8 @@ os.environ["PREFECT_API_AUTH_STRING"] = LocalServer(_SERVER_HOME).auth_string()
 # `--dist loadgroup`: the workers (started after this import, with this environment) write the groups here
 if "PYTEST_XDIST_WORKER" not in os.environ:
     os.environ["SUNDAY_TEST_GROUPS"] = str(_HOME / "xdist-groups.json")
+    os.environ["SUNDAY_TEST_SHARED"] = str(_HOME / "shared")  # what the workers make once for all (each has a _HOME)
+_SHARED = Path(os.environ["SUNDAY_TEST_SHARED"])
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app"
@@ -61,6 +64,11 @@ def prefect_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     server = LocalServer(_SERVER_HOME, port=free_port())
+    database = server.prefect_home / "prefect.db"
+    if not database.exists():  # a copy of a migrated database: the migrations ran once, not in every worker
+        server.auth_string()  # makes the home, 0700
+        shutil.copyfile(migrated_prefect_database(), database)
+        database.chmod(0o600)
     url = server.start(timeout=120)
     auth = server.auth_string()
     os.environ["PREFECT_API_URL"], os.environ["PREFECT_API_AUTH_STRING"] = url, auth
@@ -73,6 +81,22 @@ def prefect_api() -> Iterator[str]:
         APILogWorker.drain_all(timeout=5)  # send the tests' run logs before the server goes away
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def migrated_prefect_database() -> Path:
+    """An empty Prefect database (SQLite) with every migration applied, made once per run for all xdist workers.
+
+    Migrating a new database is most of a server's start (10 of its 15 CPU-seconds here)."""
+    template = _SHARED / "prefect-database" / "prefect.db"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with open(template.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker migrates; the others wait for it, then copy
+        if not template.exists():
+            work = template.parent / "work"
+            subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], check=True,
+                           capture_output=True, timeout=600, env={**os.environ, "PREFECT_HOME": str(work)})
+            (work / "prefect.db").replace(template)
+    return template
 
 
 def read_events(name: str, resource_id: str, timeout: float = 15) -> list[Any]:

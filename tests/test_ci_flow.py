@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +187,46 @@ def test_a_container_left_by_a_killed_attempt_does_not_block_the_check(docker_en
         assert left == ""  # the old container was removed and the check's own removed itself (--rm)
     finally:
         subprocess.run([DOCKER, "rm", "-f", name], capture_output=True, check=False)
+
+
+def test_passed_checks_of_unchanged_content_are_reused_and_failures_never(prefect_api: str, docker_engine: str,
+                                                                          make_repo: Callable[..., Path],
+                                                                          git: Callable[..., str]) -> None:
+    """A check that passed in the same check image with the same command is not run again (`checks.reuse`)."""
+    def unique(repo: Path) -> None:  # content no other test builds: the first run cannot find a pass to reuse
+        (repo / "tool" / "build-id").write_text(secrets.token_hex(8))
+
+    repo = make_repo(FIXTURES / "other-app", edit=unique)
+
+    def ci() -> tuple[dict[str, Any], str]:
+        done = sunday("ci", "--repo", str(repo), "--ref", "main", "--json", api=prefect_api)
+        assert done.stdout, done.stderr
+        return json.loads(done.stdout)["services"]["tool"], done.stderr
+
+    def commit(path: str, text: str, message: str) -> None:
+        (repo / path).write_text(text)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", message)
+
+    tool, log = ci()
+    assert tool["reused"] == [] and "test started" in log and "lint started" in log, log
+    commit("NOTES.md", "outside the service\n", "docs only")
+    tool, log = ci()  # the tool's content is unchanged: both of its checks passed in this very image
+    assert tool["reused"] == ["lint", "test"], tool
+    assert "test reused" in log and "test started" not in log and "lint started" not in log, log
+    assert tool["test"] == "passed" and tool["tests"] == {"passed": 4, "failed": 0, "skipped": 0}
+
+    config = (repo / "sunday-release.yaml").read_text()
+    commit("sunday-release.yaml", config.replace("    checks:\n", "    checks:\n      reuse: false\n"), "no reuse")
+    tool, log = ci()
+    assert tool["reused"] == [] and "test started" in log and "lint started" in log, log
+    commit("sunday-release.yaml", config, "reuse again")
+
+    run_sh = (repo / "tool" / "tests" / "run.sh").read_text()
+    assert 'check one_word 1 "hello"' in run_sh
+    commit("tool/tests/run.sh", run_sh.replace('check one_word 1 "hello"', 'check one_word 2 "hello"'), "break")
+    for attempt in ("broken", "broken, docs changed"):
+        tool, log = ci()  # a failure is never reused: the same content fails by running again
+        assert tool["test"] == "failed" and tool["tests"]["failed"] == 1, (attempt, tool)
+        assert "test" not in tool["reused"] and "test started" in log, (attempt, log)
+        commit("NOTES.md", f"{attempt}\n", attempt)

@@ -69,6 +69,35 @@ def test_the_events_socket_refuses_a_client_without_the_string(prefect_api: str)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, token
 
 
+def test_stop_in_the_process_that_started_the_server_ends_it_with_sigterm(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The starter's own child exits on SIGTERM but stays a zombie until it is waited for: `stop` reaps it, and
+    never waits out its grace period to SIGKILL a process that is already gone (the tests' server did, 10 s)."""
+    server = LocalServer(tmp_path, port=free_port())
+    server.auth_string()  # the home, 0700
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    server.pidfile.write_text(str(child.pid))
+    sent: list[int] = []
+    real_killpg = os.killpg
+
+    def killpg(pgid: int, sig: int) -> None:
+        sent.append(sig)
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", killpg)
+    try:
+        assert server.stop() is True
+        assert sent == [signal.SIGTERM]
+        assert server.pid() is None and not server.pidfile.exists()
+        with pytest.raises(ChildProcessError):
+            os.waitpid(child.pid, os.WNOHANG)  # already reaped by stop
+        child.returncode = -signal.SIGTERM  # (Popen would otherwise try to reap it again)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            child.wait()
+
+
 def test_an_existing_home_is_made_the_owners_only(tmp_path: Path) -> None:
     home = tmp_path / "server"
     (home / "prefect").mkdir(parents=True)
