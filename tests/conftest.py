@@ -264,8 +264,25 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
     return any(defs[-1].scope in ("module", "package", "class") for defs in info.name2fixturedefs.values() if defs)
 
 
+_DURATIONS = Path(__file__).resolve().parent / "durations.json"
+
+
+def _longest_first(items: list[pytest.Item]) -> None:
+    """Order the tests longest first (tests/durations.json), the tests of a module-scoped fixture ahead in their
+    own order: the scheduler hands work out in this order, so the run does not end on one worker's long test
+    while the others are idle. Unknown tests keep their place after the known ones."""
+    try:
+        seconds: dict[str, float] = json.loads(_DURATIONS.read_text())["seconds"]
+    except (OSError, ValueError, KeyError):
+        return
+    grouped = float("inf")
+    items.sort(key=lambda item: -(grouped if item.get_closest_marker("xdist_group") else seconds.get(item.nodeid, 0)))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A worker writes the group of each grouped test for the controller's scheduler (below)."""
+    """Longest first; a worker writes the group of each grouped test for the controller's scheduler (below)."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no":
+        _longest_first(items)
     if "PYTEST_XDIST_WORKER" not in os.environ or "SUNDAY_TEST_GROUPS" not in os.environ:
         return
     groups = {item.nodeid: str(mark.kwargs["name"]) for item in items

@@ -76,20 +76,32 @@ def chromium_page(auth: str | None = None) -> Iterator[Any]:
             browser.close()
 
 
-def open_run(page: Any, url: str, badge: str) -> None:
-    """Go to the flow run's page and wait for its state badge `badge`; once reloaded if the page stays blank.
+_STYLED = "() => [...document.styleSheets].some(s => { try { return s.cssRules.length > 0 } catch { return false } })"
 
-    Under load the UI's bundle can fail to load and leave the app's empty shell (a grey page, seen on a
-    2-core machine running several suites): a reload is what an operator does.
+
+def open_run(page: Any, url: str, badge: str) -> None:
+    """Go to the flow run's page and wait for its state badge `badge`; reloaded (twice at most) while the page
+    stays blank or unstyled.
+
+    Under load the UI's bundle can fail to load and leave the app's empty shell (a grey page), or its stylesheet
+    can fail and leave one long unstyled column whose controls move as log lines arrive above them, so a click
+    never finds them still (both seen on a 2-core machine running several suites): a reload is what an operator
+    does.
     """
     from playwright.sync_api import TimeoutError as PageTimeout
 
     page.goto(url)
-    try:
-        page.get_by_text(badge, exact=True).first.wait_for(timeout=60_000)
-    except PageTimeout:
+    for reloads in range(3):
+        try:
+            page.get_by_text(badge, exact=True).first.wait_for(timeout=60_000)
+            if page.evaluate(_STYLED):
+                return
+            why = "the UI's stylesheet did not load"
+        except PageTimeout as exc:
+            why = f"the run's badge {badge!r} did not show: {exc}"
+        if reloads == 2:
+            raise AssertionError(f"{url}: {why} (after two reloads)")
         page.reload()
-        page.get_by_text(badge, exact=True).first.wait_for(timeout=60_000)
 
 
 def press_retry(url: str, screenshot: Path, auth: str | None = None, state: str = "Failed") -> None:
