@@ -280,8 +280,9 @@ def _longest_first(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Longest first; a worker writes the group of each grouped test for the controller's scheduler (below)."""
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no":
+    """In an xdist worker (its own collection is what the scheduler hands out: xdist sets its `dist` to "no"),
+    longest first; and the group of each grouped test, written for the controller's scheduler (below)."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
         _longest_first(items)
     if "PYTEST_XDIST_WORKER" not in os.environ or "SUNDAY_TEST_GROUPS" not in os.environ:
         return
