@@ -29,7 +29,13 @@ class LocalServer:
     the log) are the owner's only (0700, files 0600).
     """
 
-    def __init__(self, home: Path, port: int | None = None) -> None:
+    def __init__(self, home: Path, port: int | None = None, database_url: str | None = None) -> None:
+        """`database_url`: a PostgreSQL database (`postgresql+asyncpg://...`) instead of PREFECT_HOME's SQLite file.
+
+        On SQLite, two writes at once (two runs, or two tasks of one run) can fail with SQLITE_BUSY: the server
+        answers 503 and Prefect's client retries 2 s later, so a run stalls for 2 s at each collision.
+        """
+        self.database_url = database_url
         self.home = home / "server"
         self.port = port or int(os.environ.get("SUNDAY_SERVER_PORT", "4200"))
         self.pidfile = self.home / "server.pid"
@@ -132,6 +138,8 @@ class LocalServer:
                    "PREFECT_UI_API_URL": self.api_url,
                    "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}
             env.pop("PREFECT_API_URL", None)
+            if self.database_url:
+                env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
             log = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 proc = subprocess.Popen(

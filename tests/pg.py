@@ -74,16 +74,22 @@ class Postgres:
             cur = conn.execute(statement)
             return cur.fetchall() if cur.description else []
 
+    def dump(self) -> str:
+        """`pg_dump` of the database of `dsn`, as SQL text: every row it holds."""
+        return run([str(PG_BIN / "pg_dump"), "--no-owner", "-d", self.dsn], timeout=120).stdout
+
     def stop(self) -> None:
         run(_as_postgres([str(PG_BIN / "pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", "-w"]),
             check=False, timeout=60)
 
 
-def start_postgres(user: str = "sunday", db: str = "sunday") -> Postgres:
-    """initdb + pg_ctl start on a free port of 127.0.0.1, then a role with a password and its database."""
+def start_postgres(user: str = "sunday", db: str = "sunday", password: str = APP_PASSWORD,
+                   schema: bool = True) -> Postgres:
+    """initdb + pg_ctl start on a free port of 127.0.0.1, then a role with a password and its database (with the
+    sample app's tables unless `schema` is false)."""
     root = Path(tempfile.mkdtemp(prefix="sunday-pg-"))
     port = free_port()
-    pg = Postgres(root, port, f"postgresql://{user}:{APP_PASSWORD}@127.0.0.1:{port}/{db}",
+    pg = Postgres(root, port, f"postgresql://{user}:{password}@127.0.0.1:{port}/{db}",
                   f"postgresql://postgres:{ADMIN_PASSWORD}@127.0.0.1:{port}/postgres")
     try:
         if os.geteuid() == 0:
@@ -99,9 +105,10 @@ def start_postgres(user: str = "sunday", db: str = "sunday") -> Postgres:
                        "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
         run(_as_postgres([str(PG_BIN / "pg_ctl"), "start", "-D", str(pg.data), "-l", str(root / "server.log"),
                           "-w", "-t", "60"]), timeout=90)
-        pg.sql(f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{APP_PASSWORD}'", pg.admin_dsn)
+        pg.sql(f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{password}'", pg.admin_dsn)
         pg.sql(f"CREATE DATABASE {db} OWNER {user}", pg.admin_dsn)
-        pg.sql(SCHEMA)
+        if schema:
+            pg.sql(SCHEMA)
     except BaseException:
         stop_postgres(pg)
         raise

@@ -33,7 +33,7 @@ import pytest
 
 from adapters.webhook import sign
 from tests.canary import Canaries, Hits, MotoS3, NotifyReceiver, sigv4_signed_with
-from tests.conftest import _SERVER_HOME, APP, ROOT, free_port
+from tests.conftest import _SERVER_HOME, APP, ROOT, free_port, prefect_database_dump
 from tests.test_cd import Env
 from tests.test_ci_flow import CLI, _break_a_backend_test, images_for, sunday
 from tests.waiting import wait_for_healthz
@@ -227,6 +227,9 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
         hits.scan_tree("SUNDAY_ENV_ROOT", env_root, skip=lambda p: p.parent == store)
         hits.scan_tree("PREFECT_HOME", Path(os.environ["PREFECT_HOME"]))
         hits.scan_tree("Prefect server home", _SERVER_HOME)
+        dump = prefect_database_dump()  # every row the server stored: the runs of this test are in it
+        assert v1 in dump and v2 in dump, "the dump holds this test's runs"
+        hits.scan("Prefect database", "pg_dump", dump)
         hits.scan_tree("database root", env.db_root, skip=lambda p: p == password_file)
         seconds = round(time.monotonic() - started, 1)
         print(f"\nsecrets canary: {seconds}s; steps {timings}; e2e exit {e2e.returncode}; notifications "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from adapters.server import LocalServer
 from adapters.webhook import repository_slug, sign
-from tests.conftest import _SERVER_HOME, ROOT, free_port
+from tests.conftest import _SERVER_HOME, ROOT, free_port, migrated_prefect_database
 from tests.platform_fixture import POOLS, Platform, basic, started_platform
 from tests.waiting import wait_for_healthz
 
@@ -47,13 +48,24 @@ def test_the_local_server_refuses_requests_without_its_auth_string(prefect_api: 
     assert httpx.get(f"{prefect_api}/health", timeout=10).status_code == 200
 
 
-def test_the_local_servers_home_is_the_owners_only(prefect_api: str) -> None:
-    home = _SERVER_HOME / "server"
-    assert _mode(home) == 0o700 and _mode(home / "prefect") == 0o700
-    assert _mode(home / "api-auth") == 0o600
-    assert _mode(home / "server.log") & 0o077 == 0
-    databases = list((home / "prefect").glob("prefect.db*"))
-    assert databases and all(_mode(db) & 0o077 == 0 for db in databases), [(db, oct(_mode(db))) for db in databases]
+def test_the_local_servers_home_is_the_owners_only(tmp_path: Path, starts_server: None) -> None:
+    """The CLI's server as users run it: SQLite in its home (a copy of a migrated database, not migrated again)."""
+    server = LocalServer(tmp_path, port=free_port())
+    server.auth_string()  # makes the home, 0700
+    shutil.copyfile(migrated_prefect_database(), server.prefect_home / "prefect.db")
+    try:
+        server.start(timeout=120)
+        assert httpx.post(f"{server.api_url}/flows/", json={"name": "owners-only"}, auth=basic(server.auth_string()),
+                          timeout=10).status_code in (200, 201)  # a write: SQLite's -wal and -shm files exist
+        home = tmp_path / "server"
+        assert _mode(home) == 0o700 and _mode(home / "prefect") == 0o700
+        assert _mode(home / "api-auth") == 0o600
+        assert _mode(home / "server.log") & 0o077 == 0
+        databases = list((home / "prefect").glob("prefect.db*"))
+        assert len(databases) == 3 and all(_mode(db) & 0o077 == 0 for db in databases), \
+            [(db, oct(_mode(db))) for db in databases]
+    finally:
+        server.stop()
 
 
 def test_the_events_socket_refuses_a_client_without_the_string(prefect_api: str) -> None:
