@@ -9,10 +9,13 @@ export SUNDAY_HOME ?= $(HOME)/.sunday-release
 
 .PHONY: demo test test-faults test-fast setup venv bytecode lint lock server server-stop clean
 
-# requirements.lock pins every dependency (made by `make lock`): pip resolves nothing, so it is fast
+# requirements.lock pins every dependency (made by `make lock`), so nothing is resolved. uv (pinned there too) installs
+# them in 15 s where pip takes 70; where uv cannot reach an index that pip's own configuration names, pip does it
 $(BIN)/sunday-release: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	{ $(BIN)/pip install -q -c requirements.lock uv && \
+	  $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -c requirements.lock -e '.[dev]'; } || \
+	  $(BIN)/pip install -q -c requirements.lock -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $@
 
 venv: $(BIN)/sunday-release
