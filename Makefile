@@ -9,13 +9,15 @@ export SUNDAY_HOME ?= $(HOME)/.sunday-release
 
 .PHONY: demo test test-faults test-fast setup venv bytecode lint lock server server-stop clean
 
+QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+
 # requirements.lock pins every dependency (made by `make lock`), so nothing is resolved. uv (pinned there too) installs
 # them in 15 s where pip takes 70; where uv cannot reach an index that pip's own configuration names, pip does it
 $(BIN)/sunday-release: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	{ $(BIN)/pip install -q -c requirements.lock uv && \
+	{ $(BIN)/pip install -q -c requirements.lock uv 2>&1 | $(QUIET_PIP) && \
 	  $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -c requirements.lock -e '.[dev]'; } || \
-	  $(BIN)/pip install -q -c requirements.lock -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	  $(BIN)/pip install -q -c requirements.lock -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	touch $@
 
 venv: $(BIN)/sunday-release
@@ -35,13 +37,14 @@ lint: venv
 	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
 
-# The full suite but the fault-injection cases (tests/faults, `make test-faults`), on three workers: most of a test's
-# time is waiting on containers and servers, so three share two cores well. `--dist loadgroup`: the tests of one
-# module-scoped fixture (one deployed app, one `make server`) stay on one worker (tests/conftest.py schedules them)
+# The full suite but the fault-injection cases (tests/faults, `make test-faults`), on four workers: much of a test's
+# time is waiting on containers and servers, so four keep two cores busy (three left a fifth of them idle).
+# `--dist loadgroup`: the tests of one module-scoped fixture (one deployed app, one `make server`) stay on one worker
+# (tests/conftest.py schedules them)
 test: setup
 	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadgroup -m "not faults" --durations=15
+	$(BIN)/pytest -q -p no:cacheprovider -n 4 --dist loadgroup -m "not faults" --durations=15
 
 # Every fault the pipeline promises to survive (kill -9 at each step, outages, a failing release), on the real platform
 test-faults: setup

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from sunday_release.errors import PipelineError
+from sunday_release.tls import tls_context
 
 __all__ = ["LocalServer"]
 
@@ -82,7 +83,8 @@ class LocalServer:
         """The HTTP status of an API read (with `auth` when given); None when nothing answers."""
         headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
         try:
-            return httpx.get(f"{self.api_url}/admin/version", headers=headers, timeout=2).status_code
+            return httpx.get(f"{self.api_url}/admin/version", headers=headers, timeout=2,
+                             verify=tls_context()).status_code
         except httpx.HTTPError:
             return None
 

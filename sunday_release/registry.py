@@ -31,6 +31,7 @@ import docker.utils
 import httpx
 
 from sunday_release.errors import InputError, PipelineError, TagExists
+from sunday_release.tls import tls_context
 
 __all__ = [
     "INDEX_TYPES",
@@ -342,7 +343,7 @@ class RegistryClient:
             tag_lock = host_tag_lock(Settings.from_env().home / "locks" / "tags")
         self._tag_lock = tag_lock
         self._http = httpx.Client(base_url=f"{scheme}://{registry}/v2/", auth=RegistryAuth(registry, auth),
-                                  transport=transport, timeout=timeout)
+                                  transport=transport, timeout=timeout, verify=tls_context())
 
     def close(self) -> None:
         self._http.close()

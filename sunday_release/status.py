@@ -10,6 +10,7 @@ import httpx
 from sunday_release import validate
 from sunday_release.settings import Settings
 from sunday_release.targets import last_config, make_target
+from sunday_release.tls import tls_context
 
 __all__ = ["environment_status", "render_status"]
 
@@ -32,7 +33,7 @@ def environment_status(env: str, project: str | None = None) -> dict[str, Any]:
     replicas = [{"name": r.name, "service": r.service, "health": r.health, "endpoint": r.endpoint}
                 for r in (target.replicas(live) if live else [])]
     try:
-        answered = httpx.get(f"{target.url}/", timeout=3).status_code < 500
+        answered = httpx.get(f"{target.url}/", timeout=3, verify=tls_context()).status_code < 500
     except httpx.HTTPError:
         answered = False
     return {

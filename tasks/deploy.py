@@ -28,6 +28,7 @@ from sunday_release.ordering import tag_is_older
 from sunday_release.refs import is_sha
 from sunday_release.runner import run
 from sunday_release.targets.protocol import DeployTarget
+from sunday_release.tls import tls_context
 from tasks._common import RETRY_DELAYS, progress
 from tasks.images import registry_client
 from tasks.source import Checkout
@@ -208,7 +209,7 @@ def run_smoke(target: DeployTarget, color: Color, checks: list[SmokeCheck], via_
     """Every smoke check against every replica of `color` (or once through the router)."""
     results = []
     routes = {spec.route: name for name, spec in target.config.services.items() if spec.route}
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, verify=tls_context()) as client:
         for check in checks:
             if via_router:
                 if route_of(routes, check.path) == check.service:  # only what the router sends there

@@ -12,6 +12,7 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from sunday_release.tls import tls_context
 from tasks._common import progress
 
 __all__ = ["WEBHOOK_BLOCK", "notify", "send_notification", "webhook_url"]
@@ -45,7 +46,7 @@ def notify(env: str, event: str, text: str) -> bool:
     if url is None:
         return False
     response = httpx.post(url, json={"text": f"{_ICONS.get(event, '')} [{env}] {text}".strip(),
-                                     "event": event, "env": env}, timeout=10)
+                                     "event": event, "env": env}, timeout=10, verify=tls_context())
     if response.status_code >= 500:
         raise RuntimeError(f"notification webhook answered {response.status_code}")
     progress(f"notified {event}")

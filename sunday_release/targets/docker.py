@@ -41,6 +41,7 @@ from sunday_release.runner import run, tail
 from sunday_release.targets import env_record
 from sunday_release.targets.local_db import LocalDatabase
 from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, DeployTarget, Replica, TrafficLog
+from sunday_release.tls import tls_context
 
 __all__ = ["DockerTarget"]
 
@@ -60,7 +61,8 @@ host, so a new color is healthy as soon as it serves.
 def answers(endpoint: str, path: str) -> bool:
     """The replica at `endpoint` (127.0.0.1:PORT) answers GET `path` with a 2xx within 2 s: it is ready."""
     try:
-        return httpx.get(f"http://{endpoint}{path}", timeout=2, trust_env=False).is_success  # never a proxy
+        return httpx.get(f"http://{endpoint}{path}", timeout=2, trust_env=False,  # never a proxy
+                         verify=tls_context()).is_success
     except httpx.HTTPError:
         return False
 
