@@ -156,6 +156,10 @@ class Environment(_Model):
     backup: bool | None = None
     backup_keep: int = Field(7, ge=1, le=1000)
     health_timeout: int = Field(120, ge=1, le=3600)
+    health_interval: int = Field(10, ge=1, le=3600)
+    """Seconds between Docker's own health checks of a live replica (docker target; its image's HEALTHCHECK). Each
+    check is a process started in the container, about 0.1 s of CPU with the engine's share, paid by every replica
+    all the time. Readiness never waits for it: a new replica is probed from the host."""
     watch_seconds: float = Field(10, ge=0, le=3600)
     max_error_rate: float = Field(0.01, ge=0, le=1)
     drain_seconds: float = Field(2, ge=0, le=600)

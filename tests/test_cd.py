@@ -38,13 +38,16 @@ class Env:
         return f"http://127.0.0.1:{self.port}"
 
     def edit(self, repo: Path) -> None:
-        """Add the environment to the config; build amd64 only (the tests need no second platform)."""
+        """Add the environment to the config; build amd64 only (the tests need no second platform). Docker's own
+        health check once a minute, not every 10 s: no test waits for it, and each check is a `docker exec` taking
+        CPU from the other tests."""
         config = repo / "sunday-release.yaml"
         text = config.read_text().replace("    route: /", "    platforms: [linux/amd64]\n    route: /")
         text = text.replace("project: sunday\n", f"project: {self.project}\n", 1)
         text = "\n".join(line for line in text.split("\n") if not line.startswith(f"  {self.name}: "))
         text = text.replace("environments:\n", f"environments:\n  {self.name}: {{port: {self.port}, "
                             f"db_port: {self.db_port}, watch_seconds: 2, drain_seconds: 1, health_timeout: 90, "
+                            f"health_interval: 60, "
                             f"backup: {str(self.backup).lower()}, approval: {str(self.approval).lower()}}}\n", 1)
         config.write_text(text)
 
@@ -113,6 +116,9 @@ def test_deploy_switch_rollback_and_scale(prefect_api: str, docker_engine: str, 
     assert board.status_code == 201, board.text
     st = status(env)
     assert st["serving"] is True and st["revision"] == 1 and st["version"] == v1 and st["live_color"] == "blue"
+    intervals = subprocess.run([DOCKER, "inspect", "-f", "{{.Config.Healthcheck.Interval}}", *env.container_ids()],
+                               capture_output=True, text=True, check=True).stdout.split()
+    assert intervals and set(intervals) == {"1m0s"}, intervals  # the environment's health_interval
 
     index = repo / "frontend" / "public" / "index.html"
     index.write_text(index.read_text().replace("</title>", " v2</title>", 1))

@@ -35,6 +35,14 @@ def test_minimal_config_gets_the_defaults() -> None:
     assert set(config.environments) == {"staging", "production"}
     assert config.environments["production"].approval is True
     assert config.scan.fail_on == ["CRITICAL", "HIGH"]
+    assert config.environments["staging"].health_interval == 10
+
+
+@pytest.mark.parametrize("interval", [0, -5, 3601, "10s", 1.5])
+def test_a_bad_health_interval_names_the_key(interval: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**MINIMAL, "environments": {"staging": {"port": 8081, "health_interval": interval}}})
+    assert caught.value.path == "environments.staging.health_interval", str(caught.value)
 
 
 def test_the_sample_app_config_is_valid() -> None:

@@ -47,15 +47,10 @@ __all__ = ["DockerTarget"]
 
 NGINX = "/usr/sbin/nginx"
 
-
-HEALTH_INTERVAL = "10s"
-"""Docker's own health check of a replica (the image's HEALTHCHECK), for `status` and a replica that dies later.
-
-Every check is a process started in the container (`docker exec`: about 70 ms of CPU for the sample backend's,
-plus the engine's share), so every live replica pays for it all the time. Readiness does not wait for it: while
-Docker says `starting` (or the image has no HEALTHCHECK), `answers` probes the service's `health_path` from the
-host, so a new color is healthy as soon as it serves.
-"""
+# Docker's own health check of a replica (the image's HEALTHCHECK, every `health_interval` seconds) is for `status`
+# and a replica that dies later. Readiness does not wait for it: while Docker says `starting` (or the image has no
+# HEALTHCHECK), `answers` probes the service's `health_path` from the host, so a new color is healthy as soon as it
+# serves.
 
 
 def answers(endpoint: str, path: str) -> bool:
@@ -308,8 +303,8 @@ class DockerTarget:
              "--label", f"sunday.color={color}",
              "--label", f"sunday.service={service}", "--label", f"sunday.version={version}",
              "--env-file", str(env_file), "--add-host", "sunday-db:host-gateway",
-             "--restart", "unless-stopped", "--health-interval", HEALTH_INTERVAL, "--health-timeout", "5s",
-             "--health-retries", "3", "-p", f"127.0.0.1::{port}", image], timeout=300)
+             "--restart", "unless-stopped", "--health-interval", f"{self.env.health_interval}s",
+             "--health-timeout", "5s", "--health-retries", "3", "-p", f"127.0.0.1::{port}", image], timeout=300)
 
     def replicas(self, color: Color, include_stopped: bool = False) -> list[Replica]:
         """The containers of `color`, with their health and published endpoint."""
