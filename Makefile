@@ -40,11 +40,13 @@ lint: venv
 # The full suite but the fault-injection cases (tests/faults, `make test-faults`), on four workers: much of a test's
 # time is waiting on containers and servers, so four keep two cores busy (three left a fifth of them idle).
 # `--dist loadgroup`: the tests of one module-scoped fixture (one deployed app, one `make server`) stay on one worker
-# (tests/conftest.py schedules them)
+# (tests/conftest.py schedules them). mypy runs beside pytest, whose workers leave a core idle while they start; its
+# report follows pytest's, and either failing fails `make test` (`make lint` gives it alone, at once)
 test: setup
 	$(BIN)/ruff check sunday_release adapters devtools flows tasks deployments tests bench infra/local infra/prefect
-	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider -n 4 --dist loadgroup -m "not faults" --durations=15
+	$(BIN)/mypy > $(VENV)/mypy.out 2>&1 & typing=$$!; \
+	  $(BIN)/pytest -q -p no:cacheprovider -n 4 --dist loadgroup -m "not faults" --durations=15; tests=$$?; \
+	  wait $$typing; typed=$$?; echo "mypy (exit $$typed):"; cat $(VENV)/mypy.out; exit $$(( tests || typed ))
 
 # Every fault the pipeline promises to survive (kill -9 at each step, outages, a failing release), on the real platform
 test-faults: setup

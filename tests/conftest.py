@@ -8,6 +8,7 @@ Trivy) are what `make test-fast` leaves out. When a run selects none of them (th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -57,25 +58,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-_PREFECT_DATABASE: list[Any] = []  # the session server's PostgreSQL (tests.pg.Postgres), while it runs
+_PREFECT_DATABASE: list[Any] = []  # the session server's PostgreSQL database (tests.pg.Postgres), while it runs
 
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real `prefect server start` on a free port, basic auth, on a PostgreSQL database of its own (as
-    `make server`), all stopped afterwards.
+    `make server`), stopped afterwards.
 
     Not SQLite: there, two writes at once (two tasks of a run, two runs) fail with SQLITE_BUSY, the server
     answers 503 and Prefect's client retries 2 s later. A CI of the sample app took 8.4 s on SQLite, 4.5 s here.
+    The database is a copy of a migrated template in the run's one cluster (`_prefect_cluster`).
     """
     refuse_in_fast_tier("a Prefect server (prefect_api)")
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from tests.pg import start_postgres, stop_postgres
-
-    database = start_postgres(user="prefect", db="prefect", password=secrets.token_hex(16), schema=False)
-    server = LocalServer(_SERVER_HOME, port=free_port(),
-                         database_url=database.dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+    database = _prefect_cluster().new_database()
+    server = LocalServer(_SERVER_HOME, port=free_port(), database_url=_asyncpg(database.dsn))
     _PREFECT_DATABASE.append(database)
     try:
         url = server.start(timeout=120)
@@ -90,7 +89,71 @@ def prefect_api() -> Iterator[str]:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
         _PREFECT_DATABASE.clear()
-        stop_postgres(database)
+
+
+def _asyncpg(dsn: str) -> str:
+    return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+class _PrefectCluster:
+    """The run's one PostgreSQL for the session servers, shared by the xdist workers (SUNDAY_TEST_SHARED).
+
+    The first worker that needs it starts it and migrates a template database; each server then gets a copy
+    (`CREATE DATABASE ... TEMPLATE`), so no worker runs the migrations or initdb again. The controller stops it
+    at the end (pytest_sessionfinish)."""
+
+    STATE = _SHARED / "prefect-postgres"
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        from tests.pg import Postgres
+
+        self.server = Postgres(Path(info["root"]), int(info["port"]), info["dsn"], info["admin_dsn"])
+
+    def new_database(self) -> Any:
+        from tests.pg import Postgres
+
+        name = f"prefect_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{secrets.token_hex(3)}".replace("-", "_")
+        with _locked(self.STATE):  # a template being copied must have no other session
+            self.server.sql(f"CREATE DATABASE {name} TEMPLATE prefect_template OWNER prefect", self.server.admin_dsn)
+        return Postgres(self.server.root, self.server.port, self.server.dsn.rsplit("/", 1)[0] + f"/{name}",
+                        self.server.admin_dsn)
+
+    @classmethod
+    def stop(cls) -> None:
+        from tests.pg import stop_postgres
+
+        info = cls.STATE / "cluster.json"
+        if info.exists():
+            stop_postgres(cls(json.loads(info.read_text())).server)
+            info.unlink()
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _prefect_cluster() -> _PrefectCluster:
+    from tests.pg import start_postgres, stop_postgres
+
+    info = _PrefectCluster.STATE / "cluster.json"
+    with _locked(_PrefectCluster.STATE):
+        if not info.exists():
+            pg = start_postgres(user="prefect", db="prefect_template", password=secrets.token_hex(16), schema=False)
+            try:
+                subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], check=True,
+                               capture_output=True, timeout=600,
+                               env={**os.environ, "PREFECT_HOME": str(_PrefectCluster.STATE / "migrate-home"),
+                                    "PREFECT_SERVER_DATABASE_CONNECTION_URL": _asyncpg(pg.dsn)})
+            except BaseException:
+                stop_postgres(pg)
+                raise
+            info.write_text(json.dumps({"root": str(pg.root), "port": pg.port, "dsn": pg.dsn,
+                                        "admin_dsn": pg.admin_dsn}))
+        return _PrefectCluster(json.loads(info.read_text()))
 
 
 def prefect_database_dump() -> str:
@@ -245,6 +308,8 @@ def git() -> Callable[..., str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or a run without workers): every worker is done
+        _PrefectCluster.stop()
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
