@@ -12,7 +12,7 @@ from sunday_release.config import ScanPolicy
 from sunday_release.errors import GateFailed, PipelineError
 from sunday_release.findings import ImageScan, ScanReport, check_db_fresh, parse_trivy_json
 from sunday_release.runner import run
-from sunday_release.scan_cache import ScanCache, scan_cache_key
+from sunday_release.scan_cache import ScanCache, repo_scan_cache_key, scan_cache_key
 from sunday_release.settings import Settings
 from tasks._common import progress
 from tasks.source import Checkout
@@ -32,17 +32,32 @@ def repo_scan_argv(trivy: str, cache_dir: str, path: str, policy: ScanPolicy) ->
 def scan_repository(checkout: Checkout, policy: ScanPolicy) -> ScanReport:
     """Scan the checkout for misconfigurations and secrets; GateFailed when the policy says no.
 
+    Trivy's report of a tree it scanned before with the same binary, checks and flags is reused
+    (`scan_cache`); the policy is applied to it afresh.
+
     Args:
         checkout: the checked-out repository.
         policy: the config's scan policy (severities that block, allow-list).
     """
     settings = Settings.from_env()
     settings.trivy_cache.mkdir(parents=True, exist_ok=True)
-    progress("trivy fs (misconfig, secret) started")
-    out = run(repo_scan_argv(settings.trivy, str(settings.trivy_cache), checkout.path, policy), timeout=900)
-    report = parse_trivy_json(out.stdout, policy)
+    tree = run(["git", "-C", checkout.path, "rev-parse", "--verify", "--end-of-options", "HEAD^{tree}"],
+               timeout=60).stdout.strip()
+    cache = ScanCache(settings.home / "scan-cache")
+    key = repo_scan_cache_key(tree, settings.trivy, settings.trivy_cache, repo_scan_argv("trivy", "", "", policy))
+    cached = cache.get(key, sarif_needed=False) if key else None
+    if cached is not None:
+        report_json = cached.report_json
+    else:
+        progress("trivy fs (misconfig, secret) started")
+        report_json = run(repo_scan_argv(settings.trivy, str(settings.trivy_cache), checkout.path, policy),
+                          timeout=900).stdout
+    report = parse_trivy_json(report_json, policy)  # the gate is applied afresh, cached report or not
+    if key and cached is None:
+        cache.put(key, report_json, None)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no findings"
-    progress(f"repository scan: {counts}; {'passed' if report.passed else 'FAILED'}")
+    reused = f" (report of tree {tree[:12]} reused: same files, same checks)" if cached is not None else ""
+    progress(f"repository scan: {counts}; {'passed' if report.passed else 'FAILED'}{reused}")
     if not report.passed:
         raise GateFailed(f"repository scan: {len(report.blocking)} blocking finding(s)", report)
     return report
@@ -95,7 +110,7 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
     key = scan_cache_key(image, settings.trivy, settings.trivy_cache,
                          image_scan_argv("trivy", "", "", policy, insecure))
     cached = cache.get(key) if key else None
-    if cached is not None:
+    if cached is not None and cached.sarif is not None:
         report_json = cached.report_json
         shutil.copyfile(cached.sarif, sarif)
     else:

@@ -167,9 +167,7 @@ def migrated_prefect_database() -> Path:
 
     Migrating a new database is most of a server's start (10 of its 15 CPU-seconds here)."""
     template = _SHARED / "prefect-database" / "prefect.db"
-    template.parent.mkdir(parents=True, exist_ok=True)
-    with open(template.parent / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker migrates; the others wait for it, then copy
+    with _locked(template.parent):  # the first worker migrates; the others wait for it, then copy
         if not template.exists():
             work = template.parent / "work"
             subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], check=True,

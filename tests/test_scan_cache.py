@@ -1,4 +1,5 @@
-"""The image-scan report cache: keyed by digest, Trivy, DB and flags; never answers for another DB."""
+"""The scan report cache: an image's keyed by digest, Trivy, DB and flags (never answers for another DB);
+the repository's by git tree, Trivy, checks bundle and flags."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sunday_release.scan_cache import ScanCache, scan_cache_key
+from sunday_release.scan_cache import ScanCache, repo_scan_cache_key, scan_cache_key
 
 IMAGE = "localhost:5000/sunday/backend@sha256:" + "a" * 64
 
@@ -69,6 +70,37 @@ def test_any_input_change_makes_a_new_key(db: Path, trivy: str, change: str) -> 
     assert scan_cache_key(image, trivy, db, flags) != before
 
 
+TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's empty tree
+
+
+def test_a_repository_scan_is_keyed_by_tree_trivy_checks_and_flags(db: Path, trivy: str) -> None:
+    flags = ["fs", "--scanners", "misconfig,secret"]
+    before = repo_scan_cache_key(TREE, trivy, db, flags)
+    assert before and before == repo_scan_cache_key(TREE, trivy, db, list(flags))
+    assert repo_scan_cache_key("0" * 40, trivy, db, flags) != before
+    assert repo_scan_cache_key(TREE, trivy, db, [*flags, "--skip-dirs", "vendor"]) != before
+    (db / "policy").mkdir()
+    (db / "policy" / "metadata.json").write_text('{"Digest": "sha256:1"}')  # a checks bundle put in the cache
+    assert repo_scan_cache_key(TREE, trivy, db, flags) != before
+    bundle = repo_scan_cache_key(TREE, trivy, db, flags)
+    Path(trivy).write_bytes(b"\x7fELF v2")  # another Trivy: other built-in checks
+    assert repo_scan_cache_key(TREE, trivy, db, flags) not in (before, bundle)
+    assert scan_cache_key(f"x@sha256:{TREE}{'0' * 24}", trivy, db, flags) != before  # never an image's key
+
+
+@pytest.mark.parametrize("tree", ["", "HEAD", "main", TREE.upper(), TREE[:12], TREE + "\n"])
+def test_what_is_not_a_tree_id_is_not_cached(db: Path, trivy: str, tree: str) -> None:
+    assert repo_scan_cache_key(tree, trivy, db, []) is None
+
+
+def test_a_report_without_sarif(tmp_path: Path) -> None:
+    cache = ScanCache(tmp_path / "cache")
+    cache.put("k", '{"Results": []}', None)
+    assert cache.get("k") is None  # an image scan needs its SARIF
+    got = cache.get("k", sarif_needed=False)
+    assert got is not None and got.report_json == '{"Results": []}' and got.sarif is None
+
+
 def test_put_then_get_round_trips(tmp_path: Path) -> None:
     cache = ScanCache(tmp_path / "cache")
     sarif = tmp_path / "x.sarif"
@@ -77,7 +109,7 @@ def test_put_then_get_round_trips(tmp_path: Path) -> None:
     cache.put("k", '{"Results": []}', sarif)
     got = cache.get("k")
     assert got is not None and got.report_json == '{"Results": []}'
-    assert got.sarif.read_text() == '{"runs": []}'
+    assert got.sarif is not None and got.sarif.read_text() == '{"runs": []}'
 
 
 def test_a_torn_report_is_a_miss(tmp_path: Path) -> None:

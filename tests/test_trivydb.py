@@ -262,6 +262,61 @@ def test_trivy_fs_scan_finds_planted_pip_advisory(tmp_path: Path, trivy: Path) -
     assert found == [("GHSA-fake-0001-0001", "foo", "1.0", "2.0", "HIGH")]
 
 
+def test_a_repository_scan_of_a_tree_scanned_before_is_reused_and_judged_afresh(
+        tmp_path: Path, trivy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another commit in another place with the same files reuses Trivy's report; the policy is applied anew."""
+    from datetime import date
+
+    from sunday_release.config import AllowedFinding
+    from tasks import scan as scan_module
+    from tasks.source import Checkout
+
+    monkeypatch.setenv("SUNDAY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SUNDAY_TRIVY", str(trivy))
+    monkeypatch.setenv("SUNDAY_TRIVY_CACHE", str(tmp_path / "cache"))
+    ran: list[str] = []
+    real_run = scan_module.run
+
+    def spy(argv: list[str], **kwargs: Any) -> Any:
+        ran.append(Path(argv[0]).name)
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(scan_module, "run", spy)
+
+    def checkout(name: str, files: dict[str, str]) -> Checkout:
+        path = tmp_path / name
+        for file, text in files.items():
+            (path / file).parent.mkdir(parents=True, exist_ok=True)
+            (path / file).write_text(text)
+        git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+        subprocess.run(["git", "init", "-q", str(path)], check=True)
+        subprocess.run([*git, "add", "."], check=True)
+        subprocess.run([*git, "commit", "-qm", name], check=True)
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return Checkout(str(path), "main", str(path), sha, "2026-12-05T00:00:00+00:00")
+
+    leak = {"app/settings.env": "AWS_ACCESS_KEY_ID=" + "AKIA" + "2E0A8F3B244C9986\n", "README.md": "x\n"}
+    allow = [AllowedFinding(id="aws-access-key-id", reason="a test key", expires=date.today() + timedelta(days=1))]
+    with pytest.raises(GateFailed, match="repository scan: 1 blocking"):
+        scan_module.scan_repository.fn(checkout("first", leak), ScanPolicy())
+    assert ran == ["git", "trivy"]
+
+    ran.clear()
+    second = checkout("second", leak)  # another commit, another workspace: the same tree
+    assert scan_module.scan_repository.fn(second, ScanPolicy(allow=allow)).passed
+    assert ran == ["git"]  # Trivy did not run
+    expired = [allow[0].model_copy(update={"expires": date.today() - timedelta(days=1)})]
+    with pytest.raises(GateFailed, match="repository scan: 1 blocking"):
+        scan_module.scan_repository.fn(second, ScanPolicy(allow=expired))
+    assert scan_module.scan_repository.fn(second, ScanPolicy(allow=allow, skip_dirs=["docs"])).passed  # new flags
+    assert ran == ["git", "git", "git", "trivy"]
+
+    ran.clear()
+    third = checkout("third", {**leak, "README.md": "y\n"})  # one file changed: a new tree, a new scan
+    assert scan_module.scan_repository.fn(third, ScanPolicy(allow=allow)).passed
+    assert ran == ["git", "trivy"]
+
+
 # --- the DB's age gate (scan.db_max_age_days) ---
 
 NOW = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)
