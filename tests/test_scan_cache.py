@@ -151,3 +151,32 @@ def test_a_cached_report_does_not_outlive_the_db_age_gate(tmp_path: Path, monkey
     else:
         with pytest.raises(GateFailed, match=r"backend image .* the Trivy vulnerability DB was updated .* \(4 days"):
             scan_image.fn("backend", "linux/amd64", IMAGE, ScanPolicy(), str(tmp_path / "sarif"))
+
+
+def test_image_scans_take_turns_at_trivys_layer_cache(tmp_path: Path) -> None:
+    """Trivy gives up after seconds on a held cache file: a second scan waits its turn here, or fails naming it."""
+    import threading
+    import time
+
+    from sunday_release.errors import PipelineError
+    from tasks.scan import layer_cache_turn
+
+    order: list[str] = []
+    holding = threading.Event()
+
+    def first() -> None:
+        with layer_cache_turn(tmp_path / "trivy", timeout=5):
+            holding.set()
+            time.sleep(0.5)
+            order.append("first done")
+
+    thread = threading.Thread(target=first, daemon=True)
+    thread.start()
+    assert holding.wait(5)
+    with pytest.raises(PipelineError, match=r"layer cache in .*trivy was busy for 0s"):
+        with layer_cache_turn(tmp_path / "trivy", timeout=0.1):
+            pass
+    with layer_cache_turn(tmp_path / "trivy", timeout=5):
+        order.append("second")
+    thread.join(5)
+    assert order == ["first done", "second"]

@@ -249,6 +249,26 @@ def test_trivy_image_scan_finds_planted_critical(docker_engine: str, tmp_path: P
     assert tar["InstalledVersion"] == installed and tar["FixedVersion"] == "9.9-1"
 
 
+@pytest.mark.docker
+def test_layers_analysed_before_are_judged_against_the_new_db(docker_engine: str, tmp_path: Path,
+                                                              trivy: Path) -> None:
+    """The image scan keeps what Trivy found in each layer (`fanal/`); an advisory added later still finds it."""
+    from tasks.scan import image_scan_argv
+
+    def scan() -> list[tuple[str, str]]:
+        argv = image_scan_argv(str(trivy), str(tmp_path / "cache"), BASE_IMAGE, ScanPolicy(), insecure=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        results = json.loads(proc.stdout).get("Results") or []
+        return [(v["VulnerabilityID"], v["PkgName"]) for r in results for v in r.get("Vulnerabilities") or []]
+
+    write_trivy_db(tmp_path / "cache", [])
+    assert scan() == []
+    assert (tmp_path / "cache" / "fanal" / "fanal.db").stat().st_size > 0  # the layers' packages, kept
+    write_trivy_db(tmp_path / "cache", [TAR])
+    assert scan() == [("CVE-2099-0001", "tar")]
+
+
 def test_trivy_fs_scan_finds_planted_pip_advisory(tmp_path: Path, trivy: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
