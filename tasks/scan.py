@@ -88,10 +88,11 @@ def layer_cache_turn(cache_dir: Path, timeout: float) -> Iterator[None]:
 
     Trivy itself waits only seconds for the file and then fails ("cache may be in use by another
     process: timeout"), so the image scans of a run and of the runs beside it take turns here: an
-    `flock` of `cache_dir/fanal.lock`, waited for up to `timeout` seconds.
+    `flock` of `cache_dir/fanal/scan.lock` (beside the file it guards, so cache directories that share
+    one `fanal/` share its turn too), waited for up to `timeout` seconds.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / "fanal.lock", "a") as lock:
+    (cache_dir / "fanal").mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / "fanal" / "scan.lock", "a") as lock:
         deadline = time.monotonic() + timeout
         while True:
             try:

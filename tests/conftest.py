@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -27,7 +28,11 @@ import pytest
 
 from adapters.server import LocalServer
 
-_HOME = Path(tempfile.mkdtemp(prefix="sunday-tests-"))
+# A process that a test spawned (multiprocessing's "spawn" imports the test's module, so this one too) is a helper
+# of that test: it takes the test process's home, never a new one that nothing would remove.
+_HOME = Path(os.environ["SUNDAY_TEST_HOME"] if multiprocessing.parent_process() is not None
+             else tempfile.mkdtemp(prefix="sunday-tests-"))
+os.environ["SUNDAY_TEST_HOME"] = str(_HOME)
 # Before anything imports Prefect: results, settings and workspaces of the tests stay in _HOME.
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
 os.environ["SUNDAY_HOME"] = str(_HOME / "sunday")

@@ -123,6 +123,22 @@ def task_run_states(run_id: Any) -> dict[str, list[str]]:
     return states
 
 
+def create_process_pool(name: str, overwrite: bool = False) -> None:
+    """The process work pool `prefect work-pool create NAME --type process [--overwrite]` makes, through the client.
+
+    The same base job template (the process worker's default), without a `prefect` command's import of
+    Prefect (3 CPU-seconds each).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker as PrefectProcessWorker
+
+    template = PrefectProcessWorker.get_default_base_job_template()
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template),
+                                overwrite=overwrite)
+
+
 def write_clean_trivy_db(cache: Path) -> Path:
     """An offline Trivy DB holding one FAKE advisory, for a package no image has: every image scan passes.
 
@@ -131,4 +147,19 @@ def write_clean_trivy_db(cache: Path) -> Path:
     from devtools.trivydb import Advisory, write_trivy_db
 
     write_trivy_db(cache, [Advisory("CVE-2099-0999", "debian 12", "no-such-package", "CRITICAL", "FAKE", "1.0")])
+    return share_layer_cache(cache)
+
+
+def share_layer_cache(cache: Path) -> Path:
+    """Make `cache/fanal` (Trivy's layer cache) the test run's one, whatever DB `cache` holds.
+
+    What Trivy finds in a layer does not depend on the DB (the packages are matched against the DB
+    afresh every scan, `test_layers_analysed_before_are_judged_against_the_new_db`), so every worker
+    and every test's own DB shares one: a layer is analysed once per run, as on one CI host.
+    """
+    shared = Path(os.environ["SUNDAY_TEST_SHARED"]) / "trivy-fanal"
+    shared.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    if not (cache / "fanal").is_symlink():
+        (cache / "fanal").symlink_to(shared, target_is_directory=True)
     return cache

@@ -17,7 +17,7 @@ import pytest
 
 from devtools.trivydb import Advisory, write_trivy_db
 from tests.conftest import APP, DOCKER, FIXTURES, Registry
-from tests.deployed_ci import task_run_states
+from tests.deployed_ci import share_layer_cache, task_run_states
 from tests.test_ci_flow import sunday
 
 pytestmark = pytest.mark.docker
@@ -84,6 +84,7 @@ def test_vulnerability_gate(prefect_api: str, docker_engine: str, make_repo: Cal
         Advisory("CVE-2099-1001", "debian 12", "postgresql-15", "CRITICAL", "FAKE: libpq", "99.0-1"),
         Advisory("CVE-2099-1002", "debian 12", "no-such-package", "CRITICAL", "FAKE: absent", "1.0-1"),
     ])
+    share_layer_cache(cache)
     repo = make_repo(APP, edit=edit)
     done = sunday("ci", "--repo", str(repo), "--ref", "main", "--json", api=prefect_api,
                   env={"SUNDAY_TRIVY_CACHE": str(cache)})

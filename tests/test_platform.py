@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.deployed_ci import create_process_pool
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 POOLS = ("sunday-ci", "sunday-deploy", "sunday-e2e")
@@ -17,8 +18,7 @@ def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: P
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "SUNDAY_RELEASE_DIR": str(ROOT),
            "SUNDAY_APP_REPO": str(tmp_path / "app-repo")}
     for pool in POOLS:
-        subprocess.run([PREFECT, "work-pool", "create", pool, "--type", "process", "--overwrite"], env=env,
-                       check=True, capture_output=True, cwd=ROOT)
+        create_process_pool(pool, overwrite=True)
     done = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, capture_output=True, text=True,
                           cwd=ROOT, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

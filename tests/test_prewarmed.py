@@ -15,7 +15,7 @@ import pytest
 
 from deployments.prewarmed import launch_command
 from tests.conftest import ROOT
-from tests.deployed_ci import ProcessWorker, wait_for_flow_run
+from tests.deployed_ci import ProcessWorker, create_process_pool, wait_for_flow_run
 
 # One worker runs this module's tests one after another: test_changed_code_is_never_run_from_the_old_imports
 # touches tests/prewarm_flow.py, and every prewarmed server started here watches that file (a server of a
@@ -56,8 +56,7 @@ def pool(prefect_api: str, tmp_path: Path) -> Iterator[str]:
     from prefect.client.orchestration import get_client
 
     name = f"prewarm-{uuid.uuid4().hex[:8]}"
-    subprocess.run([str(Path(sys.executable).parent / "prefect"), "work-pool", "create", name, "--type", "process"],
-                   check=True, capture_output=True, env={**os.environ, "PREFECT_API_URL": prefect_api})
+    create_process_pool(name)
     flow.from_source(str(ROOT), "tests/prewarm_flow.py:probe").deploy(  # type: ignore[attr-defined]
         name="probe", work_pool_name=name, job_variables={"command": LAUNCH}, print_next_steps=False)
     try:
