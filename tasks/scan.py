@@ -101,7 +101,7 @@ def layer_cache_turn(cache_dir: Path, timeout: float) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise PipelineError(f"Trivy's layer cache in {cache_dir} was busy for {timeout:.0f}s: another "
-                                        "scan holds it (see `fuser` of fanal.lock)") from None
+                                        "scan holds it (see `fuser fanal/scan.lock`)") from None
                 time.sleep(0.05)
         try:
             yield
