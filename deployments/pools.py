@@ -19,8 +19,9 @@ the worker's schema) and changes what the platform needs:
   string comes from the Secret `prefect-api-auth` (docs/production.md §6), never as a literal: a worker passes
   its own settings to its flow runs, so the template removes `PREFECT_API_AUTH_STRING` from them.
 - docker: the image, host networking (the local platform's API, registry and S3 listen on 127.0.0.1), the
-  Docker socket for CI's builds, and SUNDAY_HOME and the Trivy cache bind-mounted at the same paths as on the
-  host, since the checks' `docker run -v` paths are resolved by the host's dockerd.
+  Docker socket for CI's builds (as root: see `docker_job_template`), and SUNDAY_HOME and the Trivy cache
+  bind-mounted at the same paths as on the host, since the checks' `docker run -v` paths are resolved by the
+  host's dockerd.
 
 The image is the pipeline's own (Dockerfile at the top of this repository), pinned by digest: a tag could be
 moved under a running platform.
@@ -144,38 +145,46 @@ def kubernetes_job_template(pool: str, image: str) -> dict[str, Any]:
 
 
 def docker_job_template(pool: str, image: str, sunday_home: str, trivy_cache: str | None = None,
-                        docker_socket: str = "/var/run/docker.sock") -> dict[str, Any]:
+                        mounts: Sequence[str] = (), docker_socket: str = "/var/run/docker.sock") -> dict[str, Any]:
     """The base job template of `pool` as a Docker work pool (prefect-docker): each flow run in a container of
     `image` on the worker's Docker host.
+
+    The container runs as root: its work is to drive the host's dockerd through its socket, which is root on
+    that host whatever the container's user (a user in the docker group is no less). Run a Docker pool only on
+    hosts given to the pipeline; the Kubernetes pools run non-root and reach no Docker engine.
 
     Args:
         pool: one of POOLS.
         image: the pipeline's image, pinned by digest.
         sunday_home: the host's SUNDAY_HOME, mounted at the same path (the checks' bind mounts name host paths).
-        trivy_cache: the host's SUNDAY_TRIVY_CACHE (the offline vulnerability DB), mounted read-write (the layer
-            cache lives there) at the same path.
-        docker_socket: the host's Docker socket: CI builds and runs its checks through it, which is root on that
-            host; run a Docker pool only on hosts given to the pipeline.
+        trivy_cache: the host's SUNDAY_TRIVY_CACHE (the offline vulnerability DB and the layer cache), mounted
+            at the same path.
+        mounts: host paths the deployments name (an application repository given as a path), read-only at
+            the same paths.
+        docker_socket: the host's Docker socket.
     """
     from prefect_docker.worker import DockerWorker
 
     pool, image = _pool(pool), pinned_image(image)
+    for path in (sunday_home, trivy_cache, *mounts, docker_socket):
+        if path is not None and (not path.startswith("/") or ":" in path or "," in path):
+            raise InputError(f"mount: {path!r} is not an absolute host path (without ':' or ',')")
     template: dict[str, Any] = copy.deepcopy(DockerWorker.get_default_base_job_template())
-    volumes = [f"{docker_socket}:/var/run/docker.sock", f"{sunday_home}:{sunday_home}"]
-    env: dict[str, str | None] = {"SUNDAY_HOME": sunday_home, "SUNDAY_RELEASE_DIR": RELEASE_DIR,
-                                  "HOME": HOME}
+    volumes = [f"{docker_socket}:/var/run/docker.sock", f"{sunday_home}:{sunday_home}",
+               *(f"{path}:{path}:ro" for path in mounts)]
+    env: dict[str, str | None] = {"SUNDAY_HOME": sunday_home, "SUNDAY_RELEASE_DIR": RELEASE_DIR, "HOME": HOME}
     if trivy_cache:
         volumes.append(f"{trivy_cache}:{trivy_cache}")
         env["SUNDAY_TRIVY_CACHE"] = trivy_cache
     for variable, value in {"image": image, "image_pull_policy": "IfNotPresent", "network_mode": "host",
                             "auto_remove": True, "volumes": volumes, "env": env,
-                            "labels": {"sunday.pool": pool}}.items():
+                            "labels": {"sunday.pool": pool}, "container_create_kwargs": {"user": "0"}}.items():
         _set_default(template, variable, value)
     return template
 
 
 def base_job_template(kind: str, pool: str, image: str | None = None, sunday_home: str | None = None,
-                      trivy_cache: str | None = None) -> dict[str, Any]:
+                      trivy_cache: str | None = None, mounts: Sequence[str] = ()) -> dict[str, Any]:
     """The base job template of `pool` for a worker of `kind` (one of KINDS)."""
     if kind == "process":
         from deployments.prewarmed import pool_job_template
@@ -189,7 +198,7 @@ def base_job_template(kind: str, pool: str, image: str | None = None, sunday_hom
         return kubernetes_job_template(pool, image)
     if not sunday_home:
         raise InputError("--sunday-home: a docker pool mounts the host's SUNDAY_HOME: give its path")
-    return docker_job_template(pool, image, sunday_home, trivy_cache)
+    return docker_job_template(pool, image, sunday_home, trivy_cache, mounts)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -199,9 +208,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image", help="the pipeline's image, pinned by digest (docker, kubernetes)")
     parser.add_argument("--sunday-home", help="the Docker host's SUNDAY_HOME (docker)")
     parser.add_argument("--trivy-cache", help="the Docker host's SUNDAY_TRIVY_CACHE (docker)")
+    parser.add_argument("--mount", action="append", default=[], metavar="PATH",
+                        help="a host path the deployments name, mounted read-only at the same path (docker)")
     args = parser.parse_args(argv)
     try:
-        template = base_job_template(args.kind, args.pool, args.image, args.sunday_home, args.trivy_cache)
+        template = base_job_template(args.kind, args.pool, args.image, args.sunday_home, args.trivy_cache,
+                                     args.mount)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -47,8 +47,10 @@ def build_check_image(project: str, service: str, spec: Service, checkout: Check
     # `docker build -f` follows symlinks: the resolved Dockerfile must be in the checkout
     dockerfile = validate.inside(checkout.path, f"{spec.context}/{spec.dockerfile}", f"services.{service}.dockerfile")
     tag = check_image_tag(project, service, spec.checks.stage, checkout.commit)
-    build_args = [a for k, v in {"BASE_IMAGE": base_image, **spec.build_args}.items()
-                  for a in ("--build-arg", f"{k}={v}")]
+    args = {"BASE_IMAGE": base_image, **spec.build_args}
+    if ca := settings.ca_bundle():  # as for the runtime image: a check stage may download over https too
+        args["EXTRA_CA_CERTS"] = ca
+    build_args = [a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")]
     with tempfile.TemporaryDirectory(prefix="sunday-iid-") as tmp:
         iidfile = Path(tmp) / "iid"  # docker build writes the image id there
         argv = [settings.docker, "build", "--target", spec.checks.stage, *build_args, "--iidfile", str(iidfile),

@@ -123,12 +123,17 @@ def test_the_namespace_policies_let_a_flow_run_reach_the_api_and_nothing_else_in
 
 
 def test_the_docker_pool_mounts_what_a_run_needs_at_the_hosts_paths() -> None:
-    template = base_job_template("docker", "sunday-ci", IMAGE, sunday_home="/srv/sunday", trivy_cache="/srv/trivy")
+    template = base_job_template("docker", "sunday-ci", IMAGE, sunday_home="/srv/sunday", trivy_cache="/srv/trivy",
+                                 mounts=["/srv/app-repo"])
     defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
     assert defaults["image"] == IMAGE and defaults["network_mode"] == "host"
     assert set(defaults["volumes"]) == {"/var/run/docker.sock:/var/run/docker.sock", "/srv/sunday:/srv/sunday",
-                                        "/srv/trivy:/srv/trivy"}
+                                        "/srv/trivy:/srv/trivy", "/srv/app-repo:/srv/app-repo:ro"}
     assert defaults["env"]["SUNDAY_HOME"] == "/srv/sunday" and defaults["env"]["SUNDAY_TRIVY_CACHE"] == "/srv/trivy"
+    # every placeholder of the job configuration is a declared variable (what the server checks on create)
+    from prefect.server.schemas.actions import WorkPoolCreate
+
+    WorkPoolCreate(name="sunday-ci", type="docker", base_job_template=template)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -136,6 +141,8 @@ def test_the_docker_pool_mounts_what_a_run_needs_at_the_hosts_paths() -> None:
     (["kubernetes", "sunday-ci", "--image", "Bad Image@sha256:00"], "not a valid image reference"),
     (["kubernetes", "sunday-ci"], "--image"),
     (["docker", "sunday-ci", "--image", IMAGE], "--sunday-home"),
+    (["docker", "sunday-ci", "--image", IMAGE, "--sunday-home", "/srv/x", "--mount", "/a:/etc"], "'/a:/etc'"),
+    (["docker", "sunday-ci", "--image", IMAGE, "--sunday-home", "relative"], "'relative'"),
     (["kubernetes", "sunday-nightly", "--image", IMAGE], "sunday-nightly"),
 ])
 def test_a_bad_template_request_exits_2_naming_what_was_wrong(args: list[str], message: str,
@@ -150,8 +157,8 @@ def test_the_command_prints_a_template_prefect_accepts(capsys: pytest.CaptureFix
     main(["kubernetes", "sunday-deploy", "--image", IMAGE])
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(kubernetes_job_template("sunday-deploy", IMAGE)))
-    # the server validates a pool's template this way (WorkPoolCreate): every placeholder is a declared variable
-    from prefect.client.schemas.actions import WorkPoolCreate
+    # the server validates a pool's template on create (its WorkPoolCreate): every placeholder is a declared variable
+    from prefect.server.schemas.actions import WorkPoolCreate
 
     WorkPoolCreate(name="sunday-deploy", type="kubernetes", base_job_template=printed)
     with pytest.raises(InputError):

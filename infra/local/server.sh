@@ -24,7 +24,9 @@
 # PostgreSQL's group only (0710), its logs and secrets are 0600.
 # Env: SUNDAY_APP_REPO (the application repository the deployments build; default: a copy of app/),
 #      SUNDAY_PLATFORM_DIR (default /var/lib/sunday-release/platform), PREFECT_PORT (4200), PREFECT_DB_PORT (5433),
-#      SUNDAY_S3_PORT (9000), SUNDAY_HEARTBEAT_SECONDS (60).
+#      SUNDAY_S3_PORT (9000), SUNDAY_HEARTBEAT_SECONDS (60),
+#      SUNDAY_CI_POOL_KIND (process, or docker: CI runs in containers of SUNDAY_PIPELINE_IMAGE, the pipeline's own
+#      image pinned by digest, through a prefect-docker worker; deployments/pools.py).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 dir=${SUNDAY_PLATFORM_DIR:-/var/lib/sunday-release/platform}
@@ -36,6 +38,14 @@ pg=/usr/lib/postgresql/15/bin
 bin=$top/.venv/bin
 pools=(sunday-ci sunday-deploy sunday-e2e)
 heartbeat=${SUNDAY_HEARTBEAT_SECONDS:-60}
+ci_kind=${SUNDAY_CI_POOL_KIND:-process}
+case "$ci_kind" in
+  process) ;;
+  docker) [ -n "${SUNDAY_PIPELINE_IMAGE:-}" ] || { echo "[server] SUNDAY_CI_POOL_KIND=docker needs" \
+            "SUNDAY_PIPELINE_IMAGE (the pipeline's image, REGISTRY/NAME@sha256:…)" >&2; exit 2; } ;;
+  *) echo "[server] SUNDAY_CI_POOL_KIND: '$ci_kind' is not a kind this script runs (process, docker)" >&2; exit 2 ;;
+esac
+kind_of() { if [ "$1" = sunday-ci ]; then echo "$ci_kind"; else echo process; fi; }
 log() { printf '[server] %s\n' "$*" >&2; }
 as_pg() { runuser -u postgres -- "$@"; }
 # curl with the API's auth string, never on its command line (visible to every local user in ps)
@@ -136,31 +146,6 @@ start() {
     || { log "could not register the result storage on $s3; see $dir/logs/s3.log"; exit 1; }
   # every pool starts its flow runs through deployments.launch: in the prewarmed server when it answers
   # (one Python for the three pools: each `prefect work-pool` command would import Prefect again)
-  (cd "$top" && "$bin/python" - "${pools[@]}" <<'EOF'
-import sys
-
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-from prefect.exceptions import ObjectNotFound
-
-from deployments.prewarmed import pool_job_template
-
-template = pool_job_template()
-with get_client(sync_client=True) as client:
-    for pool in sys.argv[1:]:
-        try:
-            client.read_work_pool(pool)
-        except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
-        else:
-            client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
-EOF
-  ) || { log "could not create or update the work pools ${pools[*]}"; exit 1; }
-  if ! alive "$dir/pids/prewarmed"; then
-    nohup env -C "$top" "$bin/python" -m deployments.prewarmed --socket "$dir/prewarm.sock" \
-      >"$(logfile prewarmed)" 2>&1 &
-    echo $! > "$dir/pids/prewarmed"
-  fi
   if [ -z "${SUNDAY_APP_REPO:-}" ]; then
     export SUNDAY_APP_REPO=$dir/app-repo
     if [ ! -d "$SUNDAY_APP_REPO/.git" ]; then
@@ -169,6 +154,49 @@ EOF
       git -C "$SUNDAY_APP_REPO" -c user.name=sunday -c user.email=sunday@localhost add -A
       git -C "$SUNDAY_APP_REPO" -c user.name=sunday -c user.email=sunday@localhost commit -qm "sample app"
     fi
+  fi
+  # a Docker pool's containers see the host's SUNDAY_HOME, Trivy cache and application repository (a path) at
+  # the host's paths; an image that is not pinned is refused here (exit 2) before any pool changes
+  if [ "$ci_kind" = docker ]; then
+    mkdir -p "$SUNDAY_HOME"
+    mounts=(); [ -d "$SUNDAY_APP_REPO" ] && mounts=(--mount "$SUNDAY_APP_REPO")
+    SUNDAY_CI_TEMPLATE=$(cd "$top" && "$bin/python" -m deployments.pools docker sunday-ci \
+      --image "$SUNDAY_PIPELINE_IMAGE" --sunday-home "$SUNDAY_HOME" \
+      --trivy-cache "${SUNDAY_TRIVY_CACHE:-$SUNDAY_HOME/trivy-cache}" "${mounts[@]}") || exit $?
+    export SUNDAY_CI_TEMPLATE
+  fi
+  (cd "$top" && "$bin/python" - "${pools[@]}" <<'EOF'
+import json
+import os
+import sys
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectNotFound
+
+from deployments.prewarmed import pool_job_template
+
+with get_client(sync_client=True) as client:
+    for pool in sys.argv[1:]:
+        kind, template = "process", pool_job_template()
+        if pool == "sunday-ci" and os.environ.get("SUNDAY_CI_TEMPLATE"):
+            kind, template = "docker", json.loads(os.environ["SUNDAY_CI_TEMPLATE"])
+        try:
+            existing = client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type=kind, base_job_template=template))
+        else:
+            if existing.type != kind:  # a pool's kind cannot change: made again (its deployments name it)
+                client.delete_work_pool(pool)
+                client.create_work_pool(WorkPoolCreate(name=pool, type=kind, base_job_template=template))
+            else:
+                client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
+EOF
+  ) || { log "could not create or update the work pools ${pools[*]}"; exit 1; }
+  if ! alive "$dir/pids/prewarmed"; then
+    nohup env -C "$top" "$bin/python" -m deployments.prewarmed --socket "$dir/prewarm.sock" \
+      >"$(logfile prewarmed)" 2>&1 &
+    echo $! > "$dir/pids/prewarmed"
   fi
   export SUNDAY_RELEASE_DIR=$top
   (cd "$top" && "$bin/prefect" --no-prompt deploy --all >"$(logfile deploy)" 2>&1) \
@@ -183,7 +211,8 @@ EOF
       PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
         SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=0.5 \
         SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock PREFECT_FLOWS_HEARTBEAT_FREQUENCY=$heartbeat \
-        nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" >"$(logfile "worker-$pool")" 2>&1 &
+        nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" --type "$(kind_of "$pool")" \
+        >"$(logfile "worker-$pool")" 2>&1 &
       echo $! > "$dir/pids/worker-$pool"
     fi
   done

@@ -5,6 +5,7 @@
 #   setup.sh docker     start dockerd if it is not answering, wait for the socket
 #   setup.sh registry   serve a registry on 127.0.0.1:5000 if nothing answers there
 #   setup.sh base       build localhost:5000/base/debian:bookworm with debootstrap (amd64 + arm64)
+#   setup.sh tools      publish localhost:5000/base/tools (trivy + docker CLI, for the pipeline's own image)
 #   setup.sh all        all of the above, in that order
 #
 # A user with Docker Hub skips `base` and passes BASE_IMAGE=debian:bookworm-slim instead.
@@ -15,6 +16,7 @@ REGISTRY_PORT=${SUNDAY_REGISTRY_PORT:-5000}
 BASE_REF=${SUNDAY_BASE_IMAGE:-localhost:${REGISTRY_PORT}/base/debian:bookworm}
 DEBIAN_MIRROR=${SUNDAY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DOCKER=/usr/bin/docker
+TRIVY=${SUNDAY_TRIVY:-$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin/trivy}
 PACKAGES=(docker.io debootstrap docker-registry qemu-user-static binfmt-support
           postgresql-15 nginx git curl ca-certificates chromium)
 
@@ -103,11 +105,34 @@ base() {
   log "base image $BASE_REF published (linux/amd64, linux/arm64)"
 }
 
+# The binaries the pipeline's own image (Dockerfile at the top) copies in: Trivy, which reaches PyPI only as an
+# sdist that downloads it from GitHub (not reachable here), and the docker CLI. On a machine with Docker Hub,
+# the image takes them from aquasec/trivy and docker:cli instead (TRIVY_IMAGE, DOCKER_CLI_IMAGE). amd64 only:
+# these are this machine's binaries.
+tools() {
+  [ -x "$TRIVY" ] || { log "no trivy at $TRIVY (make venv installs it); skipping the tools image"; return; }
+  local version ref
+  version=$("$TRIVY" --version 2>/dev/null | sed -n 's/^Version: //p')
+  ref="localhost:${REGISTRY_PORT}/base/tools:trivy-${version}"
+  if $DOCKER manifest inspect --insecure "$ref" >/dev/null 2>&1; then
+    log "tools image $ref present"; return
+  fi
+  local ctx
+  ctx=$(mktemp -d)
+  cp "$TRIVY" "$ctx/trivy"; cp "$DOCKER" "$ctx/docker"
+  printf 'FROM scratch\nCOPY trivy docker /usr/local/bin/\n' >"$ctx/Dockerfile"
+  DOCKER_BUILDKIT=1 $DOCKER build -q --platform linux/amd64 -t "$ref" "$ctx" >/dev/null
+  rm -rf "$ctx"
+  $DOCKER push -q "$ref" >/dev/null
+  log "tools image $ref published (linux/amd64)"
+}
+
 case "${1:-all}" in
   packages) packages ;;
   docker) docker_up ;;
   registry) registry_up ;;
   base) base ;;
-  all) packages; docker_up; registry_up; base ;;
-  *) echo "usage: $0 [packages|docker|registry|base|all]" >&2; exit 2 ;;
+  tools) tools ;;
+  all) packages; docker_up; registry_up; base; tools ;;
+  *) echo "usage: $0 [packages|docker|registry|base|tools|all]" >&2; exit 2 ;;
 esac
