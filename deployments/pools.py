@@ -89,8 +89,8 @@ def kubernetes_job_template(pool: str, image: str) -> dict[str, Any]:
         "namespace": NAMESPACE, "image": image, "service_account_name": SERVICE_ACCOUNTS[pool],
         "image_pull_policy": "IfNotPresent", "finished_job_ttl": 3600, "backoff_limit": 0, **RESOURCES,
         # the worker copies its own settings into the Job's env: the auth string must come from the Secret
-        "env": {"PREFECT_API_AUTH_STRING": None, "HOME": HOME, "SUNDAY_HOME": SUNDAY_HOME,
-                "SUNDAY_RELEASE_DIR": RELEASE_DIR},
+        "env": {"PREFECT_API_AUTH_STRING": None, "HOME": HOME, "PREFECT_HOME": f"{HOME}/.prefect",
+                "SUNDAY_HOME": SUNDAY_HOME, "SUNDAY_RELEASE_DIR": RELEASE_DIR},
     }.items():
         _set_default(template, variable, value)
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME},
@@ -172,7 +172,9 @@ def docker_job_template(pool: str, image: str, sunday_home: str, trivy_cache: st
     template: dict[str, Any] = copy.deepcopy(DockerWorker.get_default_base_job_template())
     volumes = [f"{docker_socket}:/var/run/docker.sock", f"{sunday_home}:{sunday_home}",
                *(f"{path}:{path}:ro" for path in mounts)]
-    env: dict[str, str | None] = {"SUNDAY_HOME": sunday_home, "SUNDAY_RELEASE_DIR": RELEASE_DIR, "HOME": HOME}
+    # the worker passes its own settings on: PREFECT_HOME would name a directory of the worker's machine
+    env: dict[str, str | None] = {"SUNDAY_HOME": sunday_home, "SUNDAY_RELEASE_DIR": RELEASE_DIR, "HOME": HOME,
+                                  "PREFECT_HOME": f"{HOME}/.prefect"}
     if trivy_cache:
         volumes.append(f"{trivy_cache}:{trivy_cache}")
         env["SUNDAY_TRIVY_CACHE"] = trivy_cache
