@@ -87,7 +87,6 @@ def test_a_push_runs_ci_in_the_pipeline_image_on_the_docker_pool(docker_stack: S
     pool = docker_stack.platform.get("/work_pools/sunday-ci").json()
     assert pool["type"] == "docker" and pool["base_job_template"]["variables"]["properties"]["image"][
         "default"] == pipeline_image
-    print("DEBUG", docker_stack.platform.get(f"/deployments/{docker_stack.deployments['ci']}").json()["pull_steps"])
     sha = docker_stack.commit("in-a-container")
     docker_stack.push("refs/heads/main", sha)
     run = docker_stack.wait_run("ci", {"sha": sha}, {"RUNNING", "COMPLETED"}, timeout=300)
@@ -95,8 +94,9 @@ def test_a_push_runs_ci_in_the_pipeline_image_on_the_docker_pool(docker_stack: S
     images: set[str] = set()
     deadline = time.monotonic() + 120
     while not images and time.monotonic() < deadline:
-        listed = subprocess.run([DOCKER, "ps", "-a", "--no-trunc", "--filter", f"label=prefect.io/flow-run-id={run['id']}",
-                                 "--format", "{{.Image}}"], capture_output=True, text=True, check=True)
+        label = f"label=prefect.io/flow-run-id={run['id']}"
+        listed = subprocess.run([DOCKER, "ps", "-a", "--no-trunc", "--filter", label, "--format", "{{.Image}}"],
+                                capture_output=True, text=True, check=True)
         images = set(listed.stdout.split())
         time.sleep(0.5)
     assert images == {pipeline_image}, f"no container of the pipeline's image ran CI {run['id']}: {images}"
