@@ -107,7 +107,7 @@ class Stack:
             if len(page) < 200:
                 return messages
 
-    def logs(self, lines: int = 400) -> str:
+    def logs(self, lines: int = 15) -> str:
         out = []
         logs = self.platform.dir / "logs"
         for log in [*sorted(logs.glob("worker-*.log")), logs / "prewarmed.log"]:
