@@ -76,7 +76,11 @@ def chromium_page(auth: str | None = None) -> Iterator[Any]:
             browser.close()
 
 
-_STYLED = "() => [...document.styleSheets].some(s => { try { return s.cssRules.length > 0 } catch { return false } })"
+# The UI's own stylesheet applies (its utility classes take effect): a small stylesheet of one component can load
+# while the main one fails, which left every control moving under the log lines (seen with the old check, "some
+# stylesheet has rules", on a busy 2-core machine).
+_STYLED = ("() => [...document.querySelectorAll('.inline-flex')]"
+           ".some(e => getComputedStyle(e).display === 'inline-flex')")
 
 
 def open_run(page: Any, url: str, badge: str) -> None:
