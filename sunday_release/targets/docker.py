@@ -36,7 +36,7 @@ from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, render_router_config
 from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import ConfigError, InputError, PipelineError, RolloutAborted
-from sunday_release.registry import INDEX_TYPES, RegistryClient
+from sunday_release.registry import INDEX_TYPES, RegistryClient, RegistryUnavailable
 from sunday_release.runner import run, tail
 from sunday_release.targets import env_record
 from sunday_release.targets.local_db import LocalDatabase
@@ -277,13 +277,20 @@ class DockerTarget:
         if not digest or not repository:
             return image
         arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7"}.get(platform.machine(), platform.machine())
-        with RegistryClient(registry) as client:
-            found = client.head(repository, digest)
-            if found is None or found.media_type not in INDEX_TYPES:
-                return image
-            for entry in client.platforms(repository, digest):
-                if entry.platform == f"linux/{arch}":
-                    return f"{name}@{entry.digest}"
+        for delay in (0.5, 2.0, None):  # reads: a registry's 5xx or a dropped connection is asked again, twice
+            try:
+                with RegistryClient(registry) as client:
+                    found = client.head(repository, digest)
+                    if found is None or found.media_type not in INDEX_TYPES:
+                        return image
+                    for entry in client.platforms(repository, digest):
+                        if entry.platform == f"linux/{arch}":
+                            return f"{name}@{entry.digest}"
+                break
+            except RegistryUnavailable:
+                if delay is None:
+                    raise
+                time.sleep(delay)
         raise RolloutAborted(f"{image} has no linux/{arch} image: it cannot run on this machine")
 
     def start_color(self, color: Color, images: Mapping[str, str], version: str, state: EnvState) -> None:
