@@ -107,7 +107,7 @@ base() {
 
 # The binaries the pipeline's own image (Dockerfile at the top) copies in: Trivy, which reaches PyPI only as an
 # sdist that downloads it from GitHub (not reachable here), and the docker CLI. On a machine with Docker Hub,
-# the image takes them from aquasec/trivy and docker:cli instead (TRIVY_IMAGE, DOCKER_CLI_IMAGE). amd64 only:
+# the image takes them from aquasec/trivy and docker:cli instead (build argument TOOLS_IMAGE). amd64 only:
 # these are this machine's binaries.
 tools() {
   [ -x "$TRIVY" ] || { log "no trivy at $TRIVY (make venv installs it); skipping the tools image"; return; }
