@@ -84,27 +84,34 @@ _STYLED = ("() => [...document.querySelectorAll('.inline-flex')]"
 
 
 def open_run(page: Any, url: str, badge: str) -> None:
-    """Go to the flow run's page and wait for its state badge `badge`; reloaded (twice at most) while the page
-    stays blank or unstyled.
+    """Go to the flow run's page and wait for its state badge `badge` and for the UI's stylesheet to take effect;
+    reloaded (twice at most) while the page stays blank or unstyled.
 
-    Under load the UI's bundle can fail to load and leave the app's empty shell (a grey page), or its stylesheet
-    can fail and leave one long unstyled column whose controls move as log lines arrive above them, so a click
-    never finds them still (both seen on a 2-core machine running several suites): a reload is what an operator
-    does.
+    The UI's module script runs before its stylesheet (linked after it) has loaded, so under load the run's page
+    renders unstyled for a while: one long column whose controls move as log lines arrive above them, so a click
+    never finds them still. Under load the bundle or the stylesheet can also fail to load (a grey shell, or an
+    unstyled page that stays so): a reload is what an operator does. The error names every asset that failed.
     """
     from playwright.sync_api import TimeoutError as PageTimeout
 
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
+    page.on("response", lambda r: r.status >= 400 and "/assets/" in r.url and failed.append(f"{r.url}: {r.status}"))
     page.goto(url)
     for reloads in range(3):
         try:
             page.get_by_text(badge, exact=True).first.wait_for(timeout=60_000)
-            if page.evaluate(_STYLED):
-                return
-            why = "the UI's stylesheet did not load"
         except PageTimeout as exc:
             why = f"the run's badge {badge!r} did not show: {exc}"
+        else:
+            try:
+                page.wait_for_function(_STYLED, timeout=30_000)
+                return
+            except PageTimeout:
+                why = "the UI's stylesheet did not take effect within 30 s"
         if reloads == 2:
-            raise AssertionError(f"{url}: {why} (after two reloads)")
+            assets = "; ".join(failed[-5:]) or "none failed"
+            raise AssertionError(f"{url}: {why} (after two reloads; assets: {assets})")
         page.reload()
 
 
@@ -122,7 +129,7 @@ def press_retry(url: str, screenshot: Path, auth: str | None = None, state: str 
             dialog.get_by_text("AwaitingRetry").wait_for()
             dialog.get_by_role("button", name="Retry", exact=True).click()
             page.get_by_text("Flow run scheduled for retry").wait_for(timeout=30_000)
-        except Error as exc:
+        except (Error, AssertionError) as exc:  # AssertionError: open_run gave up
             page.screenshot(path=str(screenshot), full_page=True)
             raise AssertionError(f"could not press Retry at {url} ({exc}); screenshot: {screenshot}") from exc
 

@@ -197,7 +197,7 @@ def answer_in_ui(stack: Stack, run_id: str, approve: bool, reason: str, screensh
             dialog.get_by_role("textbox").first.fill(reason)
             dialog.get_by_role("button", name="Resume", exact=True).click()
             page.get_by_text("Flow run resumed").wait_for(timeout=30_000)
-        except Error as exc:
+        except (Error, AssertionError) as exc:  # AssertionError: open_run gave up
             page.screenshot(path=str(screenshot), full_page=True)
             html = page.locator("[role=dialog]").first.inner_html(timeout=2000) if page.locator(
                 "[role=dialog]").count() else ""
