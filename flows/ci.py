@@ -20,7 +20,7 @@ from sunday_release.refs import short_ref, validate_ref, validate_repo, validate
 from sunday_release.registry import PublishedImage, validate_repository
 from sunday_release.settings import Settings
 from tasks._common import progress
-from tasks.checks import build_check_image, run_check
+from tasks.checks import CheckImage, check_content_key, run_check
 from tasks.images import (
     build_platform_image,
     find_published,
@@ -42,10 +42,10 @@ def _outcome(future: PrefectFuture[Any], service: str, step: str) -> StepResult:
     if state.is_completed():
         value = future.result()
         result = value if isinstance(value, StepResult) else StepResult(service, step, "passed")
-        if state.name == "Cached" and step != "build":  # the task did not run: say so where it would have
+        if state.name == "Cached":  # the task did not run: say so where it would have
             result = replace(result, reused=True)
-            progress(f"{step} reused: passed in this check image with this command before, not run again",
-                     task_run_name=f"{step}[{service}]")
+            progress(f"{step} reused: passed on this content with this command in flow run {result.run or '?'}, "
+                     "not run again", task_run_name=f"{step}[{service}]")
         return result
     exc = state.result(raise_on_failure=False)
     if isinstance(exc, CheckFailed) and isinstance(exc.result, StepResult):
@@ -75,17 +75,17 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
 
     scan_future = scan_repository.submit(checkout, config.scan)
     checks: list[tuple[str, str, PrefectFuture[Any]]] = []
-    builds: dict[str, Any] = {}  # futures of image ids, passed on as inputs
     for name, spec in config.services.items():
         if not spec.checks.steps():
             continue
-        builds[name] = build_check_image.submit(config.project, name, spec, checkout, config.base_image)
-    for name, image in builds.items():
-        spec = config.services[name]
+        # a service's check image is built by the first of its checks that is not reused
+        check_key: Any = check_content_key.submit(name, spec, checkout, config.base_image)
+        image = CheckImage(config.project, name, spec, checkout, config.base_image)
         for step, argv in spec.checks.steps().items():
             reports = settings.home / "runs" / run_id / "reports" / f"{name}-{step}"
             check = run_check if spec.checks.reuse else run_check.with_options(refresh_cache=True)
-            checks.append((name, step, check.submit(name, step, argv, image, str(reports), spec.checks.timeout)))
+            checks.append((name, step, check.submit(name, step, argv, check_key, image, str(reports),
+                                                    spec.checks.timeout)))
     # which images already exist: read-only lookups, so they run beside the checks (the images stage waits for these)
     repos = {name: validate_repository(f"{config.project}/{name}") for name in config.services}
     keys: dict[str, Any] = {name: image_content_key.submit(name, spec, checkout, config.base_image)
@@ -93,16 +93,14 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
     found = {name: find_published.submit(name, config.registry, repos[name], keys[name]) for name in keys}
 
     results: list[StepResult] = []
-    for name, future in builds.items():
-        future.wait()
-        if not future.state.is_completed():
-            results.append(_outcome(future, name, "build"))
     for name, step, future in checks:
         future.wait()
-        if any(r.service == name and r.step == "build" for r in results):
-            results.append(StepResult(name, step, "not run", detail="the check image did not build"))
-        else:
-            results.append(_outcome(future, name, step))
+        result = _outcome(future, name, step)
+        if result.step == "build":  # the check image did not build: once for the service, its steps did not run
+            if not any(r.service == name and r.step == "build" for r in results):
+                results.append(result)
+            result = StepResult(name, step, "not run", detail="the check image did not build")
+        results.append(result)
     scan_future.wait()
     scan_exc = scan_future.state.result(raise_on_failure=False)
     scan: ScanReport | None = scan_future.result() if scan_future.state.is_completed() else (

@@ -24,7 +24,8 @@ class StepResult:
     seconds: float = 0.0
     tests: TestCounts | None = None
     detail: str = ""  # why it failed: failing tests, or the tail of the command's output
-    reused: bool = False  # passed in the same check image with the same command before: not run again
+    reused: bool = False  # passed on the same content with the same command before: not run again
+    run: str = ""  # the flow run that ran the step (of a reused pass: the run it is reused from)
 
 
 def tests_rows(results: list[StepResult]) -> list[dict[str, Any]]:
@@ -35,7 +36,7 @@ def tests_rows(results: list[StepResult]) -> list[dict[str, Any]]:
         rows.append({
             "service": r.service, "step": r.step, "outcome": r.outcome,
             "passed": t.passed if t else "", "failed": t.failed if t else "", "skipped": t.skipped if t else "",
-            "seconds": round(r.seconds, 1), "reused": r.reused,
+            "seconds": round(r.seconds, 1), "reused": r.reused, "from run": r.run if r.reused else "",
             "failing": "; ".join(f"{c.classname}::{c.name}" if c.classname else c.name
                                   for c in t.failures) if t else "",
         })
@@ -115,6 +116,7 @@ def ci_summary(flow_run_id: str, state: str, commit: str, services: list[str], r
             "typecheck": steps["typecheck"].outcome if "typecheck" in steps else "not configured",
             "build": steps["build"].outcome if "build" in steps else "not run",
             "reused": sorted(r.step for r in steps.values() if r.reused),
+            "reused_from": {r.step: r.run for r in sorted(steps.values(), key=lambda r: r.step) if r.reused},
             "image": images[name].ref if name in images else None,
             "tags": list(images[name].tags) if name in images else [],
             "platforms": [d.platform for d in images[name].platforms] if name in images else [],
@@ -165,6 +167,11 @@ def terminal_summary(summary: dict[str, Any]) -> str:
         t = svc["tests"]
         tests = f"{t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped" if t else svc["test"]
         out.append(f"  {name:<12} tests: {tests:<34} lint: {svc['lint']:<15} typecheck: {svc['typecheck']}")
+        by_run: dict[str, list[str]] = {}
+        for step, run in (svc.get("reused_from") or {}).items():
+            by_run.setdefault(run, []).append(step)
+        for run, steps in by_run.items():
+            out.append(f"  {'':<12} reused: {', '.join(steps)} passed in flow run {run or '(unknown)'}; not run again")
         if svc.get("image"):
             v = svc.get("vulnerabilities") or {}
             counts = ", ".join(f"{n} {sev.lower()}" for sev, n in v.get("counts", {}).items() if n) or "none"

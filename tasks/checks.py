@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.runtime import flow_run
 
 from sunday_release import validate
 from sunday_release.ci_report import StepResult
@@ -19,9 +23,11 @@ from sunday_release.junit import parse_junit_files
 from sunday_release.runner import run, tail
 from sunday_release.settings import Settings
 from tasks._common import LOCAL_CACHE, ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
+from tasks.images import service_content_key
 from tasks.source import Checkout
 
-__all__ = ["CHECK_REUSE", "REUSE_FOR", "build_check_image", "run_check"]
+__all__ = ["CHECK_REUSE", "REUSE_FOR", "CheckImage", "build_check_image", "check_content_key", "check_in_image",
+           "run_check"]
 
 
 def check_image_tag(project: str, service: str, stage: str, commit: str) -> str:
@@ -69,31 +75,85 @@ def build_check_image(project: str, service: str, spec: Service, checkout: Check
     return image_id
 
 
-# What a check's outcome depends on: the check image (its id is a digest of the service's content and its base
-# image), the command, its time limit, and this task's code. Not the flow run, nor where its reports go: CI of a
-# commit that left a service unchanged reuses that service's passes (a Cached task run) instead of running them
-# again; a failure is never reused. `checks.reuse: false` runs every step every time.
-CHECK_REUSE = (INPUTS - "reports_dir") + TASK_SOURCE
+@dataclass(frozen=True)
+class CheckImage:
+    """What builds a service's check image: built by the first of its checks that must run, on that worker."""
+
+    project: str
+    service: str
+    spec: Service
+    checkout: Checkout
+    base_image: str
+
+
+@task(name="check-key", task_run_name="check-key[{service}]", persist_result=True)
+def check_content_key(service: str, spec: Service, checkout: Checkout, base_image: str) -> str:
+    """The content key of the service's check image: its files, Dockerfile, build arguments and check stage, the
+    base image's digest, the extra CA, and this machine's architecture (the checks run natively)."""
+    key = service_content_key(spec, checkout, base_image, target=spec.checks.stage,
+                              platforms=[f"native/{platform.machine()}"])
+    progress(f"check content key {key}")
+    return key
+
+
+# The build of a check image, once per attempt of a flow run and content key in this process: the service's checks
+# run side by side and the first that needs the image builds it while the others wait, then take its id (or its
+# failure: a failed build is not tried again in the same attempt). Not the task's cache: a task called in a task
+# commits its result with its caller's transaction, so the other checks would not see it yet.
+_BUILDS_LOCK = threading.Lock()
+_BUILDS: dict[tuple[str, str], tuple[threading.Lock, list[str | CheckFailed]]] = {}
+
+
+def _check_image(image: CheckImage, key: str) -> str:
+    with _BUILDS_LOCK:
+        lock, outcome = _BUILDS.setdefault((f"{flow_run.get_id()}#{flow_run.run_count}", key), (threading.Lock(), []))
+    with lock:
+        if not outcome:
+            try:
+                outcome.append(build_check_image(image.project, image.service, image.spec, image.checkout,
+                                                 image.base_image))
+            except CheckFailed as exc:
+                outcome.append(exc)
+        if isinstance(outcome[0], CheckFailed):
+            raise outcome[0]
+        return outcome[0]
+
+
+# What a check's outcome depends on: the content key of the check image (its files, Dockerfile, base image and
+# stage: see `check_content_key`), the command, its time limit, and this task's code. Not the flow run, the
+# machine, the image's local id, nor where its reports go: CI of a commit that left a service unchanged reuses
+# that service's passes (a Cached task run) instead of building its check image and running them again, on any
+# worker that shares the result storage; a failure is never reused. `checks.reuse: false` runs every step.
+CHECK_REUSE = (INPUTS - "reports_dir" - "image") + TASK_SOURCE
 REUSE_FOR = timedelta(days=7)
 
 
 @task(name="check", task_run_name="{step}[{service}]", persist_result=True, cache_policy=CHECK_REUSE,
       cache_expiration=REUSE_FOR)
-def run_check(service: str, step: str, argv: list[str], image: str, reports_dir: str,
+def run_check(service: str, step: str, argv: list[str], key: str, image: CheckImage, reports_dir: str,
               timeout: int = 900) -> StepResult:
-    """Run one check command in a container of the check image; JUnit files land in `reports_dir`.
+    """Run one check command in a container of the service's check image; JUnit files land in `reports_dir`.
 
-    The container has no network and sees `reports_dir` at /reports. A non-zero exit fails the
-    task (CheckFailed, not retried: a failing test is not flaky I/O).
+    The check image is built first (`build[service]`, a task run of its own) unless this flow run built it
+    already. The container has no network and sees `reports_dir` at /reports. A non-zero exit fails the task
+    (CheckFailed, not retried: a failing test is not flaky I/O); so does a check image that does not build
+    (CheckFailed of step "build").
 
     Args:
         service: the service's name.
         step: "test", "lint" or "typecheck".
         argv: the command, run in the image's working directory.
-        image: the check image id.
+        key: the check image's content key (`check_content_key`).
+        image: how to build the check image.
         reports_dir: a host directory for the step's reports (emptied first).
         timeout: seconds before the container is killed.
     """
+    return check_in_image(service, step, argv, _check_image(image, key), reports_dir, timeout)
+
+
+def check_in_image(service: str, step: str, argv: list[str], image_id: str, reports_dir: str,
+                   timeout: int) -> StepResult:
+    """The body of `run_check`, in a check image that exists on this machine."""
     settings = Settings.from_env()
     reports = Path(reports_dir)
     shutil.rmtree(reports, ignore_errors=True)
@@ -101,7 +161,7 @@ def run_check(service: str, step: str, argv: list[str], image: str, reports_dir:
     reports.chmod(0o777)
     name = f"sunday-check-{reports.parent.parent.name[:8]}-{service}-{step}"
     container = [settings.docker, "run", "--rm", "--name", name, "--network", "none",
-                 "-v", f"{reports}:/reports", "-e", "REPORTS_DIR=/reports", image, *argv]
+                 "-v", f"{reports}:/reports", "-e", "REPORTS_DIR=/reports", image_id, *argv]
     started = time.monotonic()
     progress(f"{step} started")
     try:
@@ -119,7 +179,7 @@ def run_check(service: str, step: str, argv: list[str], image: str, reports_dir:
     if done.ok and not (tests and tests.failed):
         counts = f" ({tests.passed} passed, {tests.skipped} skipped)" if tests else ""
         progress(f"{step} passed in {seconds:.1f}s{counts}")
-        return StepResult(service, step, "passed", seconds, tests)
+        return StepResult(service, step, "passed", seconds, tests, run=str(flow_run.get_id() or ""))
     result = StepResult(service, step, "failed", seconds, tests, output)
     detail = (f"{tests.failed} failing test(s): " + ", ".join(c.name for c in tests.failures[:5])
               if tests and tests.failures else f"exit code {done.returncode}\n{tail(output, 15)}")

@@ -33,7 +33,7 @@ from sunday_release.settings import Settings
 from tasks._common import LOCAL_CACHE, ON_THIS_MACHINE, RETRY_DELAYS, is_transient, progress, transient_command
 from tasks.source import Checkout
 
-__all__ = ["build_platform_image", "tag_release", "find_published", "image_content_key",
+__all__ = ["build_platform_image", "tag_release", "find_published", "image_content_key", "service_content_key",
            "publish_manifest", "push_platform_image"]
 
 
@@ -143,15 +143,21 @@ def _base_digest(base_image: str) -> str:
     return found.digest if found else base_image
 
 
+def service_content_key(spec: Service, checkout: Checkout, base_image: str, *, target: str | None,
+                        platforms: list[str]) -> str:
+    """The content key of an image of the service built for `target` and `platforms` (see
+    `sunday_release.content_key`): its files, Dockerfile, build arguments, the base image's digest and the extra CA."""
+    context = Path(checkout.path) / spec.context
+    ca = Settings.from_env().ca_bundle()
+    return content_key(context, context / spec.dockerfile, build_args={"BASE_IMAGE": base_image, **spec.build_args},
+                       platforms=platforms, target=target,
+                       extra=[_base_digest(base_image), hashlib.sha256(ca.encode()).hexdigest()])
+
+
 @task(name="content-key", task_run_name="content-key[{service}]", persist_result=True)
 def image_content_key(service: str, spec: Service, checkout: Checkout, base_image: str) -> str:
-    """The content key of the service's image (see `sunday_release.content_key`)."""
-    settings = Settings.from_env()
-    context = Path(checkout.path) / spec.context
-    ca = settings.ca_bundle()
-    key = content_key(context, context / spec.dockerfile, build_args={"BASE_IMAGE": base_image, **spec.build_args},
-                      platforms=spec.platforms, target=spec.target,
-                      extra=[_base_digest(base_image), hashlib.sha256(ca.encode()).hexdigest()])
+    """The content key of the service's runtime image."""
+    key = service_content_key(spec, checkout, base_image, target=spec.target, platforms=list(spec.platforms))
     progress(f"content key {key}")
     return key
 

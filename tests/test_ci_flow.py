@@ -78,6 +78,29 @@ def test_failing_unit_test_fails_ci_naming_service_and_test(prefect_api: str, do
     assert summary["services"]["backend"]["lint"] == "passed"
 
 
+def _unique(repo: Path) -> None:
+    """Content no other test builds: the first run cannot find a pass to reuse."""
+    (repo / "tool" / "build-id").write_text(secrets.token_hex(8))
+
+
+def test_a_check_image_that_does_not_build_fails_ci_once_and_its_checks_do_not_run(
+        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path]) -> None:
+    def broken_test_stage(repo: Path) -> None:
+        dockerfile = repo / "tool" / "Dockerfile"
+        text = dockerfile.read_text()
+        dockerfile.write_text(text.replace("COPY . .\n", f"COPY . .\nRUN echo {secrets.token_hex(4)} && false\n", 1))
+
+    repo = make_repo(FIXTURES / "other-app", edit=broken_test_stage)
+    done = sunday("ci", "--repo", str(repo), "--ref", "main", "--json", api=prefect_api)
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    tool = summary["services"]["tool"]
+    assert (tool["build"], tool["test"], tool["lint"]) == ("failed", "not run", "not run"), tool
+    assert "tool: build failed" in done.stderr, done.stderr
+    # its two checks needed the image: the first built it and failed, the second did not build it again
+    assert task_run_states(summary["flow_run_id"])["build[tool]"] == ["Failed"]
+
+
 def _wrong_key(repo: Path) -> None:
     text = (repo / "sunday-release.yaml").read_text().replace("health_path:", "healthpath:", 1)
     (repo / "sunday-release.yaml").write_text(text)
@@ -151,7 +174,7 @@ def test_retry_reruns_only_the_failed_task(prefect_api: str, docker_engine: str,
 
     from flows.ci import ci
 
-    repo = make_repo(FIXTURES / "other-app")
+    repo = make_repo(FIXTURES / "other-app", edit=_unique)  # checked nowhere before: attempt 1 builds and checks
     monkeypatch.setenv("SUNDAY_TRIVY", "/nonexistent/trivy")
     first = ci(repo=str(repo), ref="main", return_state=True)
     assert first.is_failed()
@@ -165,14 +188,15 @@ def test_retry_reruns_only_the_failed_task(prefect_api: str, docker_engine: str,
     assert second.is_completed()
 
     states = task_run_states(run_id)
-    for name in ("clone", "load-config", "build[tool]", "test[tool]", "lint[tool]"):
+    for name in ("clone", "load-config", "check-key[tool]", "test[tool]", "lint[tool]"):
         assert "Cached" in states[name], (name, states)  # completed the first time: not run again
+    assert states["build[tool]"] == ["Completed"], states  # the checks were reused: their image was not needed
     assert "Completed" in states["scan-repository"] and "Failed" in states["scan-repository"], states
     assert states["publish-ci-reports"].count("Completed") == 2, states  # follows the scan: ran again
 
 
 def test_a_container_left_by_a_killed_attempt_does_not_block_the_check(docker_engine: str, tmp_path: Path) -> None:
-    from tasks.checks import run_check
+    from tasks.checks import check_in_image
 
     reports = tmp_path / "run-left0ver" / "reports" / "svc-lint"
     name = "sunday-check-run-left-svc-lint"  # the name run_check gives this step's container
@@ -180,7 +204,7 @@ def test_a_container_left_by_a_killed_attempt_does_not_block_the_check(docker_en
     subprocess.run([DOCKER, "rm", "-f", name], capture_output=True, check=False)
     subprocess.run([DOCKER, "create", "--name", name, base, "true"], capture_output=True, check=True)
     try:
-        result = run_check.fn("svc", "lint", ["sh", "-c", "echo checked"], base, str(reports), timeout=60)
+        result = check_in_image("svc", "lint", ["sh", "-c", "echo checked"], base, str(reports), timeout=60)
         assert result.outcome == "passed", result
         left = subprocess.run([DOCKER, "ps", "-a", "-q", "--filter", f"name=^{name}$"], capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -192,16 +216,16 @@ def test_a_container_left_by_a_killed_attempt_does_not_block_the_check(docker_en
 def test_passed_checks_of_unchanged_content_are_reused_and_failures_never(prefect_api: str, docker_engine: str,
                                                                           make_repo: Callable[..., Path],
                                                                           git: Callable[..., str]) -> None:
-    """A check that passed in the same check image with the same command is not run again (`checks.reuse`)."""
-    def unique(repo: Path) -> None:  # content no other test builds: the first run cannot find a pass to reuse
-        (repo / "tool" / "build-id").write_text(secrets.token_hex(8))
-
-    repo = make_repo(FIXTURES / "other-app", edit=unique)
+    """A check that passed on the same content with the same command is not run again (`checks.reuse`), and its
+    check image is not even built: a worker that never built it (here: the image removed) reuses the pass."""
+    repo = make_repo(FIXTURES / "other-app", edit=_unique)
+    runs: list[dict[str, Any]] = []
 
     def ci() -> tuple[dict[str, Any], str]:
         done = sunday("ci", "--repo", str(repo), "--ref", "main", "--json", api=prefect_api)
         assert done.stdout, done.stderr
-        return json.loads(done.stdout)["services"]["tool"], done.stderr
+        runs.append(json.loads(done.stdout))
+        return runs[-1]["services"]["tool"], done.stderr
 
     def commit(path: str, text: str, message: str) -> None:
         (repo / path).write_text(text)
@@ -210,10 +234,14 @@ def test_passed_checks_of_unchanged_content_are_reused_and_failures_never(prefec
 
     tool, log = ci()
     assert tool["reused"] == [] and "test started" in log and "lint started" in log, log
+    assert "building test stage of tool" in log, log
+    first, tag = runs[-1]["flow_run_id"], f"sunday-ci/wordcount-tool:test-{runs[-1]['commit'][:12]}"
+    subprocess.run([DOCKER, "rmi", tag], capture_output=True, check=True)  # as on a worker that never built it
     commit("NOTES.md", "outside the service\n", "docs only")
-    tool, log = ci()  # the tool's content is unchanged: both of its checks passed in this very image
-    assert tool["reused"] == ["lint", "test"], tool
-    assert "test reused" in log and "test started" not in log and "lint started" not in log, log
+    tool, log = ci()  # the tool's content is unchanged: both of its checks passed on this content
+    assert tool["reused"] == ["lint", "test"] and tool["reused_from"] == {"lint": first, "test": first}, tool
+    assert f"test reused: passed on this content with this command in flow run {first}" in log, log
+    assert "test started" not in log and "lint started" not in log and "stage of tool" not in log, log
     assert tool["test"] == "passed" and tool["tests"] == {"passed": 4, "failed": 0, "skipped": 0}
 
     config = (repo / "sunday-release.yaml").read_text()

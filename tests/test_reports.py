@@ -121,3 +121,17 @@ def test_summary_and_failure_lines_name_service_step_and_test() -> None:
     assert summary["services"]["backend"]["tests"] == {"passed": 1, "failed": 2, "skipped": 1}
     assert summary["services"]["frontend"]["typecheck"] == "not configured"
     assert "backend" in terminal_summary(summary)
+
+
+def test_the_summary_names_each_reused_pass_and_the_run_it_is_reused_from() -> None:
+    results = [StepResult("tool", "test", "passed", 2.0, reused=True, run="run-a"),
+               StepResult("tool", "lint", "passed", 1.0, reused=True, run="run-a"),
+               StepResult("tool", "typecheck", "passed", 1.0, run="run-c"),
+               StepResult("other", "test", "passed", 1.0, run="run-c")]
+    summary = ci_summary("run-c", "COMPLETED", "0" * 40, ["tool", "other"], results, None)
+    assert summary["services"]["tool"]["reused"] == ["lint", "test"]
+    assert summary["services"]["tool"]["reused_from"] == {"lint": "run-a", "test": "run-a"}
+    assert summary["services"]["other"]["reused_from"] == {}
+    text = terminal_summary(summary)
+    assert "reused: lint, test passed in flow run run-a; not run again" in text
+    assert text.count("reused:") == 1, text
