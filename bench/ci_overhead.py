@@ -3,8 +3,8 @@
 The script does what a warm CI run does: build the check images, run every check, scan the
 repository, and scan each published platform image (the images themselves are reused).
 
-The pipeline side runs on a copy with `checks.reuse: false` and clears the reused Trivy reports first
-(`SUNDAY_HOME/scan-cache`) so both sides run every check and scan every image; a third side, CI as shipped
+The pipeline side runs on a copy with `checks.reuse: false` and an empty result storage (no Trivy report kept
+from before) so both sides run every check and scan every image; a third side, CI as shipped
 (passed checks and reports of unchanged content reused), is printed
 beside them. Prints the wall times per round and the ratio pipeline/script (target ≤ 1.0: parallelism
 must pay for the orchestration). Rounds alternate the sides so a noisy machine hurts them alike. The Prefect
@@ -77,8 +77,15 @@ def every_check_runs(repo: Path) -> Path:
 def same_work_ci(repo: Path) -> float:
     """`sunday-release ci` doing what the script does: every check run and every image scanned again (no reused
     check results, no reused Trivy reports)."""
-    shutil.rmtree(Path(os.environ["SUNDAY_HOME"]) / "scan-cache", ignore_errors=True)
-    return run_ci(repo)
+    before = os.environ.get("PREFECT_LOCAL_STORAGE_PATH")
+    with tempfile.TemporaryDirectory(prefix="sunday-bench-results-") as fresh:  # no report kept from before
+        os.environ["PREFECT_LOCAL_STORAGE_PATH"] = fresh
+        try:
+            return run_ci(repo)
+        finally:
+            os.environ.pop("PREFECT_LOCAL_STORAGE_PATH")
+            if before is not None:
+                os.environ["PREFECT_LOCAL_STORAGE_PATH"] = before
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ def ensure_buckets(credentials: AwsCredentials, names: Sequence[str]) -> list[st
 
 
 def register_result_storage(endpoint_url: str | None, bucket: str, *, region: str = "us-east-1",
-                            also_create: Sequence[str] = ()) -> str:
+                            also_create: Sequence[str] = (), name: str = STORAGE_BLOCK) -> str:
     """Create the buckets, save the credentials and S3Bucket blocks (overwriting), return the block slug.
 
     Args:
@@ -63,15 +63,16 @@ def register_result_storage(endpoint_url: str | None, bucket: str, *, region: st
         bucket: the results bucket.
         region: the buckets' region.
         also_create: more buckets to create if missing (e.g. the backups bucket); no block for them.
+        name: the S3Bucket block's name (its credentials block: `sunday-s3`, or NAME-credentials for another).
 
     Returns:
-        `s3-bucket/sunday-results`, the value of PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK.
+        `s3-bucket/NAME` (`s3-bucket/sunday-results`), the value of PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK.
     """
     credentials = _credentials(endpoint_url, region)
     ensure_buckets(credentials, [bucket, *also_create])
-    credentials.save(CREDENTIALS_BLOCK, overwrite=True)
-    S3Bucket(bucket_name=bucket, credentials=credentials).save(STORAGE_BLOCK, overwrite=True)
-    return f"s3-bucket/{STORAGE_BLOCK}"
+    credentials.save(CREDENTIALS_BLOCK if name == STORAGE_BLOCK else f"{name}-credentials", overwrite=True)
+    S3Bucket(bucket_name=bucket, credentials=credentials).save(name, overwrite=True)
+    return f"s3-bucket/{name}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,15 +1,21 @@
-"""Trivy's raw reports, kept by what decides them: the image digest (or the repository's tree), the DB and the scanner.
+"""The keys of Trivy's raw reports: what decides a report, by content, so any host that shares the results reuses it.
 
 An image digest names its content, so a scan of the same digest with the same Trivy binary, the
 same vulnerability DB and the same flags gives the same report. A warm CI run (same commit, or an
-unchanged service) reuses the report instead of scanning again; the gate (severities, allow-list
-with its expiry dates) is applied to it afresh every run, so an expired allow-list entry still
-blocks. A new DB (a different `metadata.json` or `trivy.db`), another Trivy or other flags make a
-new key: the cache never answers for a DB it was not made with. The key does not age, the DB does:
-the image scan checks the DB's age (`findings.check_db_fresh`) every run before it asks the cache,
-so a report made with a DB that has since gone stale is never reused past the gate.
+unchanged service) reuses the report instead of scanning again, on whatever worker it runs: the
+reports are kept in the result storage (`tasks.scan`: a Prefect transaction per key). The gate
+(severities, allow-list with its expiry dates) is applied to it afresh every run, so an expired
+allow-list entry still blocks. A new DB (another `trivy.db`, or `metadata.json` other than its
+download time), another Trivy or other flags make a new key: the cache never answers for a DB it was
+not made with. The key does not age, the DB does: the image scan checks the DB's age
+(`findings.check_db_fresh`) every run before it asks for a report, so a report made with a DB that has
+since gone stale is never reused past the gate.
 
-The repository scan (`trivy fs`, misconfigurations and secrets) is kept the same way, by the git tree
+Files count by their content (sha256), not their path or time: two hosts that downloaded the same DB
+and installed the same Trivy make the same keys. Hashing a 700 MB DB takes about a second, so a file's
+digest is remembered by its identity (path, inode, size, modification time) in `DIGESTS` beside the DB.
+
+The repository scan (`trivy fs`, misconfigurations and secrets) is keyed the same way, by the git tree
 of the checkout: a tree id names every tracked file's content, mode and path, and a fresh checkout
 holds exactly those files (Trivy skips `.git`). Its checks are the ones built into the Trivy binary,
 or the bundle in the cache directory's `policy/` when one was put there: both are in the key.
@@ -20,37 +26,76 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CachedScan", "ScanCache", "repo_scan_cache_key", "scan_cache_key"]
+__all__ = ["DIGESTS", "file_digest", "repo_scan_cache_key", "scan_cache_key"]
+
+DIGESTS = ".sunday-digests.json"  # in the Trivy cache directory: {file identity: sha256}
 
 
-def _file_identity(path: Path) -> str:
+def _identity(path: Path) -> str:
     """Path, inode, size and modification time: changes whenever the file is replaced or rewritten."""
-    try:
-        st = path.stat()
-    except OSError:
-        return f"{path}:missing"
+    st = path.stat()
     return f"{path.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_digest(path: Path, memo_dir: Path) -> str:
+    """The sha256 of the file's content ("missing" when there is none), remembered in `memo_dir/DIGESTS` by the
+    file's identity so an unchanged file is hashed once per host."""
+    try:
+        identity = _identity(path)
+    except OSError:
+        return "missing"
+    memo = memo_dir / DIGESTS
+    try:
+        known: dict[str, str] = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(identity), str):
+        return known[identity]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if _identity(path) == identity:  # not rewritten while it was read
+        known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}:")} if isinstance(
+            known, dict) else {}
+        try:
+            memo_dir.mkdir(parents=True, exist_ok=True)
+            tmp = memo_dir / f".{DIGESTS}.{os.getpid()}"
+            tmp.write_text(json.dumps({**known, identity: digest}))
+            tmp.replace(memo)
+        except OSError:  # a read-only cache directory: the digest is right, only not remembered
+            pass
+    return digest
+
+
+def _metadata(db: Path) -> str:
+    """`metadata.json` but its download time (which differs on every host that downloads the same DB)."""
+    try:
+        text = (db / "metadata.json").read_text()
+    except OSError:
+        return "missing"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    return json.dumps({k: v for k, v in data.items() if k != "DownloadedAt"}, sort_keys=True) if isinstance(
+        data, dict) else text
 
 
 def scan_cache_key(image: str, trivy: str, db_dir: Path, flags: list[str]) -> str | None:
     """The key of one image scan, or None when `image` is not pinned by digest (nothing to key on).
 
-    Stale when: the image digest, the Trivy binary, the DB (`db/metadata.json` content, `db/trivy.db`
-    identity) or the scan flags change.
+    Stale when: the image digest, the Trivy binary, the DB (`db/metadata.json` but its download time,
+    `db/trivy.db`'s content) or the scan flags change.
     """
     _, at, digest = image.rpartition("@")
     if not at or not digest.startswith("sha256:"):
         return None
     db = db_dir / "db"
-    try:
-        metadata = (db / "metadata.json").read_text()
-    except OSError:
-        metadata = "missing"
-    parts = [digest, _file_identity(Path(trivy)), metadata, _file_identity(db / "trivy.db"), *flags]
+    parts = [digest, file_digest(Path(trivy), db_dir), _metadata(db), file_digest(db / "trivy.db", db_dir), *flags]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
@@ -62,42 +107,6 @@ def repo_scan_cache_key(tree: str, trivy: str, cache_dir: Path, flags: list[str]
     """
     if not (len(tree) in (40, 64) and all(c in "0123456789abcdef" for c in tree)):
         return None
-    parts = ["fs", tree, _file_identity(Path(trivy)), _file_identity(cache_dir / "policy" / "metadata.json"), *flags]
+    parts = ["fs", tree, file_digest(Path(trivy), cache_dir), file_digest(cache_dir / "policy" / "metadata.json",
+                                                                          cache_dir), *flags]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True)
-class CachedScan:
-    """Trivy's JSON report and the SARIF made from it (None for a repository scan: none is made)."""
-
-    report_json: str
-    sarif: Path | None
-
-
-class ScanCache:
-    """A directory of `KEY.json` (Trivy's report) and `KEY.sarif` pairs; writes are atomic renames.
-
-    The report is written last, so a report present means its SARIF (when it has one) is too.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def get(self, key: str, sarif_needed: bool = True) -> CachedScan | None:
-        report, sarif = self.root / f"{key}.json", self.root / f"{key}.sarif"
-        if not report.is_file() or (sarif_needed and not sarif.is_file()):
-            return None
-        text = report.read_text()
-        try:
-            json.loads(text)
-        except ValueError:  # a torn or foreign file is not a report: scan again
-            return None
-        return CachedScan(text, sarif if sarif_needed else None)
-
-    def put(self, key: str, report_json: str, sarif: Path | None) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        writes = [] if sarif is None else [(".sarif", lambda p: shutil.copyfile(sarif, p))]
-        for suffix, write in (*writes, (".json", lambda p: p.write_text(report_json))):
-            tmp = self.root / f".{key}{suffix}.{os.getpid()}"
-            write(tmp)
-            tmp.replace(self.root / f"{key}{suffix}")

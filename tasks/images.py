@@ -10,6 +10,7 @@ from pathlib import Path
 
 import docker.auth
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from sunday_release import validate
@@ -163,9 +164,13 @@ def image_content_key(service: str, spec: Service, checkout: Checkout, base_imag
 
 
 @task(name="find-published", task_run_name="lookup[{service}]", retries=2, retry_delay_seconds=RETRY_DELAYS,
-      retry_jitter_factor=0.5)
+      retry_jitter_factor=0.5, cache_policy=NO_CACHE)
 def find_published(service: str, registry: str, repository: str, key: str) -> PublishedImage | None:
-    """The manifest list already published for this content key, or None (then it is built)."""
+    """The manifest list already published for this content key, or None (then it is built).
+
+    Asked afresh every attempt, never cached: a Retry of a run whose first attempt published the image
+    (and then failed later) finds it, so a Retry on another host builds nothing there.
+    """
     with registry_client(registry) as client:
         found = client.head(repository, key_tag(key))
         if found is None:

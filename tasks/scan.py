@@ -4,24 +4,58 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import shutil
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import task
+from prefect.transactions import CommitMode, transaction
 
 from sunday_release.config import ScanPolicy
 from sunday_release.errors import GateFailed, PipelineError
 from sunday_release.findings import ImageScan, ScanReport, check_db_fresh, parse_trivy_json
 from sunday_release.runner import run
-from sunday_release.scan_cache import ScanCache, repo_scan_cache_key, scan_cache_key
+from sunday_release.scan_cache import repo_scan_cache_key, scan_cache_key
 from sunday_release.settings import Settings
 from tasks._common import progress
 from tasks.source import Checkout
 
-__all__ = ["ImageScan", "scan_image", "scan_repository"]
+__all__ = ["ImageScan", "kept_report", "keep_report", "scan_image", "scan_repository"]
+
+
+def _report_key(key: str) -> str:
+    return f"sunday-trivy-report-{key}"
+
+
+def kept_report(key: str | None) -> dict[str, str] | None:
+    """Trivy's report kept under `key` (`sunday_release.scan_cache`) in this run's result storage, or None.
+
+    The result storage is the workers' shared one (S3 on the platform): a report made on any worker is
+    found on every other. A record that is not a report (torn, foreign) is a miss: the scan runs again.
+    """
+    if not key:
+        return None
+    with transaction(key=_report_key(key), commit_mode=CommitMode.OFF) as txn:
+        record = txn.read() if txn.is_committed() else None
+    value = record.result if record is not None else None
+    if not (isinstance(value, dict) and isinstance(value.get("json"), str)):
+        return None
+    try:
+        json.loads(value["json"])
+    except ValueError:
+        return None
+    return value
+
+
+def keep_report(key: str | None, report_json: str, sarif: str | None) -> None:
+    """Keep Trivy's report (and the SARIF made from it) under `key` in this run's result storage, at once (not
+    with the task's own result: a report whose gate then fails is still the report of that digest and DB)."""
+    if not key:
+        return
+    with transaction(key=_report_key(key), commit_mode=CommitMode.EAGER, overwrite=True) as txn:
+        txn.stage({"json": report_json, **({"sarif": sarif} if sarif is not None else {})})
 
 
 def repo_scan_argv(trivy: str, cache_dir: str, path: str, policy: ScanPolicy) -> list[str]:
@@ -36,8 +70,8 @@ def repo_scan_argv(trivy: str, cache_dir: str, path: str, policy: ScanPolicy) ->
 def scan_repository(checkout: Checkout, policy: ScanPolicy) -> ScanReport:
     """Scan the checkout for misconfigurations and secrets; GateFailed when the policy says no.
 
-    Trivy's report of a tree it scanned before with the same binary, checks and flags is reused
-    (`scan_cache`); the policy is applied to it afresh.
+    Trivy's report of a tree scanned before (on any worker) with the same binary, checks and flags is
+    reused (`kept_report`); the policy is applied to it afresh.
 
     Args:
         checkout: the checked-out repository.
@@ -47,18 +81,17 @@ def scan_repository(checkout: Checkout, policy: ScanPolicy) -> ScanReport:
     settings.trivy_cache.mkdir(parents=True, exist_ok=True)
     tree = run(["git", "-C", checkout.path, "rev-parse", "--verify", "--end-of-options", "HEAD^{tree}"],
                timeout=60).stdout.strip()
-    cache = ScanCache(settings.home / "scan-cache")
     key = repo_scan_cache_key(tree, settings.trivy, settings.trivy_cache, repo_scan_argv("trivy", "", "", policy))
-    cached = cache.get(key, sarif_needed=False) if key else None
+    cached = kept_report(key)
     if cached is not None:
-        report_json = cached.report_json
+        report_json = cached["json"]
     else:
         progress("trivy fs (misconfig, secret) started")
         report_json = run(repo_scan_argv(settings.trivy, str(settings.trivy_cache), checkout.path, policy),
                           timeout=900).stdout
     report = parse_trivy_json(report_json, policy)  # the gate is applied afresh, cached report or not
-    if key and cached is None:
-        cache.put(key, report_json, None)
+    if cached is None:
+        keep_report(key, report_json, None)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no findings"
     reused = f" (report of tree {tree[:12]} reused: same files, same checks)" if cached is not None else ""
     progress(f"repository scan: {counts}; {'passed' if report.passed else 'FAILED'}{reused}")
@@ -139,13 +172,14 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
     insecure = registry.split(":")[0] in ("localhost", "127.0.0.1")
     Path(sarif_dir).mkdir(parents=True, exist_ok=True)
     sarif = Path(sarif_dir) / f"{service}-{platform.replace('/', '-')}.sarif"
-    cache = ScanCache(settings.home / "scan-cache")
     key = scan_cache_key(image, settings.trivy, settings.trivy_cache,
                          image_scan_argv("trivy", "", "", policy, insecure))
-    cached = cache.get(key) if key else None
-    if cached is not None and cached.sarif is not None:
-        report_json = cached.report_json
-        shutil.copyfile(cached.sarif, sarif)
+    cached = kept_report(key)
+    if cached is not None and "sarif" not in cached:
+        cached = None  # a report without its SARIF (not an image scan's): scan
+    if cached is not None:
+        report_json = cached["json"]
+        sarif.write_text(cached["sarif"])
     else:
         with layer_cache_turn(settings.trivy_cache, timeout=1800):
             report_json = run(image_scan_argv(settings.trivy, str(settings.trivy_cache), image, policy, insecure),
@@ -155,8 +189,8 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
         run([settings.trivy, "convert", "--format", "sarif", "--output", str(sarif), str(raw)], timeout=300)
         raw.unlink()
     report = parse_trivy_json(report_json, policy)  # the gate is applied afresh, cached report or not
-    if key and cached is None:
-        cache.put(key, report_json, sarif)
+    if cached is None:
+        keep_report(key, report_json, sarif.read_text())
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no vulnerabilities"
     reused = " (report reused: same digest, same DB)" if cached is not None else ""
     progress(f"{counts} (DB of {updated:%Y-%m-%d}); gate {'passed' if report.passed else 'FAILED'}{reused}")

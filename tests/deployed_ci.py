@@ -27,8 +27,10 @@ class ProcessWorker:
     `home/results`, so a Retry finds what the first attempt completed (`make server` uses S3 instead).
     """
 
-    def __init__(self, pool: str, home: Path, env: dict[str, str] | None = None, poll_seconds: float = 1) -> None:
+    def __init__(self, pool: str, home: Path, env: dict[str, str] | None = None, poll_seconds: float = 1,
+                 wrap: Callable[[list[str]], list[str]] | None = None) -> None:
         self.pool = pool
+        self.wrap = wrap or (lambda argv: argv)  # e.g. BuildHost.command: the worker runs on another "host"
         self.log = home / f"worker-{pool}.log"
         self.env = {**os.environ, "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
                     "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"),
@@ -39,8 +41,8 @@ class ProcessWorker:
 
     def start(self) -> ProcessWorker:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", self.pool, "--type", "process"],
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv = self.wrap([PREFECT, "worker", "start", "--pool", self.pool, "--type", "process"])
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.env, cwd=ROOT, start_new_session=True)
         return self
 

@@ -1,16 +1,18 @@
 """The scan report cache: an image's keyed by digest, Trivy, DB and flags (never answers for another DB);
-the repository's by git tree, Trivy, checks bundle and flags."""
+the repository's by git tree, Trivy, checks bundle and flags; files by content, so another host shares the keys."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from sunday_release.scan_cache import ScanCache, repo_scan_cache_key, scan_cache_key
+from sunday_release.scan_cache import DIGESTS, file_digest, repo_scan_cache_key, scan_cache_key
 
 IMAGE = "localhost:5000/sunday/backend@sha256:" + "a" * 64
 
@@ -93,32 +95,46 @@ def test_what_is_not_a_tree_id_is_not_cached(db: Path, trivy: str, tree: str) ->
     assert repo_scan_cache_key(tree, trivy, db, []) is None
 
 
-def test_a_report_without_sarif(tmp_path: Path) -> None:
-    cache = ScanCache(tmp_path / "cache")
-    cache.put("k", '{"Results": []}', None)
-    assert cache.get("k") is None  # an image scan needs its SARIF
-    got = cache.get("k", sarif_needed=False)
-    assert got is not None and got.report_json == '{"Results": []}' and got.sarif is None
+def test_another_host_with_the_same_trivy_and_db_makes_the_same_key(db: Path, trivy: str, tmp_path: Path) -> None:
+    """Keys name content: the same DB downloaded elsewhere (its own path, inode, time and download time) and the
+    same Trivy installed elsewhere give the same key, so a report kept by one worker serves every other."""
+    before = scan_cache_key(IMAGE, trivy, db, ["--scanners", "vuln"])
+    other = tmp_path / "host-b"
+    shutil.copytree(db, other / "trivy")
+    meta = json.loads((other / "trivy" / "db" / "metadata.json").read_text())
+    (other / "trivy" / "db" / "metadata.json").write_text(json.dumps({**meta, "DownloadedAt": "2026-12-05T10:00:00Z"}))
+    shutil.copyfile(trivy, other / "trivy-bin")
+    assert scan_cache_key(IMAGE, str(other / "trivy-bin"), other / "trivy", ["--scanners", "vuln"]) == before
+    assert repo_scan_cache_key(TREE, str(other / "trivy-bin"), other / "trivy", []) == repo_scan_cache_key(
+        TREE, trivy, db, [])
 
 
-def test_put_then_get_round_trips(tmp_path: Path) -> None:
-    cache = ScanCache(tmp_path / "cache")
-    sarif = tmp_path / "x.sarif"
-    sarif.write_text('{"runs": []}')
-    assert cache.get("k") is None
-    cache.put("k", '{"Results": []}', sarif)
-    got = cache.get("k")
-    assert got is not None and got.report_json == '{"Results": []}'
-    assert got.sarif is not None and got.sarif.read_text() == '{"runs": []}'
+def test_a_file_is_hashed_once_until_it_changes(tmp_path: Path) -> None:
+    path, memo = tmp_path / "trivy.db", tmp_path / "cache"
+    path.write_bytes(b"bolt" * 1000)
+    first = file_digest(path, memo)
+    remembered = json.loads((memo / DIGESTS).read_text())
+    assert list(remembered.values()) == [first], remembered
+    (memo / DIGESTS).write_text(json.dumps(dict.fromkeys(remembered, "remembered")))
+    assert file_digest(path, memo) == "remembered"  # not read again: its identity did not change
+    path.write_bytes(b"BOLT" * 1000)
+    assert file_digest(path, memo) not in (first, "remembered")  # rewritten: hashed again, and remembered alone
+    assert len(json.loads((memo / DIGESTS).read_text())) == 1
+    assert file_digest(tmp_path / "none", memo) == "missing"
 
 
-def test_a_torn_report_is_a_miss(tmp_path: Path) -> None:
-    cache = ScanCache(tmp_path / "cache")
-    sarif = tmp_path / "x.sarif"
-    sarif.write_text("{}")
-    cache.put("k", '{"Results": []}', sarif)
-    (tmp_path / "cache" / "k.json").write_text('{"Resul')
-    assert cache.get("k") is None
+def test_a_kept_report_round_trips_and_a_foreign_or_torn_record_is_a_miss() -> None:
+    from tasks.scan import keep_report, kept_report
+
+    key = secrets.token_hex(16)
+    assert kept_report(key) is None and kept_report(None) is None
+    keep_report(key, '{"Results": []}', '{"runs": []}')
+    assert kept_report(key) == {"json": '{"Results": []}', "sarif": '{"runs": []}'}
+    keep_report(key, '{"Results": [', None)  # torn JSON
+    assert kept_report(key) is None
+    other = secrets.token_hex(16)
+    keep_report(other, '{"Results": []}', None)  # a repository scan's: no SARIF
+    assert kept_report(other) == {"json": '{"Results": []}'}
 
 
 @pytest.mark.parametrize("age_days", [1, 4], ids=["fresh-db-reuses", "stale-db-refused"])
@@ -131,19 +147,17 @@ def test_a_cached_report_does_not_outlive_the_db_age_gate(tmp_path: Path, monkey
     from devtools.trivydb import write_trivy_db
     from sunday_release.config import ScanPolicy
     from sunday_release.errors import GateFailed
-    from tasks.scan import image_scan_argv, scan_image
+    from tasks.scan import image_scan_argv, keep_report, scan_image
 
     trivy = tmp_path / "trivy-bin"
-    trivy.write_bytes(b"not a program")
+    trivy.write_bytes(secrets.token_bytes(16))  # not a program; another binary, so another key, in every test
     monkeypatch.setenv("SUNDAY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SUNDAY_TRIVY", str(trivy))
     monkeypatch.setenv("SUNDAY_TRIVY_CACHE", str(tmp_path / "trivy"))
     write_trivy_db(tmp_path / "trivy", [], now=datetime.now(UTC) - timedelta(days=age_days))
     key = scan_cache_key(IMAGE, str(trivy), tmp_path / "trivy", image_scan_argv("trivy", "", "", ScanPolicy(), True))
-    sarif = tmp_path / "made-when-fresh.sarif"
-    sarif.write_text('{"runs": []}')
     assert key
-    ScanCache(tmp_path / "home" / "scan-cache").put(key, '{"SchemaVersion": 2, "Results": []}', sarif)
+    keep_report(key, '{"SchemaVersion": 2, "Results": []}', '{"runs": []}')  # kept when the DB was fresh
 
     if age_days < 3:
         scan = scan_image.fn("backend", "linux/amd64", IMAGE, ScanPolicy(), str(tmp_path / "sarif"))

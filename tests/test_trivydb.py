@@ -464,9 +464,9 @@ def platform_ref(repository: str, tag: str, arch: str) -> str:
 @pytest.mark.docker
 def test_image_scan_refuses_a_stale_db_even_with_a_cached_report(docker_engine: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from sunday_release.scan_cache import ScanCache, scan_cache_key
+    from sunday_release.scan_cache import scan_cache_key
     from sunday_release.settings import Settings
-    from tasks.scan import image_scan_argv, scan_image
+    from tasks.scan import image_scan_argv, kept_report, scan_image
 
     cache = tmp_path / "trivy"
     monkeypatch.setenv("SUNDAY_HOME", str(tmp_path / "home"))
@@ -482,7 +482,7 @@ def test_image_scan_refuses_a_stale_db_even_with_a_cached_report(docker_engine: 
     assert scan.report.passed and [f.id for f in scan.report.findings] == ["CVE-2099-0100"]
     settings = Settings.from_env()
     key = scan_cache_key(image, settings.trivy, cache, image_scan_argv("trivy", "", "", ScanPolicy(), True))
-    assert key and ScanCache(settings.home / "scan-cache").get(key) is not None
+    assert key and kept_report(key) is not None
 
     # the default policy (3 days): the same digest, the same DB, a cached report — and the gate says no
     with pytest.raises(GateFailed) as failed:

@@ -16,8 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from deployments.result_storage import register_result_storage
+from tests.build_host import build_host
 from tests.conftest import APP, ROOT, Registry
 from tests.deployed_ci import ProcessWorker, task_run_states, wait_for_flow_run, write_clean_trivy_db
+from tests.pg import S3, s3  # noqa: F401 (a fixture)
 from tests.test_ci_images import _use_registry
 
 pytestmark = pytest.mark.docker
@@ -27,6 +30,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCANS = {"scan[backend linux/amd64]", "scan[frontend linux/amd64]"}  # the last stage: the fault hits only these
 TAGS = {"tag[backend]", "tag[frontend]"}  # release tags: only for images whose scan passed
 REPORTS = "publish-ci-reports"  # takes the scans' results as input
+# what reads the checkout, which lives on one host's disk: another host clones again and redoes these
+CHECKOUT = {"clone", "load-config", "scan-repository", "check-key[backend]", "check-key[frontend]",
+            "content-key[backend]", "content-key[frontend]"}
+# asked of the registry afresh every attempt: the second finds the images the first published, and points their
+# content-key tags at them again (the same digests): nothing is built or pushed
+LOOKUPS = {"lookup[backend]", "lookup[frontend]", "publish[backend]", "publish[frontend]"}
+BUILT = {"build[backend]", "build[frontend]",  # the check images: the checks' passes are reused, not their images
+         "build[backend linux/amd64]", "build[frontend linux/amd64]", "push[backend linux/amd64]",
+         "push[frontend linux/amd64]"}
 
 
 def _amd64_only(repo: Path) -> None:
@@ -146,9 +158,13 @@ def screenshot_of(url: str, path: Path) -> Path:
     return path
 
 
-def test_retry_pressed_in_the_ui_reruns_only_the_failed_last_stage(
+def test_retry_pressed_in_the_ui_completes_on_another_host_redoing_only_the_checkout_and_the_failed_stage(
         prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], registry: Registry,
-        tmp_path: Path) -> None:
+        s3: S3, tmp_path: Path) -> None:  # noqa: F811
+    """CI fails at its last stage (the image scans: host A has no Trivy DB); Retry, pressed in the UI, lands on
+    host B (its own dockerd, host name and SUNDAY_HOME; the same server, S3 results and registry): B checks out
+    again and redoes the failed stage, and reads everything else from the shared results: no image is built,
+    pulled or pushed there, no check runs."""
     from prefect.client.orchestration import get_client
 
     def edit(repo: Path) -> None:
@@ -156,35 +172,45 @@ def test_retry_pressed_in_the_ui_reruns_only_the_failed_last_stage(
         _amd64_only(repo)
 
     repo = make_repo(APP, edit=edit)
-    trivy_cache = tmp_path / "trivy-cache"  # the fault: no vulnerability DB, so the image scans (last stage) fail
     pool = f"ui-retry-{uuid.uuid4().hex[:8]}"
-    with ci_deployment(pool) as deployment_id, ProcessWorker(pool, tmp_path / "worker",
-                                                             env={"SUNDAY_TRIVY_CACHE": str(trivy_cache)}) as worker:
-        with get_client(sync_client=True) as client:
-            run_id = client.create_flow_run_from_deployment(
-                deployment_id, parameters={"repo": str(repo), "ref": "main"}).id
-        first = wait_for_flow_run(run_id, worker, timeout=900)
-        assert first.state.is_failed(), f"{first.state!r}\n{worker.log_tail()}"
+    shared = {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": register_result_storage(s3.endpoint_url, s3.bucket, name=pool)}
+    host_a = {**shared, "SUNDAY_TRIVY_CACHE": str(tmp_path / "trivy-cache")}  # the fault: no DB, the scans fail
+    with ci_deployment(pool) as deployment_id:
+        with ProcessWorker(pool, tmp_path / "worker-a", env=host_a) as worker:
+            with get_client(sync_client=True) as client:
+                run_id = client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"repo": str(repo), "ref": "main"}).id
+            first = wait_for_flow_run(run_id, worker, timeout=900)
+            assert first.state.is_failed(), f"{first.state!r}\n{worker.log_tail()}"
         before = task_run_states(run_id)
         assert {name for name, states in before.items() if states != ["Completed"]} == SCANS, before
         assert "no Trivy vulnerability DB" in (first.state.message or ""), first.state
 
-        write_clean_trivy_db(trivy_cache)  # the fault is gone; a person presses Retry
-        ui = prefect_api.removesuffix("/api")
-        assert httpx.get(f"{ui}/ui-settings", timeout=10).json()["api_url"] == prefect_api  # where the UI's JS calls
-        url = f"{ui}/v2/runs/flow-run/{run_id}"
-        press_retry(url, tmp_path / "retry-failed.png")
-        second = wait_for_flow_run(run_id, worker, timeout=600)
-        if not second.state.is_completed():
-            shot = screenshot_of(url, tmp_path / "after-retry.png")
-            pytest.fail(f"after Retry the run is {second.state!r}; screenshot: {shot}\n{worker.log_tail()}")
+        with build_host() as host_b, ProcessWorker(pool, tmp_path / "worker-b", env={**shared, **host_b.env()},
+                                                   wrap=host_b.command) as worker:
+            write_clean_trivy_db(host_b.home / "trivy-cache")  # host B has a DB; a person presses Retry
+            worker.wait_online()
+            ui = prefect_api.removesuffix("/api")
+            assert httpx.get(f"{ui}/ui-settings", timeout=10).json()["api_url"] == prefect_api  # the UI's JS calls
+            url = f"{ui}/v2/runs/flow-run/{run_id}"
+            press_retry(url, tmp_path / "retry-failed.png")
+            second = wait_for_flow_run(run_id, worker, timeout=600)
+            if not second.state.is_completed():
+                shot = screenshot_of(url, tmp_path / "after-retry.png")
+                pytest.fail(f"after Retry the run is {second.state!r}; screenshot: {shot}\n{worker.log_tail()}")
+            assert f"submitting flow run '{run_id}'" in worker.log.read_text(), worker.log_tail()  # B ran it
+            assert host_b.images() == [], host_b.images()  # B built, pulled and pushed nothing
 
     assert second.run_count == 2  # the same flow run, attempt 2
     states = task_run_states(run_id)
-    ran_again = {name for name, s in states.items() if s[-1] != "Cached"}
-    assert ran_again == SCANS | TAGS | {REPORTS}, states  # only the failed stage and what depends on it
-    for name in before.keys() - SCANS - {REPORTS}:
+    ran_again = {name for name, s in states.items() if len(s) > 1 and s[-1] != "Cached"}
+    assert ran_again - CHECKOUT - LOOKUPS == SCANS | {REPORTS}, states  # the failed stage and what depends on it
+    for name in before.keys() - SCANS - {REPORTS} - CHECKOUT - LOOKUPS - BUILT:
         assert states[name] == ["Completed", "Cached"], (name, states)  # ran once: attempt 2 read its result
+    for name in (CHECKOUT | LOOKUPS) & before.keys():
+        assert states[name] == ["Completed", "Completed"], (name, states)  # on B's disk, or asked afresh
+    for name in BUILT:
+        assert states[name] == ["Completed"], (name, states)  # built and pushed by A, never again
     for name in SCANS:
         assert states[name] == ["Failed", "Completed"], (name, states)
     for name in TAGS:

@@ -7,19 +7,15 @@ services (its dockerd, its registry on :5000).
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import DOCKER, ROOT, free_port
+from tests.conftest import ROOT, free_port
 
 CLI = [sys.executable, "-m", "adapters.cli"]
 
@@ -105,65 +101,6 @@ class FaultProxy:
                 except OSError:
                     pass
             self._open.clear()
-
-
-class PrivateDockerd:
-    """A second dockerd of the test's own: its data root, exec root, pidfile and unix socket under `root`.
-
-    Its default network is a bridge of its own (`--bridge`, created here, deleted by `remove`), with
-    `--iptables=false`: it leaves the machine's network alone. Never `--bridge=none`: a dockerd started
-    so deletes the interface `docker0`, the machine's dockerd's bridge, and every container of the
-    machine loses its network. Stopped with SIGTERM, as `systemctl stop docker` does.
-    """
-
-    def __init__(self) -> None:
-        # short: containerd's socket under the exec root must fit in a unix socket path (108 bytes)
-        self.root = Path(tempfile.mkdtemp(prefix="sd-dockerd-"))
-        self.socket = self.root / "docker.sock"
-        self.host = f"unix://{self.socket}"
-        self.log = self.root / "dockerd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.bridge = f"sdbr{secrets.token_hex(3)}"  # an interface name: at most 15 characters
-
-    def start(self, timeout: float = 60) -> PrivateDockerd:
-        if not Path(f"/sys/class/net/{self.bridge}").exists():
-            subnet = f"10.213.{secrets.randbelow(256)}.1/24"
-            for argv in (["link", "add", "name", self.bridge, "type", "bridge"],
-                         ["addr", "add", subnet, "dev", self.bridge], ["link", "set", self.bridge, "up"]):
-                subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
-        argv = ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                "--pidfile", str(self.root / "dockerd.pid"), "--host", self.host, f"--bridge={self.bridge}",
-                "--iptables=false", "--ip6tables=false", "--ip-masq=false"]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while subprocess.run([DOCKER, "--host", self.host, "version"], capture_output=True,
-                             check=False).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the private dockerd did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def remove(self) -> None:
-        """Stop it, unmount what it left mounted under its root and delete the root."""
-        self.stop()
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                  if line.split()[1].startswith(str(self.root))]
-        for mount in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", mount], capture_output=True, check=False, timeout=30)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False, timeout=30)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class Tmpfs:
