@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deployments.result_storage import register_result_storage
-from tests.build_host import build_host
+from devtools.build_host import build_host
 from tests.conftest import FIXTURES, Registry
 from tests.deployed_ci import ProcessWorker, wait_for_flow_run, write_clean_trivy_db
 from tests.pg import S3, s3  # noqa: F401 (a fixture)

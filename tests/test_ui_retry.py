@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from deployments.result_storage import register_result_storage
-from tests.build_host import build_host
+from devtools.build_host import build_host
 from tests.conftest import APP, ROOT, Registry
 from tests.deployed_ci import ProcessWorker, task_run_states, wait_for_flow_run, write_clean_trivy_db
 from tests.pg import S3, s3  # noqa: F401 (a fixture)

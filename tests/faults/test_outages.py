@@ -23,9 +23,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from devtools.build_host import PrivateDockerd
 from sunday_release.backup import list_backups, s3_client
 from tasks.backup import backup_database
-from tests.build_host import PrivateDockerd
 from tests.conftest import DOCKER, FIXTURES, Registry
 from tests.faults._outage import FaultProxy, Tmpfs, run_cli_with_fault
 from tests.pg import S3, Postgres, postgres, s3  # noqa: F401  (fixtures)

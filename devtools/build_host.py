@@ -1,4 +1,4 @@
-"""Docker engines of a test's own, and a second build host on this machine built on one.
+"""Docker engines of a test's or benchmark's own, and a second build host on this machine built on one.
 
 `PrivateDockerd` is a second dockerd (data root, socket, bridge of its own). `build_host` simulates a
 second build host honestly: its own dockerd (no image or build cache shared with the machine's), its own
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import DOCKER
+DOCKER = "/usr/bin/docker"  # the client that speaks to dockerd 20.10 (with BuildKit); as tests/conftest.py
 
 __all__ = ["BuildHost", "PrivateDockerd", "build_host"]
 

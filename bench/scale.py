@@ -1,0 +1,218 @@
+"""Scale: what a rerun, another service, another task run and another build host cost. Ratios from one run.
+
+Parts (all by default; `--parts cache,hosts` picks):
+- cache: cold CI of the sample app (empty registry, empty Docker build cache, empty result storage) vs a
+  rerun of the same commit (target warm/cold <= 0.05: nothing built, no check run, no image scanned again).
+- services: CI of a generated 20-service repository vs the same with 2 services (each service a small shell
+  tool with a test stage, amd64): the marginal cost of a service, (t20 - t2) / 18.
+- overhead: Prefect's own cost per task run: a flow submitting N no-op tasks vs N = 0, per task in ms (target
+  <= 50 ms), against the benchmark's server.
+- hosts: a CI run that fails at its last stage on host A (no Trivy DB there), retried on host B
+  (devtools/build_host.py: its own dockerd, host name and SUNDAY_HOME; the same server, S3 results and
+  registry): the Retry on B / the first attempt on A.
+
+Not here yet: 50 flow runs submitted at once to the server on PostgreSQL, 2 workers vs 1 (issue 15).
+
+Everything is its own: a Prefect server, a registry, an S3 endpoint (moto_server, a stand-in for AWS S3)
+for the hosts part. The cache part empties the machine's Docker build cache.
+
+    .venv/bin/python bench/scale.py [--parts cache,services,overhead,hosts] [--tasks 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, free_port, git, make_repo, run_ci
+from ci_cache import start_registry
+from trigger_latency import prefect_server
+
+from devtools.build_host import build_host
+from tests.deployed_ci import ProcessWorker, wait_for_flow_run, write_clean_trivy_db
+
+TOOL = ROOT / "tests" / "fixtures" / "other-app" / "tool"
+
+
+def amd64_only(repo: Path) -> None:
+    config = repo / "sunday-release.yaml"
+    config.write_text(re.sub(r"^(  (backend|frontend):\n)", r"\1    platforms: [linux/amd64]\n", config.read_text(),
+                             flags=re.M))
+    git(repo, "commit", "-qam", "amd64 only")
+
+
+@contextmanager
+def fresh_results() -> Iterator[None]:
+    """An empty result storage for the CLI's runs (no check pass or Trivy report from before)."""
+    before = os.environ.get("PREFECT_LOCAL_STORAGE_PATH")
+    with tempfile.TemporaryDirectory(prefix="sunday-bench-results-") as fresh:
+        os.environ["PREFECT_LOCAL_STORAGE_PATH"] = fresh
+        try:
+            yield
+        finally:
+            os.environ.pop("PREFECT_LOCAL_STORAGE_PATH")
+            if before is not None:
+                os.environ["PREFECT_LOCAL_STORAGE_PATH"] = before
+
+
+def cache(work: Path, address: str) -> None:
+    repo = make_repo(work / "cache-repo", config_prefix=f"registry: {address}\n")
+    amd64_only(repo)
+    with fresh_results():
+        subprocess.run(["/usr/bin/docker", "builder", "prune", "-af"], check=True, capture_output=True)
+        cold = run_ci(repo)
+        warm = run_ci(repo)
+    print(f"cold CI of the sample app (nothing built, checked or scanned before): {cold:7.1f} s", flush=True)
+    print(f"warm CI of the same commit:                                          {warm:7.1f} s", flush=True)
+    print(f"ratio warm/cold  {warm / cold:5.3f}  (target <= 0.05)", flush=True)
+
+
+def tools_repo(dest: Path, services: int, address: str) -> Path:
+    """A repository of `services` small shell tools (tests/fixtures/other-app's), each of its own content."""
+    lines = [f"project: scale{services}", f"registry: {address}", "services:"]
+    for i in range(services):
+        shutil.copytree(TOOL, dest / f"tool{i:02d}")
+        (dest / f"tool{i:02d}" / "build-id").write_text(secrets.token_hex(8))
+        lines += [f"  tool{i:02d}:", f"    context: tool{i:02d}", "    port: 8080", "    platforms: [linux/amd64]",
+                  "    checks:", "      test: [sh, tests/run.sh]", "      lint: [sh, -n, wordcount.sh]"]
+    (dest / "sunday-release.yaml").write_text("\n".join(lines) + "\n")
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", f"{services} services")
+    return dest
+
+
+def services(work: Path, address: str) -> None:
+    times = {}
+    for count in (2, 20):
+        times[count] = run_ci(tools_repo(work / f"tools-{count}", count, address))
+        print(f"CI of a {count:2d}-service repository (every service new): {times[count]:7.1f} s", flush=True)
+    marginal = (times[20] - times[2]) / 18
+    print(f"marginal cost of a service  {marginal:5.2f} s   ratio t20/t2  {times[20] / times[2]:5.2f}", flush=True)
+
+
+def overhead(tasks: int) -> None:
+    from prefect import flow, task
+
+    @task(persist_result=False)
+    def nothing(i: int) -> int:
+        return i
+
+    @flow(persist_result=False)
+    def fan_out(n: int) -> int:
+        return sum(f.result() for f in [nothing.submit(i) for i in range(n)])
+
+    fan_out(1)  # the first flow run pays the imports and the client's start
+    timed = {}
+    for n in (0, tasks):
+        started = time.monotonic()
+        fan_out(n)
+        timed[n] = time.monotonic() - started
+    per = (timed[tasks] - timed[0]) / tasks * 1000
+    print(f"a flow of {tasks} no-op task runs: {timed[tasks]:6.2f} s; of none: {timed[0]:5.2f} s", flush=True)
+    print(f"Prefect's overhead per task run  {per:5.1f} ms  (target <= 50 ms)", flush=True)
+
+
+@contextmanager
+def s3_results(stack: ExitStack) -> Iterator[str]:
+    """moto_server (AWS S3 cannot run here) and the result storage block on it: yields the block's slug."""
+    from deployments.result_storage import register_result_storage
+
+    port = free_port()
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack.callback(lambda: (proc.terminate(), proc.wait(10)))
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench-not-a-key")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-not-a-secret")
+    yield register_result_storage(f"http://127.0.0.1:{port}", "bench-results", name="bench-results")
+
+
+def hosts(work: Path, address: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import AwaitingRetry
+
+    from flows.ci import ci
+
+    repo = make_repo(work / "hosts-repo", config_prefix=f"registry: {address}\n")
+    amd64_only(repo)
+    pool = f"bench-hosts-{uuid.uuid4().hex[:6]}"
+    with ExitStack() as stack:
+        shared = {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": stack.enter_context(s3_results(stack))}
+        with get_client(sync_client=True) as client:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        deployment = ci.from_source(str(ROOT), "flows/ci.py:ci").deploy(
+            name=pool, work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
+        no_db = work / "trivy-a"  # host A has no Trivy DB: its image scans (the last stage) fail
+        with ProcessWorker(pool, work / "worker-a", env={**shared, "SUNDAY_TRIVY_CACHE": str(no_db)},
+                           poll_seconds=0.5) as worker:
+            worker.wait_online()
+            started = time.monotonic()
+            with get_client(sync_client=True) as client:
+                run_id = client.create_flow_run_from_deployment(deployment, parameters={"repo": str(repo)}).id
+            first = wait_for_flow_run(run_id, worker, timeout=3600)
+            on_a = time.monotonic() - started
+        if "no Trivy vulnerability DB" not in (first.state.message or ""):
+            sys.exit(f"expected the image scans to fail on host A, got {first.state!r}")
+        with build_host() as host_b, ProcessWorker(pool, work / "worker-b", env={**shared, **host_b.env()},
+                                                   wrap=host_b.command, poll_seconds=0.5) as worker:
+            write_clean_trivy_db(host_b.home / "trivy-cache")
+            worker.wait_online()
+            started = time.monotonic()
+            with get_client(sync_client=True) as client:  # what the UI's Retry button sends
+                client.set_flow_run_state(run_id, AwaitingRetry(message="Retry from the UI"), force=True)
+            second = wait_for_flow_run(run_id, worker, timeout=3600)
+            on_b = time.monotonic() - started
+            images_b = host_b.images()
+        if not second.state.is_completed():
+            sys.exit(f"the Retry on host B did not complete: {second.state!r}")
+    print(f"CI failing at its last stage on host A (all built, checked, pushed): {on_a:7.1f} s", flush=True)
+    print(f"its Retry on host B (checkout, repository scan, image scans, tags):  {on_b:7.1f} s "
+          f"(images on B's engine: {len(images_b)})", flush=True)
+    print(f"ratio retry on B / first attempt on A  {on_b / on_a:5.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="cache,services,overhead,hosts")
+    parser.add_argument("--tasks", type=int, default=200, help="no-op task runs of the overhead part")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    with tempfile.TemporaryDirectory(prefix="sunday-bench-scale-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        registry, address = start_registry(work / "registry")
+        stack.callback(lambda: (registry.terminate(), registry.wait(10)))
+        home = work / "home"
+        os.environ["SUNDAY_HOME"] = str(home)
+        os.environ["SUNDAY_ENV_ROOT"] = str(home / "envs")
+        write_clean_trivy_db(home / "trivy-cache")
+        stack.enter_context(prefect_server(home, 300))
+        for part in parts:
+            print(f"--- {part}", flush=True)
+            {"cache": lambda: cache(work, address), "services": lambda: services(work, address),
+             "overhead": lambda: overhead(args.tasks), "hosts": lambda: hosts(work, address)}[part]()
+
+
+if __name__ == "__main__":
+    main()
