@@ -1,13 +1,15 @@
 """Scale: what a rerun, another service, another task run and another build host cost. Ratios from one run.
 
 Parts (all by default; `--parts cache,hosts` picks):
-- cache: cold CI of the sample app (empty registry, empty Docker build cache, empty result storage) vs a
-  rerun of the same commit (target warm/cold <= 0.05: nothing built, no check run, no image scanned again).
+- cache: cold CI of the sample app as shipped (two platforms; empty registry, empty Docker build cache, empty
+  result storage) vs a rerun of the same commit (target warm/cold <= 0.05: nothing built, no check run, no
+  image scanned again).
 - services: CI of a generated 20-service repository vs the same with 2 services (each service a small shell
   tool with a test stage, amd64): the marginal cost of a service, (t20 - t2) / 18.
 - overhead: Prefect's own cost per task run: a flow submitting N no-op tasks vs N = 0, per task in ms (target
   <= 50 ms), against the benchmark's server.
-- hosts: a CI run that fails at its last stage on host A (no Trivy DB there), retried on host B
+- hosts: a CI run that fails at its last stage on host A (its Trivy DB has a blocking advisory), retried on
+  host B (a DB without it)
   (devtools/build_host.py: its own dockerd, host name and SUNDAY_HOME; the same server, S3 results and
   registry): the Retry on B / the first attempt on A.
 
@@ -16,12 +18,13 @@ Not here yet: 50 flow runs submitted at once to the server on PostgreSQL, 2 work
 Everything is its own: a Prefect server, a registry, an S3 endpoint (moto_server, a stand-in for AWS S3)
 for the hosts part. The cache part empties the machine's Docker build cache.
 
-    .venv/bin/python bench/scale.py [--parts cache,services,overhead,hosts] [--tasks 200]
+    .venv/bin/python bench/scale.py [--parts cache,services,overhead,hosts] [--tasks 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import secrets
@@ -44,9 +47,16 @@ from ci_cache import start_registry
 from trigger_latency import prefect_server
 
 from devtools.build_host import build_host
-from tests.deployed_ci import ProcessWorker, wait_for_flow_run, write_clean_trivy_db
+from devtools.trivydb import Advisory, write_trivy_db
+from tests.deployed_ci import ProcessWorker, wait_for_flow_run
 
 TOOL = ROOT / "tests" / "fixtures" / "other-app" / "tool"
+
+
+def write_clean_trivy_db(cache: Path) -> None:
+    """An offline Trivy DB dated now, with one FAKE advisory for a package no image has."""
+    write_trivy_db(cache, [Advisory("CVE-2099-0999", "debian 12", "no-such-package", "CRITICAL", "FAKE (benchmark)",
+                                    "1.0")])
 
 
 def amd64_only(repo: Path) -> None:
@@ -70,9 +80,19 @@ def fresh_results() -> Iterator[None]:
                 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = before
 
 
+def change_every_service(repo: Path) -> None:
+    """Content no run built before: every service's image must be built (and its checks run)."""
+    for path in ("backend/sunday_api/__init__.py", "frontend/public/style.css"):
+        comment = "#" if path.endswith(".py") else "/*"
+        (repo / path).write_text((repo / path).read_text() + f"\n{comment} {secrets.token_hex(8)}"
+                                 + (" */" if comment == "/*" else "") + "\n")
+    git(repo, "commit", "-qam", "a change in every service")
+
+
 def cache(work: Path, address: str) -> None:
+    """The sample app as shipped (linux/amd64 and linux/arm64, the latter under QEMU)."""
     repo = make_repo(work / "cache-repo", config_prefix=f"registry: {address}\n")
-    amd64_only(repo)
+    change_every_service(repo)
     with fresh_results():
         subprocess.run(["/usr/bin/docker", "builder", "prune", "-af"], check=True, capture_output=True)
         cold = run_ci(repo)
@@ -117,6 +137,7 @@ def overhead(tasks: int) -> None:
     def fan_out(n: int) -> int:
         return sum(f.result() for f in [nothing.submit(i) for i in range(n)])
 
+    logging.getLogger("prefect").setLevel(logging.WARNING)  # not a line per task run
     fan_out(1)  # the first flow run pays the imports and the client's start
     timed = {}
     for n in (0, tasks):
@@ -157,6 +178,7 @@ def hosts(work: Path, address: str) -> None:
 
     repo = make_repo(work / "hosts-repo", config_prefix=f"registry: {address}\n")
     amd64_only(repo)
+    change_every_service(repo)  # host A builds, checks and pushes both images
     pool = f"bench-hosts-{uuid.uuid4().hex[:6]}"
     with ExitStack() as stack:
         shared = {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": stack.enter_context(s3_results(stack))}
@@ -164,8 +186,12 @@ def hosts(work: Path, address: str) -> None:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         deployment = ci.from_source(str(ROOT), "flows/ci.py:ci").deploy(
             name=pool, work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
-        no_db = work / "trivy-a"  # host A has no Trivy DB: its image scans (the last stage) fail
-        with ProcessWorker(pool, work / "worker-a", env={**shared, "SUNDAY_TRIVY_CACHE": str(no_db)},
+        # host A's DB has a (FAKE) critical advisory for tar, which every image has: its image scans, the last
+        # stage, run and block; host B's DB, a newer one without it, lets the Retry pass
+        blocking = work / "trivy-a"
+        write_trivy_db(blocking, [Advisory("CVE-2099-0100", "debian 12", "tar", "CRITICAL", "FAKE (benchmark)",
+                                           "9.9-1")])
+        with ProcessWorker(pool, work / "worker-a", env={**shared, "SUNDAY_TRIVY_CACHE": str(blocking)},
                            poll_seconds=0.5) as worker:
             worker.wait_online()
             started = time.monotonic()
@@ -173,8 +199,8 @@ def hosts(work: Path, address: str) -> None:
                 run_id = client.create_flow_run_from_deployment(deployment, parameters={"repo": str(repo)}).id
             first = wait_for_flow_run(run_id, worker, timeout=3600)
             on_a = time.monotonic() - started
-        if "no Trivy vulnerability DB" not in (first.state.message or ""):
-            sys.exit(f"expected the image scans to fail on host A, got {first.state!r}")
+        if "CVE-2099-0100" not in (first.state.message or ""):
+            sys.exit(f"expected the image scans to block on host A, got {first.state!r}")
         with build_host() as host_b, ProcessWorker(pool, work / "worker-b", env={**shared, **host_b.env()},
                                                    wrap=host_b.command, poll_seconds=0.5) as worker:
             write_clean_trivy_db(host_b.home / "trivy-cache")
@@ -187,8 +213,8 @@ def hosts(work: Path, address: str) -> None:
             images_b = host_b.images()
         if not second.state.is_completed():
             sys.exit(f"the Retry on host B did not complete: {second.state!r}")
-    print(f"CI failing at its last stage on host A (all built, checked, pushed): {on_a:7.1f} s", flush=True)
-    print(f"its Retry on host B (checkout, repository scan, image scans, tags):  {on_b:7.1f} s "
+    print(f"CI blocked at its last stage on host A (built, checked, pushed, scanned): {on_a:7.1f} s", flush=True)
+    print(f"its Retry on host B (checkout, image scans with its DB, tags):         {on_b:7.1f} s "
           f"(images on B's engine: {len(images_b)})", flush=True)
     print(f"ratio retry on B / first attempt on A  {on_b / on_a:5.2f}", flush=True)
 
@@ -196,7 +222,7 @@ def hosts(work: Path, address: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="cache,services,overhead,hosts")
-    parser.add_argument("--tasks", type=int, default=200, help="no-op task runs of the overhead part")
+    parser.add_argument("--tasks", type=int, default=1000, help="no-op task runs of the overhead part")
     args = parser.parse_args()
     parts = args.parts.split(",")
     with tempfile.TemporaryDirectory(prefix="sunday-bench-scale-") as tmp, ExitStack() as stack:
