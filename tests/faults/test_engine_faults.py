@@ -195,8 +195,8 @@ def test_a_worker_killed_mid_run_is_crashed_by_the_zombie_automation_and_retried
             attempts.setdefault(t["name"], []).append(t["state"]["name"])
         built = [n for n in attempts if n.startswith(("build[", "push["))]  # check images, platform images, pushes
         assert built and all(attempts[n] == ["Completed"] for n in built), attempts  # attempt 2 found them published
-        checks = [n for n in attempts if n.startswith(("test[", "lint[", "typecheck["))]
-        assert checks and all(attempts[n] == ["Completed", "Cached"] for n in checks), attempts
+        checks = [n for n in attempts if n.startswith(("test[", "lint[", "typecheck["))]  # attempt 1 may have
+        assert checks and all(attempts[n][1:] == ["Cached"] for n in checks), attempts  # reused an earlier test's
         after = _digests(repos)
         assert {tag: after[tag] for tag in before} == before, (before, after)
         for repo in repos:  # the release tag, set by attempt 2, names the image attempt 1 published
