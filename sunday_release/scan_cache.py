@@ -3,7 +3,7 @@
 An image digest names its content, so a scan of the same digest with the same Trivy binary, the
 same vulnerability DB and the same flags gives the same report. A warm CI run (same commit, or an
 unchanged service) reuses the report instead of scanning again, on whatever worker it runs: the
-reports are kept in the result storage (`tasks.scan`: a Prefect transaction per key). The gate
+reports are kept in the result storage (`tasks.scan`: a record per key in the run's result store). The gate
 (severities, allow-list with its expiry dates) is applied to it afresh every run, so an expired
 allow-list entry still blocks. A new DB (another `trivy.db`, or `metadata.json` other than its
 download time), another Trivy or other flags make a new key: the cache never answers for a DB it was
@@ -48,19 +48,20 @@ def file_digest(path: Path, memo_dir: Path) -> str:
         return "missing"
     memo = memo_dir / DIGESTS
     try:
-        known: dict[str, str] = json.loads(memo.read_text())
+        known = json.loads(memo.read_text())
     except (OSError, ValueError):
         known = {}
-    if isinstance(known, dict) and isinstance(known.get(identity), str):
-        return known[identity]
+    if not isinstance(known, dict):  # not a memo of ours: rewritten below
+        known = {}
+    if isinstance(known.get(identity), str):
+        return str(known[identity])
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     digest = h.hexdigest()
     if _identity(path) == identity:  # not rewritten while it was read
-        known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}:")} if isinstance(
-            known, dict) else {}
+        known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}:")}  # older identities
         try:
             memo_dir.mkdir(parents=True, exist_ok=True)
             tmp = memo_dir / f".{DIGESTS}.{os.getpid()}"

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import task
-from prefect.transactions import CommitMode, transaction
+from prefect.filesystems import NullFileSystem
+from prefect.results import ResultStore, get_result_store
 
 from sunday_release.config import ScanPolicy
 from sunday_release.errors import GateFailed, PipelineError
@@ -29,6 +30,14 @@ def _report_key(key: str) -> str:
     return f"sunday-trivy-report-{key}"
 
 
+def _report_store() -> ResultStore:
+    """This run's result store (a task's: the workers' shared storage), with its records' metadata beside them."""
+    store = get_result_store()
+    if isinstance(store.metadata_storage, NullFileSystem):  # as Prefect's transactions do: a flow's store has none
+        store = store.model_copy(update={"metadata_storage": None})
+    return store
+
+
 def kept_report(key: str | None) -> dict[str, str] | None:
     """Trivy's report kept under `key` (`sunday_release.scan_cache`) in this run's result storage, or None.
 
@@ -37,9 +46,10 @@ def kept_report(key: str | None) -> dict[str, str] | None:
     """
     if not key:
         return None
-    with transaction(key=_report_key(key), commit_mode=CommitMode.OFF) as txn:
-        record = txn.read() if txn.is_committed() else None
-    value = record.result if record is not None else None
+    store = _report_store()
+    if not store.exists(_report_key(key)):
+        return None
+    value = store.read(_report_key(key)).result
     if not (isinstance(value, dict) and isinstance(value.get("json"), str)):
         return None
     try:
@@ -50,12 +60,15 @@ def kept_report(key: str | None) -> dict[str, str] | None:
 
 
 def keep_report(key: str | None, report_json: str, sarif: str | None) -> None:
-    """Keep Trivy's report (and the SARIF made from it) under `key` in this run's result storage, at once (not
-    with the task's own result: a report whose gate then fails is still the report of that digest and DB)."""
-    if not key:
-        return
-    with transaction(key=_report_key(key), commit_mode=CommitMode.EAGER, overwrite=True) as txn:
-        txn.stage({"json": report_json, **({"sarif": sarif} if sarif is not None else {})})
+    """Keep Trivy's report (and the SARIF made from it) under `key` in this run's result storage, at once.
+
+    Written by the store itself, not in a transaction: one opened in a task run is committed with the task's
+    own, which would write the look-up's empty value over the report; and a report whose gate then fails is
+    still the report of that digest and DB.
+    """
+    if key:
+        _report_store().write(key=_report_key(key), obj={"json": report_json,
+                                                         **({"sarif": sarif} if sarif is not None else {})})
 
 
 def repo_scan_argv(trivy: str, cache_dir: str, path: str, policy: ScanPolicy) -> list[str]:

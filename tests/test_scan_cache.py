@@ -194,3 +194,23 @@ def test_image_scans_take_turns_at_trivys_layer_cache(tmp_path: Path) -> None:
         order.append("second")
     thread.join(5)
     assert order == ["first done", "second"]
+
+
+def test_a_report_kept_in_a_task_run_is_found_by_the_next_task_run(prefect_api: str) -> None:
+    """In a task run, looking a report up and keeping it must leave it kept when the task's own result commits."""
+    from prefect import flow, task
+
+    from tasks.scan import keep_report, kept_report
+
+    @task(persist_result=True)
+    def scan_once(key: str) -> bool:
+        found = kept_report(key) is not None
+        if not found:
+            keep_report(key, '{"Results": []}', None)
+        return found
+
+    @flow
+    def twice(key: str) -> list[bool]:
+        return [scan_once.with_options(refresh_cache=True)(key) for _ in range(2)]
+
+    assert twice(secrets.token_hex(16)) == [False, True]
