@@ -1,0 +1,34 @@
+"""devtools/cpu_by_process: the profile that says where the suite's CPU goes."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from devtools.cpu_by_process import Sampler, kind, main
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ("/x/.venv/bin/python -m prefect server start --host 127.0.0.1 --port 4200", "Prefect server"),
+    ("/x/.venv/bin/python -m adapters.cli ci --repo /r --ref main", "sunday CLI"),
+    ("/x/.venv/bin/python -u -c import sys;exec(eval(sys.stdin.readline()))", "pytest-xdist worker"),
+    ("postgres: prefect prefect_gw0 127.0.0.1(5432) idle", "postgres"),
+    ("/usr/bin/dockerd -H fd://", "dockerd"),
+    ("", "kernel threads"),
+])
+def test_a_command_line_is_charged_to_its_kind(argv: str, expected: str) -> None:
+    assert kind(argv) == expected
+
+
+def test_a_child_is_charged_its_cpu_and_a_process_alive_before_only_its_growth(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    burn = "import time\nend = time.process_time() + 0.8\nwhile time.process_time() < end: pass"
+    assert main(["--", sys.executable, "-c", burn]) == 0
+    report = capsys.readouterr().err
+    line = next(row for row in report.splitlines() if row.endswith(kind(" ".join([sys.executable, "-c", burn]))))
+    assert 0.6 <= float(line.split()[0]) <= 1.5, report  # the 0.8 s it burned, give or take a sample
+    sampler = Sampler()
+    sampler.sample(initial=True)  # this test's own process: only what it uses from now on
+    sampler.sample()
+    assert sum(cpu - sampler.first[key] for key, (cpu, _) in sampler.last.items()) < 0.5
