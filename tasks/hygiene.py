@@ -6,6 +6,7 @@ import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -50,6 +51,25 @@ def _directories(root: Path, kind: str) -> list[Item]:
             for d in sorted(root.iterdir()) if d.is_dir() and not d.is_symlink()]
 
 
+def _inspect_images(docker: str, references: list[str]) -> dict[str, dict[str, Any]]:
+    """`docker image inspect` of each tag listed, by tag. A tag removed since it was listed (by another gc, a
+    test's cleanup or a person) is gone, not an error: docker skips it ("No such image") and exits 1; any
+    other error still fails."""
+    if not references:
+        return {}
+    done = run([docker, "image", "inspect", *references], timeout=120, check=False)
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    if not done.ok and (not errors or not all("No such image" in line for line in errors)):
+        done.check_returncode()
+    wanted = set(references)
+    found: dict[str, dict[str, Any]] = {}
+    for image in json.loads(done.stdout or "[]"):
+        for tag in image.get("RepoTags") or []:
+            if tag in wanted:
+                found[tag] = image
+    return found
+
+
 @task(name="inventory", cache_policy=NO_CACHE)
 def inventory() -> list[Item]:
     """Workspaces, run directories (SUNDAY_HOME) and check images (`sunday-ci/*`) of this worker."""
@@ -58,12 +78,10 @@ def inventory() -> list[Item]:
     listed = run([settings.docker, "image", "ls", "--filter", "reference=sunday-ci/*", "--format",
                   "{{.Repository}}:{{.Tag}}"], timeout=120)
     references = sorted({line for line in listed.stdout.split() if not line.endswith(":<none>")})
-    if references:
-        inspected = json.loads(run([settings.docker, "image", "inspect", *references], timeout=120).stdout)
-        for reference, image in zip(references, inspected, strict=True):
-            created = docker_time(image["Created"])
-            labels = (image.get("Config") or {}).get("Labels") or {}
-            items.append(Item("check-image", reference, created, project=labels.get("sunday.project")))
+    for reference, image in _inspect_images(settings.docker, references).items():
+        created = docker_time(image["Created"])
+        labels = (image.get("Config") or {}).get("Labels") or {}
+        items.append(Item("check-image", reference, created, project=labels.get("sunday.project")))
     progress(f"{len(items)} item(s) on this worker")
     return items
 

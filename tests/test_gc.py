@@ -148,3 +148,26 @@ def test_gc_on_a_worker(prefect_api: str, docker_engine: str, tmp_path: Path, mo
         assert in_use.is_dir() and young_ws.is_dir() and image_exists(fresh)
     finally:
         subprocess.run([DOCKER, "image", "rm", "-f", mine, theirs, fresh], capture_output=True, check=False)
+
+
+def test_a_tag_removed_between_the_listing_and_the_inspect_is_gone_not_an_error(docker_engine: str) -> None:
+    """Another gc, a test's cleanup or a person removes a `sunday-ci/*` tag while gc takes its inventory: docker
+    inspects the others and exits 1 naming the missing one; gc goes on with what is there. Other errors fail."""
+    import secrets
+
+    from sunday_release.errors import CommandFailed
+    from tasks.hygiene import _inspect_images
+
+    repository = f"sunday-ci/gcrace{secrets.token_hex(3)}-web"
+    kept, also = f"{repository}:kept", f"{repository}:also"
+    for tag in (kept, also):
+        subprocess.run([DOCKER, "tag", "localhost:5000/base/debian:bookworm", tag], check=True, capture_output=True)
+    try:
+        found = _inspect_images(DOCKER, [also, f"{repository}:gone", kept])
+        assert sorted(found) == [also, kept]  # both tags of one image, each by its own name
+        assert found[kept]["Id"] == found[also]["Id"]
+        assert _inspect_images(DOCKER, []) == {}
+        with pytest.raises(CommandFailed):
+            _inspect_images("/bin/false", [kept])  # exit 1 without "No such image": a real failure
+    finally:
+        subprocess.run([DOCKER, "image", "rm", kept, also], capture_output=True, check=False)
