@@ -95,10 +95,10 @@ class Sampler:
         by_kind: dict[str, float] = {}
         count: Counter[str] = Counter()
         for key, (cpu, argv) in self.last.items():
-            used = cpu - self.first[key]
+            used, name = cpu - self.first[key], kind(argv)
             if used > 0:
-                by_kind[kind(argv)] = by_kind.get(kind(argv), 0.0) + used
-                count[kind(argv)] += 1
+                by_kind[name] = by_kind.get(name, 0.0) + used
+                count[name] += 1
         lines = [f"{'CPU s':>8} {'procs':>6}  kind"]
         ranked = sorted(by_kind.items(), key=lambda item: -item[1])[:top]
         lines += [f"{seconds:8.1f} {count[name]:6d}  {name}" for name, seconds in ranked]
