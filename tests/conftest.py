@@ -310,9 +310,49 @@ def git() -> Callable[..., str]:
     return _git
 
 
+_IMAGES_BEFORE = _SHARED / "images" / "before.json"
+
+
+def _image_tags() -> set[str] | None:
+    """Every `repository:tag` on the Docker engine; None when no engine answers (the fast tier, dockerd stopped)."""
+    try:
+        done = subprocess.run([DOCKER, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {t for t in done.stdout.split() if not t.endswith(":<none>")} if done.returncode == 0 else None
+
+
+def _note_images_before() -> None:
+    """The engine's tags before any test runs: the first worker to finish collecting writes them (xdist starts
+    tests only once every worker has collected)."""
+    with _locked(_IMAGES_BEFORE.parent):
+        if not _IMAGES_BEFORE.exists() and (tags := _image_tags()) is not None:
+            _IMAGES_BEFORE.write_text(json.dumps(sorted(tags)))
+
+
+def _remove_images_made(session: pytest.Session) -> None:
+    """Remove every tag that appeared on the engine while the tests ran (CI's `sunday-ci/*` check images, images
+    tagged for the tests' registries), so runs do not pile them up: 2 300 tags after a few days. Their layers stay
+    in the build cache. A tag still used by a container is left, and named."""
+    if not _IMAGES_BEFORE.exists() or (now := _image_tags()) is None:
+        return
+    made = sorted(now - set(json.loads(_IMAGES_BEFORE.read_text())))
+    problems = []
+    for start in range(0, len(made), 200):
+        done = subprocess.run([DOCKER, "image", "rm", *made[start:start + 200]], capture_output=True, text=True,
+                              timeout=300, check=False)
+        problems += [line for line in done.stderr.splitlines() if line.strip() and "No such image" not in line]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"removed {len(made)} image tag(s) the tests made" + "".join(f"\n  left: {p}"
+                                                                                         for p in problems))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or a run without workers): every worker is done
         _PrefectCluster.stop()
+        _remove_images_made(session)
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
@@ -470,6 +510,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             sys.addaudithook(_GUARD)
         _GUARD.active = True
         os.environ["DOCKER_HOST"] = "unix:///nonexistent/fast-tier-docker.sock"  # docker clients, subprocesses too
+    elif session.items:
+        _note_images_before()
 
 
 @pytest.fixture(autouse=True)
