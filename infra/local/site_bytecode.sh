@@ -13,7 +13,7 @@
 set -euo pipefail
 
 venv=${1:?usage: site_bytecode.sh VENV}
-python="$venv/bin/python"
+python="$(cd "$venv/bin" && pwd)/python"  # absolute: the compiles below run from inside site-packages
 site=$("$python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/sunday-release/bytecode"
 keep=3  # archives kept (about 280 MB each): the newest used
