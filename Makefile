@@ -6,6 +6,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export SUNDAY_HOME ?= $(HOME)/.sunday-release
+# mypy's cache outside the clone: it checks each entry against the source's hash, so a new clone of the same code
+# type-checks in 0.9 s instead of 15 CPU-s (taken from pytest's workers, beside which it runs in `make test`)
+export MYPY_CACHE_DIR ?= $(HOME)/.cache/sunday-release/mypy
 
 .PHONY: demo test test-faults test-fast setup venv bytecode lint lock server server-stop clean
 
@@ -70,4 +73,4 @@ server-stop:
 	bash infra/local/server.sh stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(MYPY_CACHE_DIR)
