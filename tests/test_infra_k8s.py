@@ -217,7 +217,7 @@ def test_prefect_namespace_default_deny_and_allow_policies() -> None:
     assert egress_of(worker) == {4200, 443}
     # flow runs: the same, plus the preview Services' smoke tests and pg_dump for backups
     assert egress_of(flow_run) == {4200, 443, 8000, 8080, 5432}
-    assert egress_of(server) == {5432}
+    assert egress_of(server) == {5432, 6379}  # PostgreSQL; Redis, which the replicas share (prefect-redis)
     for policy in policies.values():
         for peer, ports in _peers(policy, "egress"):
             if "ipBlock" in peer and ports == {443}:

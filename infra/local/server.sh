@@ -26,7 +26,15 @@
 #      SUNDAY_PLATFORM_DIR (default /var/lib/sunday-release/platform), PREFECT_PORT (4200), PREFECT_DB_PORT (5433),
 #      SUNDAY_S3_PORT (9000), SUNDAY_HEARTBEAT_SECONDS (60),
 #      SUNDAY_CI_POOL_KIND (process, or docker: CI runs in containers of SUNDAY_PIPELINE_IMAGE, the pipeline's own
-#      image pinned by digest, through a prefect-docker worker; deployments/pools.py).
+#      image pinned by digest, through a prefect-docker worker; deployments/pools.py),
+#      SERVER_REPLICAS (1; 2 or more: the HA shape below), SUNDAY_REDIS_PORT (6380).
+# SERVER_REPLICAS=N (N >= 2), Prefect's documented high-availability shape: N API processes
+# (`prefect server start --no-services`, ports PREFECT_PORT+1..N) behind nginx on PREFECT_PORT, the background
+# services as their own process (`prefect server services start`), migrations run once before them, and Redis
+# (Debian's redis-server, 127.0.0.1:SUNDAY_REDIS_PORT, a password of its own) for messaging, causal ordering,
+# concurrency leases and Docket's coordination (prefect-redis). A replica that dies is taken out by nginx, which
+# sends the request to another (its clients retry what was cut off); `restart-server` restarts the replicas one at
+# a time, so the API never goes away.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 dir=${SUNDAY_PLATFORM_DIR:-/var/lib/sunday-release/platform}
@@ -39,6 +47,12 @@ bin=$top/.venv/bin
 pools=(sunday-ci sunday-deploy sunday-e2e)
 heartbeat=${SUNDAY_HEARTBEAT_SECONDS:-60}
 ci_kind=${SUNDAY_CI_POOL_KIND:-process}
+replicas=${SERVER_REPLICAS:-1}
+redisport=${SUNDAY_REDIS_PORT:-6380}
+case "$replicas" in
+  ''|*[!0-9]*|0) echo "[server] SERVER_REPLICAS: expected a whole number of API processes >= 1, got '$replicas'" >&2
+                 exit 2 ;;
+esac
 case "$ci_kind" in
   process) ;;
   docker) [ -n "${SUNDAY_PIPELINE_IMAGE:-}" ] || { echo "[server] SUNDAY_CI_POOL_KIND=docker needs" \
@@ -70,8 +84,136 @@ server_env() {
   unset PREFECT_API_KEY  # a client would send it instead of the auth string
 }
 
+# the settings every server process of the HA shape shares (set in its subshell only: the workers and flow runs
+# started here never see the database or Redis password): PostgreSQL, migrations done once, Redis for what the
+# processes must agree on (prefect-redis); the passwords are read from their 0600 files, never put on a command line
+ha_env() {
+  local redis_pw; redis_pw=$(cat "$dir/redis-password")
+  export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$pw@127.0.0.1:$dbport/prefect" \
+    PREFECT_SERVER_DATABASE_MIGRATE_ON_START=false \
+    PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_UI_API_URL=$PREFECT_API_URL \
+    PREFECT_MESSAGING_BROKER=prefect_redis.messaging PREFECT_MESSAGING_CACHE=prefect_redis.messaging \
+    PREFECT_SERVER_EVENTS_CAUSAL_ORDERING=prefect_redis.ordering \
+    PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect_redis.lease_storage \
+    PREFECT_REDIS_MESSAGING_HOST=127.0.0.1 PREFECT_REDIS_MESSAGING_PORT=$redisport \
+    PREFECT_REDIS_MESSAGING_DB=0 PREFECT_REDIS_MESSAGING_PASSWORD=$redis_pw \
+    PREFECT_SERVER_DOCKET_URL="redis://:$redis_pw@127.0.0.1:$redisport/1" PREFECT_SERVER_ANALYTICS_ENABLED=false
+}
+
+start_redis() {
+  [ -f "$dir/redis-password" ] || { (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/redis-password"); }
+  chmod 600 "$dir/redis-password"
+  install -d -m 0700 "$dir/redis"
+  (umask 077; printf 'bind 127.0.0.1\nport %s\ndir %s\nrequirepass %s\nsave ""\nappendonly no\nprotected-mode yes\n' \
+    "$redisport" "$dir/redis" "$(cat "$dir/redis-password")" > "$dir/redis/redis.conf")
+  if ! alive "$dir/pids/redis"; then
+    log "redis-server on 127.0.0.1:$redisport"
+    nohup redis-server "$dir/redis/redis.conf" >"$(logfile redis)" 2>&1 &
+    echo $! > "$dir/pids/redis"
+  fi
+  for _ in $(seq 1 40); do
+    REDISCLI_AUTH=$(cat "$dir/redis-password") redis-cli -p "$redisport" ping 2>/dev/null | grep -q PONG && return
+    sleep 0.25
+  done
+  log "redis-server did not answer on 127.0.0.1:$redisport; see $dir/logs/redis.log"; exit 1
+}
+
+# nginx on PREFECT_PORT in front of the API replicas: WebSockets (events, logs) pass through; a request that a
+# replica refuses or drops goes to the next one. No replica is ever marked down (max_fails=0): a stopped replica
+# refuses at once, and one marked down for a while could be the only one up when the other restarts (502s)
+write_nginx_conf() {
+  install -d -m 0700 "$dir/nginx"
+  local upstreams="" i
+  for i in $(seq 1 "$replicas"); do
+    upstreams+="    server 127.0.0.1:$((port + i)) max_fails=0;"$'\n'
+  done
+  cat > "$dir/nginx/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $dir/pids/nginx.pid;
+error_log $dir/logs/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $dir/nginx/body;
+  proxy_temp_path $dir/nginx/proxy;
+  fastcgi_temp_path $dir/nginx/fastcgi;
+  uwsgi_temp_path $dir/nginx/uwsgi;
+  scgi_temp_path $dir/nginx/scgi;
+  # bodies and answers stay in memory: the workers (user nobody) cannot enter \$dir, where temp files would go
+  client_max_body_size 16m;
+  client_body_buffer_size 16m;
+  proxy_max_temp_file_size 0;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream prefect_api {
+$upstreams  }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://prefect_api;
+      proxy_http_version 1.1;
+      proxy_set_header Host \$host;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_connect_timeout 2s;
+      proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+      proxy_next_upstream_tries $replicas;
+    }
+  }
+}
+CONF
+}
+
+wait_api() {
+  for _ in $(seq 1 120); do api -fsS "$1/admin/version" >/dev/null 2>&1 && return 0; sleep 1; done
+  return 1
+}
+
+# the HA shape: migrations, then the replicas, the services and nginx, each unless it runs
+start_ha() {
+  start_redis
+  if ! alive "$dir/pids/services" || ! alive "$dir/pids/server-1"; then
+    log "migrating the database (once, before the replicas start)"
+    (ha_env; umask 077; "$bin/prefect" server database upgrade -y >"$(logfile migrate)" 2>&1) \
+      || { log "the migration failed; see $dir/logs/migrate.log"; exit 1; }
+  fi
+  local i
+  for i in $(seq 1 "$replicas"); do start_replica "$i"; done
+  start_services
+  write_nginx_conf
+  if alive "$dir/pids/nginx.pid"; then
+    nginx -c "$dir/nginx/nginx.conf" -s reload
+  else
+    log "nginx on 127.0.0.1:$port in front of $replicas API replicas"
+    nohup nginx -c "$dir/nginx/nginx.conf" >"$(logfile nginx)" 2>&1 &
+  fi
+  wait_api "$PREFECT_API_URL" || { log "the API does not answer through nginx on $port; see $dir/logs"; exit 1; }
+}
+
+start_services() {
+  alive "$dir/pids/services" && return
+  log "background services (their own process)"
+  (ha_env; umask 077; nohup "$bin/prefect" server services start >"$(logfile services)" 2>&1 &
+   echo $! > "$dir/pids/services")
+}
+
+start_replica() {
+  if ! alive "$dir/pids/server-$1"; then
+    log "API replica $1 on 127.0.0.1:$((port + $1))"
+    (ha_env; umask 077
+     nohup "$bin/prefect" server start --host 127.0.0.1 --port "$((port + $1))" --no-services \
+       >"$(logfile "server-$1")" 2>&1 &
+     echo $! > "$dir/pids/server-$1")
+  fi
+  wait_api "http://127.0.0.1:$((port + $1))/api" \
+    || { log "API replica $1 did not start; see $dir/logs/server-$1.log"; exit 1; }
+}
+
 # the Prefect server, unless it runs; then wait until it takes the auth string (server_env first)
 start_server() {
+  if [ "$replicas" -gt 1 ]; then start_ha; return; fi
   if ! alive "$dir/pids/server"; then
     log "prefect server on 127.0.0.1:$port (PostgreSQL 127.0.0.1:$dbport)"
     (umask 077  # its PREFECT_HOME and files: root's only
@@ -120,7 +262,7 @@ start() {
   fi
   server_env
   # /api/health answers without authentication (Prefect lets probes through); /api/admin/version does not
-  if ! alive "$dir/pids/server" && curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then
+  if ! alive "$dir/pids/server" && ! alive "$dir/pids/nginx.pid" && curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then
     log "another Prefect server answers on port $port (the CLI's? \`sunday-release server stop\`); or set PREFECT_PORT"
     exit 1
   fi
@@ -228,6 +370,9 @@ stop() {
   for pool in "${pools[@]}"; do halt "$dir/pids/worker-$pool" & done
   wait
   halt "$dir/pids/server"
+  halt "$dir/pids/nginx.pid"
+  for pidfile in "$dir"/pids/server-* "$dir/pids/services"; do halt "$pidfile"; done
+  halt "$dir/pids/redis"
   halt "$dir/pids/s3"
   halt "$dir/pids/prewarmed"
   as_pg "$pg/pg_ctl" status -D "$dir/pg" >/dev/null 2>&1 && as_pg "$pg/pg_ctl" stop -m fast -D "$dir/pg" >/dev/null || true
@@ -236,6 +381,16 @@ stop() {
 }
 
 restart_server() {
+  if [ "$replicas" -gt 1 ]; then  # one replica at a time: nginx sends the API's requests to the others meanwhile
+    alive "$dir/pids/nginx.pid" || { log "no Prefect API of $dir runs: \`server.sh start\`"; exit 1; }
+    server_env
+    local i
+    for i in $(seq 1 "$replicas"); do halt "$dir/pids/server-$i"; start_replica "$i"; done
+    halt "$dir/pids/services"
+    start_services
+    log "$replicas API replicas and the services restarted one at a time"
+    return
+  fi
   alive "$dir/pids/server" || { log "no Prefect server of $dir runs: \`server.sh start\`"; exit 1; }
   server_env
   halt "$dir/pids/server"
