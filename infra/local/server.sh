@@ -223,8 +223,7 @@ start_server() {
        nohup "$bin/prefect" server start --host 127.0.0.1 --port "$port" >"$(logfile server)" 2>&1 &
      echo $! > "$dir/pids/server")
   fi
-  for _ in $(seq 1 120); do api -fsS "$PREFECT_API_URL/admin/version" >/dev/null 2>&1 && break; sleep 1; done
-  api -fsS "$PREFECT_API_URL/admin/version" >/dev/null \
+  wait_api "$PREFECT_API_URL" \
     || { log "server did not start or refuses $dir/api-auth; see $dir/logs/server.log"; exit 1; }
 }
 
