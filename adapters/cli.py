@@ -47,7 +47,7 @@ def _connect(verbose: bool) -> str:
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
+        return _reachable(os.environ["PREFECT_API_URL"])
     from adapters.server import LocalServer
 
     server = LocalServer(Settings.from_env().home)
@@ -62,6 +62,21 @@ def _connect(verbose: bool) -> str:
     os.environ["PREFECT_API_URL"] = server.start()
     os.environ["PREFECT_API_AUTH_STRING"] = auth  # read by Prefect when it is imported, after this
     return os.environ["PREFECT_API_URL"]
+
+
+def _reachable(url: str) -> str:
+    """`url` when a Prefect API answers there (any HTTP answer: authentication is Prefect's to refuse), else a
+    PipelineError naming it, before any command starts half its work against a server that is not there."""
+    import httpx
+
+    from sunday_release.tls import tls_context
+
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=10, verify=tls_context())
+    except httpx.HTTPError as exc:
+        raise PipelineError(f"cannot reach the Prefect API at PREFECT_API_URL={url} ({exc}): start that server "
+                            "(`make server`), or unset PREFECT_API_URL to use the local one") from None
+    return url
 
 
 def _print_json(data: Any) -> None:

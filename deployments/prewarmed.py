@@ -12,6 +12,10 @@ without the imports, and before it exits it waits for Prefect's event and log wo
 they hold (`EventsWorker.drain_all()`, `APILogWorker.drain_all()`: what the interpreter's shutdown
 does for a plain `python -m prefect.engine`), so the run's last logs and events reach the server.
 
+A request may name its `module` instead: one of MODULES, run as `python -m MODULE` would be. Besides
+prefect.engine that is only `adapters.cli`, which the tests use to run the CLI without importing
+Prefect again for each of their hundred-odd commands (tests/cli_runner.py); anything else is refused.
+
 The run's process leads a process group of its own: the launcher relays SIGTERM/SIGINT/SIGHUP to
 that whole group (the run and every process it started), and when the launcher dies (the worker's
 SIGKILL after its grace period) the handler kills the group.
@@ -49,6 +53,9 @@ __all__ = ["main"]
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_PRELOAD = ("flows.ci", "flows.cd", "flows.e2e")
+# what a request may run (its "module", default prefect.engine): a flow run, or the sunday-release CLI
+# (`python -m adapters.cli`: the tests run the CLI this way, tests/cli_runner.py)
+MODULES = ("prefect.engine", "adapters.cli")
 DRAIN_SECONDS = 30.0  # at most this long for the run's last events and logs to be sent
 
 Snapshot = tuple[object, ...]
@@ -136,8 +143,15 @@ def _drain() -> None:
             traceback.print_exc()
 
 
-def _run_engine(request: dict[str, object], fds: list[int], server_pid: int) -> None:
-    """In the run's process: take over the launcher's stdio, cwd and environment; run prefect.engine."""
+def _module(request: dict[str, object]) -> str:
+    """The module the request runs (`python -m MODULE`): one of MODULES, prefect.engine when it names none."""
+    module = request.get("module", "prefect.engine")
+    return module if isinstance(module, str) and module in MODULES else ""
+
+
+def _run_module(request: dict[str, object], fds: list[int], server_pid: int) -> None:
+    """In the run's process: take over the launcher's stdio, cwd and environment; run the request's module
+    as `python -m` would (prefect.engine for a flow run)."""
     os.setsid()  # a process group of its own: a cancel reaches every process the run starts
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
@@ -153,7 +167,8 @@ def _run_engine(request: dict[str, object], fds: list[int], server_pid: int) -> 
     os.chdir(str(request["cwd"]))
     argv = request["argv"]
     assert isinstance(argv, list)
-    sys.argv = ["prefect.engine", *[str(a) for a in argv]]
+    module = _module(request)
+    sys.argv = [module, *[str(a) for a in argv]]
 
     import prefect.context
     from prefect.logging.configuration import setup_logging
@@ -162,7 +177,10 @@ def _run_engine(request: dict[str, object], fds: list[int], server_pid: int) -> 
     setup_logging(incremental=False)
     code = 0
     try:
-        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+        # as `python -m`: the module runs as __main__ beside no imported copy of itself (the preloaded copy only
+        # warmed its imports; runpy would warn that it found one)
+        sys.modules.pop(module, None)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # what `python -m` would print and exit 1 with
@@ -222,6 +240,10 @@ def _handle(conn: socket.socket) -> None:
         request = json.loads(_recv_exactly(conn, size))
     except (ConnectionError, ValueError, OSError):
         _exit(1)
+    if not _module(request):
+        print(f"REFUSED module: {request.get('module')!r} is not one of {', '.join(MODULES)}", flush=True)
+        conn.sendall(b"REFUSED module\n")
+        _exit(0)
     other = _other_project(request)
     if other is not None:
         print(f"REFUSED other-project: the run wants {other}, this server imported {PROJECT}", flush=True)
@@ -232,7 +254,7 @@ def _handle(conn: socket.socket) -> None:
     if pid == 0:
         try:
             conn.close()
-            _run_engine(request, fds, server_pid)
+            _run_module(request, fds, server_pid)
         finally:
             _exit(1)  # never back into the handler
     for fd in fds:

@@ -353,6 +353,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or a run without workers): every worker is done
         _PrefectCluster.stop()
         _remove_images_made(session)
+    from tests.cli_runner import stop_server
+
+    stop_server()
     shutil.rmtree(_HOME, ignore_errors=True)
 
 

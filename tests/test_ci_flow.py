@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli_runner import run_cli
 from tests.conftest import APP, DOCKER, FIXTURES, ROOT
 from tests.deployed_ci import task_run_states
 
@@ -21,11 +22,12 @@ CLI = [sys.executable, "-m", "adapters.cli"]
 
 
 def sunday(*args: str, api: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m adapters.cli ARGS` with this process's environment and `env`, forked from the worker's prewarmed
+    CLI server (tests/cli_runner.py)."""
     full_env = {**os.environ, **(env or {})}
     if api:
         full_env["PREFECT_API_URL"] = api
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=1500,
-                          check=False)
+    return run_cli(args, env=full_env, cwd=ROOT, timeout=1500)
 
 
 def images_for(commit: str) -> list[str]:

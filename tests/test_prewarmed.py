@@ -25,11 +25,12 @@ pytestmark = pytest.mark.xdist_group(name="tests/test_prewarmed.py")
 LAUNCH = launch_command()
 
 
-def _start_prewarmed(tmp_path: Path, env: dict[str, str] | None = None) -> tuple[Path, subprocess.Popen[bytes]]:
+def _start_prewarmed(tmp_path: Path, env: dict[str, str] | None = None,
+                     preload: str = "flows.ci,tests.prewarm_flow") -> tuple[Path, subprocess.Popen[bytes]]:
     sock = tmp_path / "prewarm.sock"
     with open(tmp_path / "prewarmed.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "deployments.prewarmed", "--socket", str(sock),
-                                 "--preload", "flows.ci,tests.prewarm_flow"], cwd=ROOT, stdout=log,
+                                 "--preload", preload], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 60
     while not sock.exists():
@@ -270,5 +271,53 @@ def test_a_prefect_or_project_directory_change_or_another_project_is_refused(
     finally:
         os.utime(engine, ns=(st.st_atime_ns, st.st_mtime_ns))
         new_module.unlink(missing_ok=True)
+        server.terminate()
+        server.wait(10)
+
+
+def _ask(sock: Path, request: dict[str, object]) -> str:
+    """The server's first answer to a raw request (stdio: /dev/null)."""
+    import json
+    import socket
+
+    from deployments.launch import HEADER
+
+    body = json.dumps(request).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn, open(os.devnull, "rb") as null:
+        conn.connect(str(sock))
+        socket.send_fds(conn, [HEADER.pack(len(body))], [null.fileno()] * 3)
+        conn.sendall(body)
+        conn.settimeout(30)
+        return conn.makefile("r").readline().strip()
+
+
+def test_the_cli_forked_from_the_server_answers_as_a_fresh_one(tmp_path: Path, starts_server: None) -> None:
+    """tests/cli_runner.py runs the tests' CLI calls forked from a server that preloaded the CLI: each must answer
+    what `python -m adapters.cli` would, from the caller's environment, not the server's."""
+    import socket
+
+    from tests.cli_runner import CLI, _forked
+
+    sock, server = _start_prewarmed(tmp_path, preload="adapters.cli,flows.ci")
+    try:
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
+        env = {**os.environ, "PREFECT_API_URL": url}  # the server was started without it
+        for argv in (["dora", "--json"], ["cd", "--env", "../up", "--version", "0" * 40, "--repo", str(ROOT)],
+                     ["validate", "--repo", str(ROOT / "app")]):
+            forked = _forked(sock, argv, env, ROOT, timeout=120)
+            fresh = subprocess.run([*CLI, *argv], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                                   check=False)
+            assert forked is not None, (tmp_path / "prewarmed.log").read_text()  # it did fork
+            assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout,
+                                                                         fresh.stderr), argv
+            if argv[0] == "dora":
+                assert forked.returncode == 1 and f"PREFECT_API_URL={url}" in forked.stderr
+        # only the CLI and a flow run: never an arbitrary module of the server's
+        assert _ask(sock, {"module": "os", "argv": [], "cwd": str(ROOT), "env": {}}) == "REFUSED module"
+        assert _ask(sock, {"module": "adapters.cli", "argv": ["validate", "--repo", str(ROOT / "app")],
+                           "cwd": str(ROOT), "env": dict(os.environ)}).startswith("PID ")
+    finally:
         server.terminate()
         server.wait(10)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -163,6 +164,22 @@ def test_the_cli_keeps_a_callers_auth_string_for_another_server(tmp_path: Path) 
     assert done.returncode == 2, done.stderr
     assert "PREFECT_API_AUTH_STRING is set but PREFECT_API_URL is not" in done.stderr
     assert "for-another-server" not in done.stderr + done.stdout
+
+
+
+@pytest.mark.parametrize("argv", [["dora", "--json"], ["ci", "--repo", ".", "--ref", "main"]])
+def test_an_unreachable_server_is_named_before_a_command_starts(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """PREFECT_API_URL where nothing answers: one line naming it, exit 1 — not a Prefect/httpx traceback."""
+    from adapters.cli import main
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach the Prefect API at PREFECT_API_URL={url}" in err and "Traceback" not in err
 
 
 # --- make server --------------------------------------------------------------------------------
