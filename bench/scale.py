@@ -13,12 +13,16 @@ Parts (all by default; `--parts cache,hosts` picks):
   (devtools/build_host.py: its own dockerd, host name and SUNDAY_HOME; the same server, S3 results and
   registry): the Retry on B / the first attempt on A.
 
-Not here yet: 50 flow runs submitted at once to the server on PostgreSQL, 2 workers vs 1 (issue 15).
+- runs: 50 flow runs submitted at once to a Prefect server on PostgreSQL, each a small I/O-bound task
+  (bench/io_flow.py: an HTTP GET that a local server answers after 2 s), through the platform's work-pool
+  command (deployments.launch, forked from a prewarmed server, as `make server` runs them), each worker taking
+  4 runs at a time: every run must complete and the HTTP server must have seen each run's request exactly once
+  (none lost, none run twice); runs/minute with 2 workers vs 1 (goal >= 1.6 on 2 cores).
 
 Everything is its own: a Prefect server, a registry, an S3 endpoint (moto_server, a stand-in for AWS S3)
 for the hosts part. The cache part empties the machine's Docker build cache.
 
-    .venv/bin/python bench/scale.py [--parts cache,services,overhead,hosts] [--tasks 1000]
+    .venv/bin/python bench/scale.py [--parts cache,services,overhead,hosts,runs] [--tasks 1000] [--runs 50]
 """
 
 from __future__ import annotations
@@ -219,10 +223,143 @@ def hosts(work: Path, address: str) -> None:
     print(f"ratio retry on B / first attempt on A  {on_b / on_a:5.2f}", flush=True)
 
 
+def busy_seconds() -> float:
+    """CPU seconds the machine has spent busy (all cores, /proc/stat), to tell I/O-bound from CPU-bound."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class SlowAnswers:
+    """A local HTTP server that answers GET /ID after `wait` seconds and counts the requests of each ID."""
+
+    def __init__(self, wait: float) -> None:
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: Counter[str] = Counter()
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                time.sleep(wait)
+                with lock:
+                    outer.seen[self.path.strip("/")] += 1
+                body = self.path.encode() * 64
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def postgres_server(work: Path) -> Iterator[None]:
+    """A Prefect server of its own on a PostgreSQL database (tests/pg.py), as `make server` runs it; PREFECT_API_URL
+    points at it meanwhile."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from adapters.server import LocalServer
+    from tests.pg import start_postgres, stop_postgres
+
+    pg = start_postgres(user="prefect", db="prefect", password=secrets.token_hex(16), schema=False)
+    server = LocalServer(work / "pg-server", port=free_port(),
+                         database_url=pg.dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+    before = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+    try:
+        url, auth = server.start(timeout=300), server.auth_string()
+        os.environ["PREFECT_API_URL"], os.environ["PREFECT_API_AUTH_STRING"] = url, auth
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
+            yield
+    finally:
+        server.stop()
+        stop_postgres(pg)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def runs(work: Path, count: int, per_worker: int = 4, wait: float = 2.0) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from deployments.prewarmed import pool_job_template
+
+    answers = SlowAnswers(wait)
+    sock = work / "prewarm.sock"
+    with ExitStack() as stack:
+        stack.callback(answers.close)
+        stack.enter_context(postgres_server(work))
+        log = stack.enter_context(open(work / "prewarmed.log", "wb"))
+        prewarmed = subprocess.Popen([sys.executable, "-m", "deployments.prewarmed", "--socket", str(sock),
+                                      "--preload", "flows.ci"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        stack.callback(lambda: (prewarmed.terminate(), prewarmed.wait(10)))
+        while not sock.exists():
+            if prewarmed.poll() is not None:
+                sys.exit(f"the prewarmed server did not start: {(work / 'prewarmed.log').read_text()}")
+            time.sleep(0.1)
+        rates = {}
+        for workers in (1, 2):
+            pool = f"bench-runs-{workers}-{uuid.uuid4().hex[:6]}"
+            with get_client(sync_client=True) as client:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process",
+                                                       base_job_template=pool_job_template()))
+            deployment = flow.from_source(str(ROOT), "bench/io_flow.py:io_bound").deploy(  # type: ignore[attr-defined]
+                name=pool, work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
+            with ExitStack() as running:
+                started = [running.enter_context(ProcessWorker(pool, work / f"{pool}-{i}", limit=per_worker,
+                                                               poll_seconds=0.5,
+                                                               env={"SUNDAY_PREWARM_SOCKET": str(sock)}))
+                           for i in range(workers)]
+                for worker in started:
+                    worker.wait_online()
+                began, busy = time.monotonic(), busy_seconds()
+                with get_client(sync_client=True) as client:
+                    ids = [client.create_flow_run_from_deployment(
+                        deployment, parameters={"url": f"{answers.url}/{pool}-{i}"}).id for i in range(count)]
+                    while True:
+                        states = [r.state for r in client.read_flow_runs(
+                            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=count)]
+                        if len(states) == count and all(s is not None and s.is_final() for s in states):
+                            break
+                        if time.monotonic() - began > 1800:
+                            sys.exit(f"{workers} worker(s): {count} runs not final after 30 minutes")
+                        time.sleep(0.5)
+                elapsed, cpu = time.monotonic() - began, busy_seconds() - busy
+            completed = sum(1 for s in states if s is not None and s.is_completed())
+            requests = [answers.seen[f"{pool}-{i}"] for i in range(count)]
+            lost, twice = requests.count(0), sum(1 for n in requests if n > 1)
+            rates[workers] = count / elapsed * 60
+            print(f"{count} runs on {workers} worker(s) x {per_worker} at a time: {elapsed:6.1f} s, "
+                  f"{rates[workers]:5.1f} runs/min; completed {completed}/{count}, requests lost {lost}, "
+                  f"run twice {twice}; machine busy {cpu / elapsed / os.cpu_count():4.0%}, "
+                  f"{cpu / count:4.2f} CPU-s per run", flush=True)
+            if completed != count or lost or twice:
+                sys.exit(f"{workers} worker(s): not every run completed exactly once")
+    print(f"ratio runs/min 2 workers / 1  {rates[2] / rates[1]:5.2f}  (goal >= 1.6 when the work is I/O-bound)",
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="cache,services,overhead,hosts")
+    parser.add_argument("--parts", default="cache,services,overhead,hosts,runs")
     parser.add_argument("--tasks", type=int, default=1000, help="no-op task runs of the overhead part")
+    parser.add_argument("--runs", type=int, default=50, help="flow runs submitted at once in the runs part")
     args = parser.parse_args()
     parts = args.parts.split(",")
     with tempfile.TemporaryDirectory(prefix="sunday-bench-scale-") as tmp, ExitStack() as stack:
@@ -237,7 +374,8 @@ def main() -> None:
         for part in parts:
             print(f"--- {part}", flush=True)
             {"cache": lambda: cache(work, address), "services": lambda: services(work, address),
-             "overhead": lambda: overhead(args.tasks), "hosts": lambda: hosts(work, address)}[part]()
+             "overhead": lambda: overhead(args.tasks), "hosts": lambda: hosts(work, address),
+             "runs": lambda: runs(work, args.runs)}[part]()
 
 
 if __name__ == "__main__":
