@@ -13,14 +13,14 @@ Parts (all by default; `--parts cache,hosts` picks):
   (devtools/build_host.py: its own dockerd, host name and SUNDAY_HOME; the same server, S3 results and
   registry): the Retry on B / the first attempt on A.
 
-- runs: 50 flow runs submitted at once to a Prefect server on PostgreSQL, each a small I/O-bound task
+- runs: 50 flow runs submitted at once to the server, each a small I/O-bound task
   (bench/io_flow.py: an HTTP GET that a local server answers after 2 s), through the platform's work-pool
   command (deployments.launch, forked from a prewarmed server, as `make server` runs them), each worker taking
   4 runs at a time: every run must complete and the HTTP server must have seen each run's request exactly once
   (none lost, none run twice); runs/minute with 2 workers vs 1 (goal >= 1.6 on 2 cores).
 
-Everything is its own: a Prefect server, a registry, an S3 endpoint (moto_server, a stand-in for AWS S3)
-for the hosts part. The cache part empties the machine's Docker build cache.
+Everything is its own: a Prefect server on PostgreSQL (as `make server`), a registry, an S3 endpoint
+(moto_server, a stand-in for AWS S3) for the hosts part. The cache part empties the machine's Docker build cache.
 
     .venv/bin/python bench/scale.py [--parts cache,services,overhead,hosts,runs] [--tasks 1000] [--runs 50]
 """
@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, free_port, git, make_repo, run_ci
 from ci_cache import start_registry
-from trigger_latency import prefect_server
 
 from devtools.build_host import build_host
 from devtools.trivydb import Advisory, write_trivy_db
@@ -267,12 +266,17 @@ class SlowAnswers:
 @contextmanager
 def postgres_server(work: Path) -> Iterator[None]:
     """A Prefect server of its own on a PostgreSQL database (tests/pg.py), as `make server` runs it; PREFECT_API_URL
-    points at it meanwhile."""
+    points at it meanwhile. Not SQLite: there two writes at once (two tasks taking a tag lock) make the server answer
+    503 and the client retry 2 s later, which was most of a warm CI's time."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from adapters.server import LocalServer
-    from tests.pg import start_postgres, stop_postgres
 
+    saved = dict(os.environ)
+    from tests.pg import start_postgres, stop_postgres  # imports tests/conftest.py, which sets the tests' environment
+
+    os.environ.clear()
+    os.environ.update(saved)  # the benchmark's own SUNDAY_HOME, Trivy cache, ...
     pg = start_postgres(user="prefect", db="prefect", password=secrets.token_hex(16), schema=False)
     server = LocalServer(work / "pg-server", port=free_port(),
                          database_url=pg.dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
@@ -304,7 +308,6 @@ def runs(work: Path, count: int, per_worker: int = 4, wait: float = 2.0) -> None
     sock = work / "prewarm.sock"
     with ExitStack() as stack:
         stack.callback(answers.close)
-        stack.enter_context(postgres_server(work))
         log = stack.enter_context(open(work / "prewarmed.log", "wb"))
         prewarmed = subprocess.Popen([sys.executable, "-m", "deployments.prewarmed", "--socket", str(sock),
                                       "--preload", "flows.ci"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -370,7 +373,7 @@ def main() -> None:
         os.environ["SUNDAY_HOME"] = str(home)
         os.environ["SUNDAY_ENV_ROOT"] = str(home / "envs")
         write_clean_trivy_db(home / "trivy-cache")
-        stack.enter_context(prefect_server(home, 300))
+        stack.enter_context(postgres_server(work))
         for part in parts:
             print(f"--- {part}", flush=True)
             {"cache": lambda: cache(work, address), "services": lambda: services(work, address),
