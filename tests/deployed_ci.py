@@ -28,8 +28,10 @@ class ProcessWorker:
     """
 
     def __init__(self, pool: str, home: Path, env: dict[str, str] | None = None, poll_seconds: float = 1,
-                 wrap: Callable[[list[str]], list[str]] | None = None, limit: int | None = None) -> None:
+                 wrap: Callable[[list[str]], list[str]] | None = None, limit: int | None = None,
+                 kind: str = "process") -> None:
         self.pool = pool
+        self.kind = kind  # the worker's type: process, or kubernetes (tests/test_pools.py, a real cluster)
         self.limit = limit  # flow runs at a time (`--limit`), or as many as it is given
         self.wrap = wrap or (lambda argv: argv)  # e.g. BuildHost.command: the worker runs on another "host"
         self.log = home / f"worker-{pool}.log"
@@ -43,7 +45,7 @@ class ProcessWorker:
     def start(self) -> ProcessWorker:
         with open(self.log, "ab") as log:
             limit = ["--limit", str(self.limit)] if self.limit else []
-            argv = self.wrap([PREFECT, "worker", "start", "--pool", self.pool, "--type", "process", *limit])
+            argv = self.wrap([PREFECT, "worker", "start", "--pool", self.pool, "--type", self.kind, *limit])
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.env, cwd=ROOT, start_new_session=True)
         return self

@@ -204,3 +204,55 @@ def test_the_worker_may_run_and_cancel_jobs_and_nothing_more(tmp_path: Path) -> 
         assert not rbac_allows(role, group, resource, verb), (group, resource, verb)
     # the only exception to the pipeline's RBAC policy is the delete of Jobs (cancellation)
     assert rbac_violations(role) == ["Role/prefect-worker: rules[0].verbs grants delete"]
+
+
+# ============================================================== a real cluster (opt-in)
+_CLUSTER = {
+    "KUBECONFIG": "a cluster where infra/k8s/prefect is applied (namespace prefect, its ServiceAccounts and policies)",
+    "SUNDAY_PIPELINE_IMAGE": "the pipeline's image pinned by digest, pullable by the cluster",
+    "SUNDAY_K8S_PREFECT_API_URL": "a Prefect API this machine and the cluster's pods both reach",
+    "SUNDAY_K8S_PREFECT_AUTH_STRING": "its auth string, also in the Secret prefect/prefect-api-auth "
+                                      "(the tests' conftest sets PREFECT_API_AUTH_STRING for their own server)",
+    "SUNDAY_K8S_TEST_REPO": "a git URL of the sample app that the pods can clone",
+}
+_MISSING = "; ".join(f"{name} ({why})" for name, why in _CLUSTER.items() if not os.environ.get(name))
+
+
+@pytest.mark.skipif(bool(_MISSING), reason=f"needs a real cluster: {_MISSING}")
+def test_a_ci_flow_run_goes_through_the_kubernetes_pool_of_a_real_cluster(tmp_path: Path) -> None:
+    """Opt-in (nothing here fakes it): a pool of kind kubernetes with sunday-ci's template, a worker on this machine,
+    a CI flow run of the sample app: the worker submits a Job in namespace prefect under ServiceAccount sunday-ci,
+    the run completes in the pipeline's image, and the pool and deployment are removed afterwards."""
+    from kubernetes import client as kube
+    from kubernetes import config as kube_config
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.deployed_ci import ProcessWorker, wait_for_flow_run
+
+    api, auth = os.environ["SUNDAY_K8S_PREFECT_API_URL"], os.environ["SUNDAY_K8S_PREFECT_AUTH_STRING"]
+    pool = f"sunday-ci-test-{uuid.uuid4().hex[:6]}"
+    template = kubernetes_job_template("sunday-ci", os.environ["SUNDAY_PIPELINE_IMAGE"])
+    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: auth}), \
+            get_client(sync_client=True) as prefect:
+        prefect.create_work_pool(WorkPoolCreate(name=pool, type="kubernetes", base_job_template=template))
+        deployment = None
+        try:
+            flow_id = prefect.create_flow_from_name("ci")
+            deployment = prefect.create_deployment(flow_id, pool, work_pool_name=pool, entrypoint="flows/ci.py:ci",
+                                                   pull_steps=[{"deployments.steps.enter_release_dir": {}}])
+            with ProcessWorker(pool, tmp_path, kind="kubernetes",
+                               env={"PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": auth}) as worker:
+                worker.wait_online()
+                run = prefect.create_flow_run_from_deployment(
+                    deployment, parameters={"repo": os.environ["SUNDAY_K8S_TEST_REPO"], "ref": "main"})
+                done = wait_for_flow_run(run.id, worker, timeout=1800)
+            assert done.state.is_completed(), f"{done.state!r}\n{worker.log_tail()}"
+            kube_config.load_kube_config()
+            jobs = kube.BatchV1Api().list_namespaced_job("prefect", label_selector=f"prefect.io/flow-run-id={run.id}")
+            assert [j.spec.template.spec.service_account_name for j in jobs.items] == ["sunday-ci"]
+        finally:
+            if deployment is not None:
+                prefect.delete_deployment(deployment)
+            prefect.delete_work_pool(pool)
