@@ -167,11 +167,15 @@ def test_the_cli_keeps_a_callers_auth_string_for_another_server(tmp_path: Path) 
 
 
 
-@pytest.mark.parametrize("argv", [["dora", "--json"], ["ci", "--repo", ".", "--ref", "main"]])
+@pytest.mark.parametrize("argv", [["dora", "--json"], ["ci", "--repo", "REPO", "--ref", "main"]])
 def test_an_unreachable_server_is_named_before_a_command_starts(argv: list[str], monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
     """PREFECT_API_URL where nothing answers: one line naming it, exit 1 — not a Prefect/httpx traceback."""
     from adapters.cli import main
+
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tmp_path)], check=True)  # a repository the CLI takes
+    argv = [str(tmp_path) if a == "REPO" else a for a in argv]
 
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
