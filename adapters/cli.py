@@ -422,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("webhook", help="serve the git-push receiver (HMAC-verified) that emits git.push events")
+    p = sub.add_parser("webhook", help="serve the git receiver (HMAC-verified): pushes and pull requests become "
+                       "git.push and git.pull_request events")
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--repo", default=None, help="repository (or its sunday-release.yaml) for the refs to build")

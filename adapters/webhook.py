@@ -1,4 +1,4 @@
-"""The git-push receiver: verifies GitHub-style signed webhooks and emits a `git.push` Prefect event.
+"""The git receiver: verifies GitHub-style signed webhooks and emits `git.push` and `git.pull_request` Prefect events.
 
 Prefect's incoming webhooks are Cloud-only, so this small stdlib HTTP server takes their place:
 it checks `X-Hub-Signature-256` before it looks at the body, decides whether the pushed ref is
@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from sunday_release import validate
 from sunday_release.errors import InputError, PipelineError
-from sunday_release.refs import short_ref, validate_ref
+from sunday_release.refs import pull_ref, short_ref, validate_ref
 from sunday_release.replay import ReplayStore, body_key, default_store_path
 
 if TYPE_CHECKING:
@@ -51,6 +51,9 @@ __all__ = [
     "REQUEST_DEADLINE",
     "SECRET_BLOCK",
     "SECRET_ENV",
+    "PR_ACTIONS",
+    "PR_EVENT_NAME",
+    "PullRequestEvent",
     "PushEvent",
     "PushPayloadError",
     "WebhookServer",
@@ -58,6 +61,7 @@ __all__ = [
     "event_payload",
     "load_secret",
     "make_server",
+    "parse_pull_request",
     "parse_push",
     "printable",
     "repository_slug",
@@ -75,6 +79,10 @@ MAX_BODY = 1024 * 1024
 REQUEST_DEADLINE = 10.0  # seconds for a request's line, headers and body together, not per read
 MAX_CONNECTIONS = 32  # connections served at once; more are answered 503 without a thread
 EVENT_NAME = "git.push"
+PR_EVENT_NAME = "git.pull_request"
+# the pull request actions the pipeline acts on: CI of the head (the first three); the preview's teardown (closed)
+PR_ACTIONS = ("opened", "synchronize", "reopened", "closed")
+DEFAULT_CI_BRANCHES = ("main", "develop")
 PATHS = ("/", "/webhook")
 
 _ZERO_SHA = "0" * 40
@@ -154,6 +162,41 @@ class PushEvent:
     deleted: bool = False
 
 
+@dataclass(frozen=True)
+class PullRequestEvent:
+    """One pull request delivery (`X-GitHub-Event: pull_request`; Gitea and Forgejo send the same shape).
+
+    Attributes:
+        action: `opened`, `synchronize` (new commits), `reopened`, `closed`, or another GitHub action.
+        number: the pull request's number in the base repository.
+        sha: its head commit (`pull_request.head.sha`).
+        head_ref: the head branch, in the head repository (`pull_request.head.ref`).
+        base_ref: the branch it would merge into (`pull_request.base.ref`).
+        repository: the base repository (`repository.clone_url`, else `html_url`): CI fetches
+            `refs/pull/N/head` from it, read-only, for a fork too.
+        head_repository: the head repository's URL ("" when a fork was deleted).
+        fork: the head is in another repository than the base (or its repository is gone).
+        sender: who acted (`sender.login`).
+        delivery: the sender's delivery id (`X-GitHub-Delivery`), "" when it sent none.
+    """
+
+    action: str
+    number: int
+    sha: str
+    head_ref: str
+    base_ref: str
+    repository: str
+    head_repository: str
+    fork: bool
+    sender: str
+    delivery: str = ""
+
+    @property
+    def ref(self) -> str:
+        """`refs/pull/N/head`: what CI checks out."""
+        return pull_ref(self.number)
+
+
 # --- the pure part ---------------------------------------------------------------------------
 
 
@@ -199,12 +242,7 @@ def parse_push(body: bytes, delivery: str = "") -> PushEvent:
     Raises:
         PushPayloadError: the body is not a UTF-8 JSON object, or a field is missing or invalid.
     """
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PushPayloadError("(body)", f"not UTF-8 JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise PushPayloadError("(body)", f"expected a JSON object, got {type(data).__name__}")
+    data = _json_object(body)
     ref = _text(data, "ref")
     try:
         validate_ref(ref)
@@ -213,13 +251,7 @@ def parse_push(body: bytes, delivery: str = "") -> PushEvent:
     sha = _text(data, "after").lower()
     if not _SHA.match(sha):
         raise PushPayloadError("after", f"expected a 40-hex commit id, got {sha!r}")
-    repository = _text(data, "repository.clone_url", "repository.html_url")
-    if not _URL.match(repository):
-        raise PushPayloadError("repository.clone_url", f"expected a git URL, got {validate.redact_url(repository)!r}")
-    try:  # the URL goes into the event and the CI run's parameters: one with a token (`https://x:TOKEN@…`) is refused
-        validate.repo(repository, "")
-    except InputError as exc:
-        raise PushPayloadError("repository.clone_url", str(exc)) from None
+    repository = _repository_url(data, "repository")
     pusher = _text(data, "pusher.name", "pusher.username", "pusher.login")
     deleted = data.get("deleted", False)
     if not isinstance(deleted, bool):
@@ -228,12 +260,79 @@ def parse_push(body: bytes, delivery: str = "") -> PushEvent:
                      deleted=deleted or sha == _ZERO_SHA)
 
 
-def should_build(event: PushEvent, default_branch: str, release_tags: str | re.Pattern[str]) -> bool:
-    """True for a push to `default_branch` or of a tag matching `release_tags` (`re.match`, as CI tags
-    images); never for a deleted ref."""
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PushPayloadError("(body)", f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PushPayloadError("(body)", f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _repository_url(data: dict[str, Any], prefix: str) -> str:
+    """A repository's clone URL at `prefix` (`repository`, `pull_request.head.repo`): a git URL without secrets."""
+    url = _text(data, f"{prefix}.clone_url", f"{prefix}.html_url")
+    if not _URL.match(url):
+        raise PushPayloadError(f"{prefix}.clone_url", f"expected a git URL, got {validate.redact_url(url)!r}")
+    try:  # the URL goes into the event and a CI run's parameters: one with a token (`https://x:TOKEN@…`) is refused
+        validate.repo(url, "")
+    except InputError as exc:
+        raise PushPayloadError(f"{prefix}.clone_url", str(exc)) from None
+    return url
+
+
+def _branch_name(data: dict[str, Any], path: str) -> str:
+    name = _text(data, path)
+    try:
+        validate_ref(f"refs/heads/{name}")
+    except InputError:
+        raise PushPayloadError(path, f"not a valid branch name: {printable(name)!r}") from None
+    return name
+
+
+def parse_pull_request(body: bytes, delivery: str = "") -> PullRequestEvent:
+    """Read a GitHub-style `pull_request` payload (`action`, `number`, `pull_request.head`/`base`, `repository`,
+    `sender`).
+
+    Raises:
+        PushPayloadError: the body is not a UTF-8 JSON object, or a field is missing or invalid (named).
+    """
+    data = _json_object(body)
+    action = _text(data, "action")
+    if not re.fullmatch(r"[a-z_]{1,40}", action):
+        raise PushPayloadError("action", f"expected a GitHub action name, got {printable(action[:60])!r}")
+    number = data.get("number", _field(data, "pull_request.number"))
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 10**10:
+        raise PushPayloadError("number", f"expected a positive integer, got {number!r}")
+    sha = _text(data, "pull_request.head.sha").lower()
+    if not _SHA.match(sha) or sha == _ZERO_SHA:
+        raise PushPayloadError("pull_request.head.sha", f"expected a 40-hex commit id, got {printable(sha[:80])!r}")
+    repository = _repository_url(data, "repository")
+    head_repo = _field(data, "pull_request.head.repo")
+    if head_repo is not None and not isinstance(head_repo, dict):
+        raise PushPayloadError("pull_request.head.repo", f"expected an object or null, got {type(head_repo).__name__}")
+    head_repository = _repository_url(data, "pull_request.head.repo") if head_repo else ""
+    base_name = _field(data, "pull_request.base.repo.full_name") or _field(data, "repository.full_name")
+    head_name = _field(data, "pull_request.head.repo.full_name")
+    if head_repo and isinstance(base_name, str) and isinstance(head_name, str):
+        fork = head_name.lower() != base_name.lower()
+    else:  # no names to compare: the head repository's URL against the base's; a deleted fork is a fork
+        fork = not head_repo or repository_slug(head_repository).lower() != repository_slug(repository).lower()
+    return PullRequestEvent(action=action, number=number, sha=sha,
+                            head_ref=_branch_name(data, "pull_request.head.ref"),
+                            base_ref=_branch_name(data, "pull_request.base.ref"), repository=repository,
+                            head_repository=head_repository, fork=fork,
+                            sender=_text(data, "sender.login", "sender.username"), delivery=delivery)
+
+
+def should_build(event: PushEvent, default_branch: str, release_tags: str | re.Pattern[str],
+                 ci_branches: tuple[str, ...] | list[str] = ()) -> bool:
+    """True for a push to `default_branch` or one of `ci_branches`, or of a tag matching `release_tags`
+    (`re.match`, as CI tags images); never for a deleted ref."""
     if event.deleted or event.sha == _ZERO_SHA:
         return False
-    if event.ref == f"refs/heads/{default_branch}":
+    if event.ref in {f"refs/heads/{branch}" for branch in (default_branch, *ci_branches)}:
         return True
     if event.ref.startswith("refs/tags/"):
         return re.match(release_tags, event.ref.removeprefix("refs/tags/")) is not None
@@ -251,10 +350,23 @@ def repository_slug(url: str) -> str:
     return slug.removesuffix("/").removesuffix(".git").strip("/") or url
 
 
-def event_payload(event: PushEvent) -> dict[str, str]:
-    """The `git.push` event's payload; `ref` is short (`main`, `v1.2.3`), as `flows/ci.py` expects."""
+def event_payload(event: PushEvent | PullRequestEvent) -> dict[str, str]:
+    """The event's payload. `git.push`: `ref` short (`main`, `v1.2.3`), as `flows/ci.py` expects.
+    `git.pull_request`: `ref` is `refs/pull/N/head`, which CI fetches from the base repository."""
+    if isinstance(event, PullRequestEvent):
+        return {"action": event.action, "number": str(event.number), "ref": event.ref, "sha": event.sha,
+                "head_ref": event.head_ref, "base_ref": event.base_ref, "repository": event.repository,
+                "head_repository": event.head_repository, "fork": str(event.fork).lower(), "sender": event.sender,
+                "delivery": event.delivery}
     return {"ref": short_ref(event.ref), "full_ref": event.ref, "sha": event.sha, "repository": event.repository,
             "pusher": event.pusher, "delivery": event.delivery}
+
+
+def _summary(event: PushEvent | PullRequestEvent) -> tuple[str, str, str]:
+    """(event name, what, who) of a log line."""
+    if isinstance(event, PullRequestEvent):
+        return PR_EVENT_NAME, f"{event.action} #{event.number} ({event.ref})", event.sender
+    return EVENT_NAME, event.ref, event.pusher
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -291,12 +403,14 @@ class WebhookServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # the listen backlog: connections over the cap are accepted and refused at once
 
-    def __init__(self, address: tuple[str, int], secret: bytes, emit: Callable[[PushEvent], None], *,
-                 default_branch: str, release_tags: str, max_body: int, store: ReplayStore,
-                 request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, address: tuple[str, int], secret: bytes, emit: Callable[[PushEvent | PullRequestEvent], None],
+                 *, default_branch: str, release_tags: str, max_body: int, store: ReplayStore,
+                 request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS,
+                 ci_branches: tuple[str, ...] = ()) -> None:
         self.secret = secret
         self.emit = emit
         self.default_branch = default_branch
+        self.ci_branches = ci_branches
         self.release_tags = re.compile(release_tags)
         self.max_body = max_body
         self.store = store
@@ -491,26 +605,40 @@ class _Handler(BaseHTTPRequestHandler):
         if not kind:
             self._reply(400, error="missing X-GitHub-Event header")
             return
-        if kind != "push":
-            self._reply(202, status="ignored", reason=f"event {kind!r} is not a push")
-            return
         delivery = (self.headers.get("X-GitHub-Delivery") or "").strip()
+        if kind == "pull_request":
+            try:
+                pull = parse_pull_request(body, delivery)
+            except PushPayloadError as exc:
+                self._reply(400, error=str(exc), field=exc.field)
+                return
+            if pull.action not in PR_ACTIONS:
+                self._reply(202, status="ignored", reason=f"pull request action {pull.action!r} is not one of "
+                                                          f"{', '.join(PR_ACTIONS)}")
+                return
+            self._emit_once(pull, body_key(body))
+            return
+        if kind != "push":
+            self._reply(202, status="ignored", reason=f"event {printable(kind[:60])!r} is neither a push nor a "
+                                                      "pull_request")
+            return
         try:
             event = parse_push(body, delivery)
         except PushPayloadError as exc:
             self._reply(400, error=str(exc), field=exc.field)
             return
-        if not should_build(event, server.default_branch, server.release_tags):
+        if not should_build(event, server.default_branch, server.release_tags, server.ci_branches):
+            branches = ", ".join(dict.fromkeys((server.default_branch, *server.ci_branches)))
             reason = "ref deleted" if event.deleted else (
-                f"{event.ref} is neither branch {server.default_branch!r} nor a release tag "
-                f"({server.release_tags.pattern})")
+                f"{event.ref} is neither a CI branch ({branches}) nor a release tag ({server.release_tags.pattern})")
             self._reply(202, status="ignored", reason=reason)
             return
         self._emit_once(event, body_key(body))
 
-    def _emit_once(self, event: PushEvent, key: str) -> None:
+    def _emit_once(self, event: PushEvent | PullRequestEvent, key: str) -> None:
         """Emit `event` unless its body was accepted before (a redelivery, or a replay with a new delivery id)."""
         server = self.server
+        name, what, who = _summary(event)
         try:
             first = server.store.claim(key)
         except sqlite3.Error as exc:  # fail closed: without the store a replay could not be told apart
@@ -519,8 +647,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(503, error="could not record the delivery in the replay store")
             return
         if not first:
-            logger.info("duplicate of an accepted push (%s at %s, body sha256 %s, delivery %s): not emitted again",
-                        printable(event.ref), event.sha[:12], key[:16], self._delivery())
+            logger.info("duplicate of an accepted %s (%s at %s, body sha256 %s, delivery %s): not emitted again",
+                        "pull request" if isinstance(event, PullRequestEvent) else "push", printable(what),
+                        event.sha[:12], key[:16], self._delivery())
             self._reply(200, status="duplicate", delivery=event.delivery)
             return
         try:
@@ -530,31 +659,37 @@ class _Handler(BaseHTTPRequestHandler):
                 server.store.release(key)  # the sender may redeliver once the cause is fixed
             except sqlite3.Error as store_exc:  # the claim then lapses after the store's pending_timeout
                 logger.error("could not forget the failed delivery %s: %s", self._delivery(), store_exc)
-            logger.error("could not emit %s for %s at %s (delivery %s): %s: %s", EVENT_NAME, printable(event.ref),
+            logger.error("could not emit %s for %s at %s (delivery %s): %s: %s", name, printable(what),
                          event.sha[:12], self._delivery(), type(exc).__name__, printable(str(exc)))
-            self._reply(503, error=f"could not emit the {EVENT_NAME} event: {type(exc).__name__}")
+            self._reply(503, error=f"could not emit the {name} event: {type(exc).__name__}")
             return
         try:
             server.store.confirm(key)
         except sqlite3.Error as exc:  # emitted: say so; the pending claim still refuses replays for a while
             logger.error("could not mark the delivery %s as emitted: %s", self._delivery(), exc)
-        logger.info("%s %s at %s by %s (delivery %s)", EVENT_NAME, printable(event.ref), event.sha[:12],
-                    printable(event.pusher), self._delivery())
-        self._reply(202, status="accepted", ref=short_ref(event.ref), sha=event.sha, delivery=event.delivery)
+        logger.info("%s %s at %s by %s (delivery %s)", name, printable(what), event.sha[:12], printable(who),
+                    self._delivery())
+        if isinstance(event, PullRequestEvent):
+            self._reply(202, status="accepted", action=event.action, number=event.number, ref=event.ref,
+                        sha=event.sha, fork=event.fork, delivery=event.delivery)
+        else:
+            self._reply(202, status="accepted", ref=short_ref(event.ref), sha=event.sha, delivery=event.delivery)
 
 
-def make_server(host: str, port: int, secret: bytes, emit: Callable[[PushEvent], None], *,
+def make_server(host: str, port: int, secret: bytes, emit: Callable[[PushEvent | PullRequestEvent], None], *,
                 default_branch: str = DEFAULT_BRANCH, release_tags: str = DEFAULT_RELEASE_TAGS,
                 max_body: int = MAX_BODY, store: Path | ReplayStore | None = None,
-                request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS) -> WebhookServer:
+                request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS,
+                ci_branches: tuple[str, ...] | list[str] = DEFAULT_CI_BRANCHES) -> WebhookServer:
     """A bound, not yet serving receiver; call `serve_forever()` (and `shutdown()`, `server_close()`).
 
     Args:
         host: the address to listen on.
         port: the port (0 picks a free one; see `server_address`).
         secret: the shared HMAC secret; must not be empty.
-        emit: called once per accepted push (a body accepted before is not emitted again).
+        emit: called once per accepted push or pull request (a body accepted before is not emitted again).
         default_branch: pushes to this branch are built.
+        ci_branches: pushes to these branches are built too (CI only: only the default branch deploys).
         release_tags: tags matching this regex are built.
         max_body: larger bodies are refused with 413 without being read.
         store: the replay store (or its SQLite file) remembering accepted bodies across restarts;
@@ -574,11 +709,16 @@ def make_server(host: str, port: int, secret: bytes, emit: Callable[[PushEvent],
         re.compile(release_tags)
     except re.error as exc:
         raise InputError(f"release_tags: not a regular expression: {exc}") from None
+    for branch in ci_branches:
+        try:
+            validate_ref(f"refs/heads/{branch}")
+        except InputError:
+            raise InputError(f"ci_branches: not a valid branch name: {printable(branch)!r}") from None
     replay = store if isinstance(store, ReplayStore) else ReplayStore(store or default_store_path())
     try:
         return WebhookServer((host, port), secret, emit, default_branch=default_branch, release_tags=release_tags,
                              max_body=max_body, store=replay, request_deadline=request_deadline,
-                             max_connections=max_connections)
+                             max_connections=max_connections, ci_branches=tuple(ci_branches))
     except BaseException:
         replay.close()
         raise
@@ -610,15 +750,15 @@ def _flush_events(timeout: float) -> None:
 
     threading.Thread(target=wait, name="sunday-events-flush", daemon=True).start()
     if not done.wait(timeout):
-        raise PipelineError(f"the {EVENT_NAME} event was not sent to the Prefect server within {timeout:.0f}s")
+        raise PipelineError(f"the event was not sent to the Prefect server within {timeout:.0f}s")
 
 
-def emit_prefect_event(event: PushEvent, *, timeout: float = 10.0) -> None:
-    """Emit `git.push` for `event` to the Prefect server and wait until it is sent.
+def emit_prefect_event(event: PushEvent | PullRequestEvent, *, timeout: float = 10.0) -> None:
+    """Emit `git.push` (or `git.pull_request`) for `event` to the Prefect server and wait until it is sent.
 
-    The resource is `git.repository.<host/owner/name>`; the payload holds ref (short), full_ref,
-    sha, repository, pusher and delivery, which `prefect.yaml` triggers template as
-    `{{ event.payload.ref }}`.
+    The resource is `git.repository.<host/owner/name>`; the payload (`event_payload`) is what `prefect.yaml`
+    triggers template as `{{ event.payload.ref }}`. A pull request's resource also carries `git.pr-action` and
+    `git.fork`, which its trigger matches on.
 
     Raises:
         InputError: PREFECT_API_URL is not set (the event would go to a throwaway server).
@@ -628,14 +768,14 @@ def emit_prefect_event(event: PushEvent, *, timeout: float = 10.0) -> None:
 
     _require_api()
     slug = repository_slug(event.repository)
-    sent = emit_event(
-        event=EVENT_NAME,
-        resource={"prefect.resource.id": f"git.repository.{slug}", "prefect.resource.name": slug,
-                  "git.ref": event.ref, "git.sha": event.sha},
-        payload=event_payload(event),
-    )
+    resource = {"prefect.resource.id": f"git.repository.{slug}", "prefect.resource.name": slug,
+                "git.ref": event.ref, "git.sha": event.sha}
+    if isinstance(event, PullRequestEvent):
+        resource |= {"git.pr-action": event.action, "git.fork": str(event.fork).lower()}
+    name = _summary(event)[0]
+    sent = emit_event(event=name, resource=resource, payload=event_payload(event))
     if sent is None:
-        raise PipelineError(f"Prefect did not emit the {EVENT_NAME} event (events are disabled for this API)")
+        raise PipelineError(f"Prefect did not emit the {name} event (events are disabled for this API)")
     _flush_events(timeout)
 
 
@@ -673,9 +813,9 @@ def load_secret() -> bytes:
                      "(see docs/webhook.md)")
 
 
-def _build_rule(config_path: Path | None) -> tuple[str, str]:
+def _build_rule(config_path: Path | None) -> tuple[str, str, tuple[str, ...]]:
     if config_path is None:
-        return DEFAULT_BRANCH, DEFAULT_RELEASE_TAGS
+        return DEFAULT_BRANCH, DEFAULT_RELEASE_TAGS, DEFAULT_CI_BRANCHES
     import yaml
 
     from sunday_release.config import CONFIG_FILE, load_config, parse_config
@@ -690,7 +830,7 @@ def _build_rule(config_path: Path | None) -> tuple[str, str]:
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigError(str(config_path), "", f"cannot read it: {exc}") from None
         config = parse_config(data, str(config_path))
-    return config.default_branch, config.release_tags
+    return config.default_branch, config.release_tags, config.branches_with_ci()
 
 
 def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None, store_path: Path | None = None) -> None:
@@ -699,12 +839,13 @@ def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None, s
     Args:
         port: the port to listen on.
         host: the address to listen on (`0.0.0.0` to take pushes from other machines).
-        config_path: a `sunday-release.yaml` (or the repository holding one) whose `default_branch`
-            and `release_tags` decide what is built; defaults `main` and `^v\\d+\\.\\d+\\.\\d+$`.
+        config_path: a `sunday-release.yaml` (or the repository holding one) whose `default_branch`,
+            `ci_branches` and `release_tags` decide what is built; defaults `main`, `develop` and
+            `^v\\d+\\.\\d+\\.\\d+$`. Pull requests (opened, synchronize, reopened, closed) are always emitted.
         store_path: the replay store's SQLite file; default `SUNDAY_HOME/webhook/seen.sqlite3`.
     """
     _require_api()
-    default_branch, release_tags = _build_rule(config_path)
+    default_branch, release_tags, ci_branches = _build_rule(config_path)
     secret = load_secret()
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -714,12 +855,12 @@ def serve(port: int, host: str = "127.0.0.1", config_path: Path | None = None, s
         logger.propagate = False
     try:
         server = make_server(host, port, secret, emit_prefect_event, default_branch=default_branch,
-                             release_tags=release_tags, store=store_path)
+                             release_tags=release_tags, store=store_path, ci_branches=ci_branches)
     except OSError as exc:
         raise InputError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    logger.info("webhook receiver listening on http://%s:%s/webhook (builds %s and tags matching %s; "
-                "accepted bodies kept in %s)", host, server.server_address[1], default_branch, release_tags,
-                server.store.path)
+    logger.info("webhook receiver listening on http://%s:%s/webhook (builds %s, tags matching %s and pull "
+                "requests; accepted bodies kept in %s)", host, server.server_address[1],
+                ", ".join(dict.fromkeys((default_branch, *ci_branches))), release_tags, server.store.path)
     _stop_on_signals(server)
     try:
         server.serve_forever()

@@ -16,7 +16,7 @@ from sunday_release.ci_report import StepResult, ci_summary, failure_lines
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import CheckFailed, GateFailed, StageFailed
 from sunday_release.findings import ImageScan, ScanReport
-from sunday_release.refs import short_ref, validate_ref, validate_repo, validate_sha
+from sunday_release.refs import pull_request_number, short_ref, validate_ref, validate_repo, validate_sha
 from sunday_release.registry import PublishedImage, validate_repository
 from sunday_release.settings import Settings
 from tasks._common import progress
@@ -125,10 +125,22 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
 
 
 def deploy_target_of(config: PipelineConfig, ref: str) -> str:
-    """Where green CI of `ref` deploys: `staging` (default branch), `production` (release tag), or `none`."""
+    """Where green CI of `ref` deploys: `staging` (default branch), `production` (release tag), or `none` — always
+    for a pull request (its commit's config may name anything its default branch or release tags)."""
+    if pull_request_number(ref) is not None:
+        return "none"
     if ref == config.default_branch:
         return "staging"
     return "production" if re.match(config.release_tags, ref) else "none"
+
+
+def image_tags_of(config: PipelineConfig, ref: str, commit: str) -> list[str]:
+    """The tags green CI of `ref` at `commit` gives its images: `sha-COMMIT` (what CD deploys) and a release tag's
+    own name; for pull request N only `pr-N-COMMIT`, which no CD looks up."""
+    number = pull_request_number(ref)
+    if number is not None:
+        return [f"pr-{number}-{commit}"]
+    return [f"sha-{commit}"] + ([ref] if re.match(config.release_tags, ref) else [])
 
 
 def _announce_pass(config: PipelineConfig, checkout: Checkout, ref: str) -> None:
@@ -137,7 +149,7 @@ def _announce_pass(config: PipelineConfig, checkout: Checkout, ref: str) -> None
                resource={"prefect.resource.id": f"sunday.project.{config.project}",
                          "sunday.project": config.project, "sunday.deploy-to": deploy_target_of(config, ref)},
                payload={"sha": checkout.commit, "ref": ref, "version":
-                        ref if re.match(config.release_tags, ref) else checkout.commit})
+                        ref if deploy_target_of(config, ref) == "production" else checkout.commit})
 
 
 def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str, repos: dict[str, str],
@@ -149,7 +161,7 @@ def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str, repos: d
     content key and of its published image (None: not built yet). Futures are passed on as task
     inputs (Prefect resolves them).
     """
-    tags = [f"sha-{checkout.commit}"] + ([ref] if re.match(config.release_tags, ref) else [])
+    tags = image_tags_of(config, ref, checkout.commit)
     publish: dict[str, PrefectFuture[Any]] = {}
     upstream: dict[str, list[PrefectFuture[Any]]] = {name: [] for name in config.services}
     for name, spec in config.services.items():

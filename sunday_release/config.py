@@ -206,6 +206,20 @@ class SmokeCheck(_Model):
     budget_ms: int = Field(1000, ge=1)
 
 
+def _branch(name: str) -> str:
+    """A branch name git and the pipeline take (`main`, `release/2.x`), not a full ref or an option."""
+    try:
+        validate.ref(f"refs/heads/{name}")
+    except InputError:
+        raise ValueError(f"not a valid branch name: {name!r}") from None
+    if name.startswith("refs/"):
+        raise ValueError(f"a branch name, not a full ref: {name!r}")
+    return name
+
+
+Branch = Annotated[str, AfterValidator(_branch)]
+
+
 class PipelineConfig(_Model):
     """The whole of sunday-release.yaml."""
 
@@ -218,6 +232,9 @@ class PipelineConfig(_Model):
     """The image every Dockerfile builds FROM: any reference the docker CLI takes (`debian:bookworm-slim` is Docker
     Hub's `library/debian`)."""
     default_branch: str = Field("main", min_length=1)
+    ci_branches: list[Branch] | None = Field(None, max_length=64)
+    """Branches whose pushes run CI (the webhook receiver's rule); unset: the default branch and `develop`. The
+    default branch always does, and only it deploys to staging; pull requests run CI whatever their branches."""
     release_tags: Regex = Field(r"^v\d+\.\d+\.\d+$", min_length=1)
     services: dict[Name, Service] = Field(min_length=1)
     environments: dict[Name, Environment] = Field(
@@ -225,6 +242,11 @@ class PipelineConfig(_Model):
     )
     scan: ScanPolicy = Field(default_factory=ScanPolicy)
     smoke: list[SmokeCheck] = Field(default_factory=list)
+
+    def branches_with_ci(self) -> tuple[str, ...]:
+        """The branches whose pushes run CI: `ci_branches` (default `develop`) and the default branch."""
+        return tuple(dict.fromkeys([self.default_branch, *(self.ci_branches if self.ci_branches is not None
+                                                           else ["develop"])]))
 
     @model_validator(mode="after")
     def _known_services(self) -> PipelineConfig:

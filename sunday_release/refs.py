@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
 from sunday_release import validate
 from sunday_release.validate import is_sha, short_ref
 
-__all__ = ["is_sha", "short_ref", "validate_ref", "validate_repo", "validate_sha"]
+__all__ = ["is_sha", "pull_request_number", "pull_ref", "short_ref", "validate_ref", "validate_repo", "validate_sha"]
+
+_PULL = re.compile(r"^refs/pull/([1-9][0-9]{0,9})/(?:head|merge)$")
+
+
+def pull_ref(number: int) -> str:
+    """The ref a git host keeps for pull request `number`'s head commit, in the base repository (forks too)."""
+    return f"refs/pull/{number}/head"
+
+
+def pull_request_number(ref: str) -> int | None:
+    """N for `refs/pull/N/head` (or `/merge`), else None. A pull request's CI never deploys and never gets
+    release tags, whatever the commit's own config says."""
+    match = _PULL.match(ref)
+    return int(match.group(1)) if match else None
 
 
 def validate_ref(ref: str) -> str:

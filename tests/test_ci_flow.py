@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.cli_runner import run_cli
-from tests.conftest import APP, DOCKER, FIXTURES, ROOT
+from tests.conftest import APP, DOCKER, FIXTURES, ROOT, read_events
 from tests.deployed_ci import task_run_states
 
 pytestmark = pytest.mark.docker
@@ -165,6 +166,34 @@ def test_another_language_goes_through_without_code_changes(prefect_api: str, do
     tool = json.loads(done.stdout)["services"]["tool"]
     assert tool["tests"] == {"passed": 4, "failed": 0, "skipped": 0}
     assert (tool["lint"], tool["typecheck"]) == ("passed", "not configured")
+
+
+def test_a_pull_requests_head_is_fetched_from_the_base_repository_and_never_release_tagged(
+        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], git: Callable[..., str]) -> None:
+    """What the git.pull_request trigger runs: CI of refs/pull/N/head, a ref only the base repository has (the
+    branch lives in the fork). Green, its images get pr-N-COMMIT, never sha-COMMIT (what CD deploys), and it
+    announces no deploy target."""
+    import httpx
+
+    repo = make_repo(APP)
+    git(repo, "checkout", "-q", "-b", "fork-branch")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "a pull request's commit")
+    head = git(repo, "rev-parse", "HEAD")
+    git(repo, "update-ref", "refs/pull/7/head", head)
+    git(repo, "checkout", "-q", "main")
+    git(repo, "branch", "-q", "-D", "fork-branch")
+    done = sunday("ci", "--repo", str(repo), "--ref", "refs/pull/7/head", "--sha", head, "--json", api=prefect_api)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["state"] == "COMPLETED" and summary["commit"] == head
+    for service in ("backend", "frontend"):
+        tags = httpx.get(f"http://127.0.0.1:5000/v2/sunday/{service}/tags/list", timeout=10).json()["tags"]
+        assert f"pr-7-{head}" in tags and f"sha-{head}" not in tags, service
+    deadline = time.monotonic() + 30  # other tests of this server announce passes of this project too
+    while not (mine := [e for e in read_events("sunday.ci.passed", "sunday.project.sunday")
+                        if e.payload.get("sha") == head]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [e.resource["sunday.deploy-to"] for e in mine] == ["none"]
 
 
 def test_retry_reruns_only_the_failed_task(prefect_api: str, docker_engine: str, make_repo: Callable[..., Path],

@@ -45,6 +45,9 @@ def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: P
     triggers = {a.name: a.trigger for a in automations}
     expects = {name: sorted(getattr(t, "expect", []) or []) for name, t in triggers.items()}
     assert any(e == ["git.push"] for e in expects.values()), expects
+    pulls = [t for t in triggers.values() if sorted(getattr(t, "expect", []) or []) == ["git.pull_request"]]
+    assert len(pulls) == 1, expects  # CI of a pull request's head; `closed` is not CI's
+    assert pulls[0].match.root == {"git.pr-action": ["opened", "synchronize", "reopened"]}  # type: ignore[attr-defined]
     assert sum(1 for e in expects.values() if e == ["sunday.ci.passed"]) == 2, expects
     # an event names a ref, a sha or a version, never the repository: the deployments pin it
     templated = {a.name: getattr(action, "parameters", None) or {} for a in automations for action in a.actions}

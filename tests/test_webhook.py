@@ -26,6 +26,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from adapters.webhook import (
+    PullRequestEvent,
     PushEvent,
     PushPayloadError,
     WebhookServer,
@@ -33,6 +34,7 @@ from adapters.webhook import (
     event_payload,
     load_secret,
     make_server,
+    parse_pull_request,
     parse_push,
     printable,
     repository_slug,
@@ -203,6 +205,90 @@ def test_repository_slug(url: str, slug: str) -> None:
     assert repository_slug(url) == slug
 
 
+def test_should_build_takes_the_ci_branches_too() -> None:
+    assert should_build(event("refs/heads/develop"), "main", RELEASE_TAGS, ("main", "develop"))
+    assert should_build(event("refs/heads/release/2.x"), "main", RELEASE_TAGS, ("release/2.x",))
+    assert not should_build(event("refs/heads/feature/x"), "main", RELEASE_TAGS, ("main", "develop"))
+    assert not should_build(event("refs/heads/develop", deleted=True), "main", RELEASE_TAGS, ("develop",))
+
+
+# --- pull requests: GitHub's documented `pull_request` payload (Gitea and Forgejo send the same fields) ---------
+
+FORK_SHA = "2" * 40
+
+
+def pr_body(action: str = "opened", number: Any = 7, sha: Any = SHA, head_owner: str = "acme",
+            head_repo: bool = True, **extra: Any) -> bytes:
+    base = {"full_name": "acme/shop", "html_url": "https://github.com/acme/shop",
+            "clone_url": "https://github.com/acme/shop.git", "fork": False}
+    head = {"full_name": f"{head_owner}/shop", "html_url": f"https://github.com/{head_owner}/shop",
+            "clone_url": f"https://github.com/{head_owner}/shop.git", "fork": head_owner != "acme"}
+    payload: dict[str, Any] = {
+        "action": action, "number": number,
+        "pull_request": {"number": number, "state": "open", "title": "Trim board names",
+                         "head": {"label": f"{head_owner}:trim", "ref": "trim", "sha": sha,
+                                  "repo": head if head_repo else None},
+                         "base": {"label": "acme:main", "ref": "main", "sha": "f" * 40, "repo": base}},
+        "repository": base, "sender": {"login": "octocat", "type": "User"},
+    }
+    payload.update(extra)
+    return json.dumps(payload).encode()
+
+
+def test_parse_pull_request_of_the_same_repository() -> None:
+    pull = parse_pull_request(pr_body(), "d-1")
+    assert pull == PullRequestEvent(action="opened", number=7, sha=SHA, head_ref="trim", base_ref="main",
+                                    repository="https://github.com/acme/shop.git",
+                                    head_repository="https://github.com/acme/shop.git", fork=False, sender="octocat",
+                                    delivery="d-1")
+    assert pull.ref == "refs/pull/7/head"  # fetched from the base repository, read-only
+
+
+def test_parse_pull_request_tells_a_fork_even_a_deleted_one() -> None:
+    fork = parse_pull_request(pr_body(head_owner="mallory", sha=FORK_SHA))
+    assert fork.fork and fork.head_repository == "https://github.com/mallory/shop.git"
+    assert fork.repository == "https://github.com/acme/shop.git"  # CI still fetches refs/pull/7/head from here
+    gone = parse_pull_request(pr_body(head_repo=False))
+    assert gone.fork and gone.head_repository == ""
+    same_names_other_case = parse_pull_request(pr_body(head_owner="ACME"))
+    assert not same_names_other_case.fork
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b"[]", "(body)"),
+    (pr_body(action="Opened; rm -rf"), "action"),
+    (pr_body(number="7"), "number"),
+    (pr_body(number=True), "number"),
+    (pr_body(number=0), "number"),
+    (pr_body(sha="not-a-sha"), "pull_request.head.sha"),
+    (pr_body(sha="0" * 40), "pull_request.head.sha"),
+    (pr_body(repository={"clone_url": "https://x:ghp_S3cr3tT0kenValue1234567890@github.com/acme/shop.git"}),
+     "repository.clone_url"),
+    (pr_body(repository={"clone_url": "--upload-pack=touch /tmp/x"}), "repository.clone_url"),
+])
+def test_parse_pull_request_names_the_bad_field(body: bytes, field: str) -> None:
+    with pytest.raises(PushPayloadError) as caught:
+        parse_pull_request(body)
+    assert caught.value.field == field
+    assert "ghp_S3cr3t" not in str(caught.value)
+
+
+def test_parse_pull_request_refuses_a_branch_name_git_would_take_as_an_option() -> None:
+    data = json.loads(pr_body())
+    data["pull_request"]["head"]["ref"] = "--upload-pack=x"
+    with pytest.raises(PushPayloadError) as caught:
+        parse_pull_request(json.dumps(data).encode())
+    assert caught.value.field == "pull_request.head.ref"
+
+
+def test_the_pull_request_event_payload() -> None:
+    payload = event_payload(parse_pull_request(pr_body(head_owner="mallory"), "d-9"))
+    assert payload == {"action": "opened", "number": "7", "ref": "refs/pull/7/head", "sha": SHA, "head_ref": "trim",
+                       "base_ref": "main", "repository": "https://github.com/acme/shop.git",
+                       "head_repository": "https://github.com/mallory/shop.git", "fork": "true", "sender": "octocat",
+                       "delivery": "d-9"}
+
+
 # --- the server ---------------------------------------------------------------------------------
 
 
@@ -370,10 +456,42 @@ def test_ping_is_200_pong(server: WebhookServer, recorded: Recorded) -> None:
 
 
 def test_other_events_are_202_ignored(server: WebhookServer, recorded: Recorded) -> None:
-    response = deliver(server, json.dumps({"action": "opened"}).encode(), kind="pull_request")
+    response = deliver(server, json.dumps({"action": "opened"}).encode(), kind="issues")
     assert response.status_code == 202 and response.json()["status"] == "ignored"
     assert deliver(server, push_body(), kind=None).status_code == 400  # no event header at all
     assert recorded.events == []
+
+
+@pytest.mark.parametrize("action", ["opened", "synchronize", "reopened", "closed"])
+def test_a_signed_pull_request_is_accepted_and_emitted(server: WebhookServer, recorded: Recorded, action: str) -> None:
+    response = deliver(server, pr_body(action=action, head_owner="mallory"), kind="pull_request", delivery="d-pr")
+    assert response.status_code == 202
+    assert response.json() == {"status": "accepted", "action": action, "number": 7, "ref": "refs/pull/7/head",
+                               "sha": SHA, "fork": True, "delivery": "d-pr"}
+    assert [(e.action, e.ref, e.fork) for e in recorded.events] == [(action, "refs/pull/7/head", True)]
+
+
+def test_pull_request_actions_the_pipeline_does_not_act_on_are_202_ignored(server: WebhookServer,
+                                                                           recorded: Recorded) -> None:
+    for action in ("labeled", "edited", "review_requested"):
+        response = deliver(server, pr_body(action=action), kind="pull_request")
+        assert response.status_code == 202 and response.json()["status"] == "ignored", response.text
+    assert recorded.events == []
+
+
+def test_a_pull_request_is_checked_like_a_push(server: WebhookServer, recorded: Recorded) -> None:
+    assert deliver(server, pr_body(), kind="pull_request", signature=None).status_code == 401
+    bad = deliver(server, pr_body(sha="nope"), kind="pull_request")
+    assert bad.status_code == 400 and bad.json()["field"] == "pull_request.head.sha"
+    body = pr_body(action="synchronize", sha=FORK_SHA)
+    assert deliver(server, body, kind="pull_request").json()["status"] == "accepted"
+    assert deliver(server, body, kind="pull_request").json()["status"] == "duplicate"  # a redelivery
+    assert [e.sha for e in recorded.events] == [FORK_SHA]
+
+
+def test_a_push_to_a_ci_branch_is_accepted(server: WebhookServer, recorded: Recorded) -> None:
+    assert deliver(server, push_body(ref="refs/heads/develop")).json()["status"] == "accepted"
+    assert [e.ref for e in recorded.events] == ["refs/heads/develop"]
 
 
 @pytest.mark.parametrize("ref", ["refs/heads/feature/login", "refs/tags/v1.2", "refs/tags/nightly"])
