@@ -21,6 +21,7 @@ from sunday_release.registry import PublishedImage, validate_repository
 from sunday_release.settings import Settings
 from tasks._common import progress
 from tasks.checks import CheckImage, check_content_key, run_check
+from tasks.commit_status import report_status, status_target
 from tasks.images import (
     build_platform_image,
     find_published,
@@ -32,6 +33,8 @@ from tasks.images import (
 from tasks.reports import publish_ci_reports
 from tasks.scan import scan_image, scan_repository
 from tasks.source import Checkout, clone_repo, load_pipeline_config
+
+CI_CONTEXT = "sunday-release/ci"  # the commit status of this flow on the git host
 
 __all__ = ["ci"]
 
@@ -71,6 +74,31 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
     run_id = str(flow_run.get_id() or "local")
     settings = Settings.from_env()
     checkout = clone_repo(repo, ref, workspace=str(settings.workspaces / run_id), sha=sha)
+    # the commit's status on the git host (docs/webhook.md § 5b): pending now, its outcome at the end
+    target, url = status_target(repo, checkout.commit), _run_url(run_id)
+    pending_at = report_status(target, "pending", CI_CONTEXT, f"CI of {ref} is running", url)
+    try:
+        summary = _checks_and_images(checkout, ref, run_id, settings)
+    except StageFailed as failed:
+        report_status(target, "failure", CI_CONTEXT, _first_line(failed), url, pending_at)
+        raise
+    except BaseException as exc:
+        report_status(target, "error", CI_CONTEXT, f"CI stopped: {_first_line(exc)}", url, pending_at)
+        raise
+    report_status(target, "success", CI_CONTEXT, f"CI passed: {', '.join(summary['services'])}", url, pending_at)
+    return summary
+
+
+def _run_url(run_id: str) -> str | None:
+    """The flow run in the Prefect UI (a commit status's target_url); None outside a server's run."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    return f"{ui.rstrip('/')}/runs/flow-run/{run_id}" if ui and run_id != "local" else None
+
+
+def _checks_and_images(checkout: Checkout, ref: str, run_id: str, settings: Settings) -> dict[str, Any]:
+    """The checks stage, then (when it passed) the images stage; the summary, or StageFailed carrying it."""
     config = load_pipeline_config(checkout)
 
     scan_future = scan_repository.submit(checkout, config.scan)
