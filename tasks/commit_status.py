@@ -49,13 +49,12 @@ def _token() -> str | None:
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
-        try:
-            from prefect.blocks.system import Secret
+        from adapters.secrets import read_secret_block
+        from sunday_release.errors import PipelineError
 
-            value = Secret.load(TOKEN_BLOCK).get()  # type: ignore[union-attr]
-            if value:
-                return str(value)
-        except (ValueError, RuntimeError):  # no such block
+        try:
+            return read_secret_block(TOKEN_BLOCK).get_secret_value()
+        except PipelineError:  # no such block (or an empty one): the environment's, if any
             pass
     return os.environ.get(TOKEN_ENV) or None
 
