@@ -170,7 +170,9 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
     import flows  # importing Prefect configures its logging: attach the printer after
 
     module, _, attr = {"ci": "flows.ci:ci", "cd": "flows.cd:cd", "rollback": "flows.cd:rollback",
-                       "scale": "flows.cd:scale", "e2e": "flows.e2e:e2e", "gc": "flows.gc:gc"}[name].partition(":")
+                       "scale": "flows.cd:scale", "e2e": "flows.e2e:e2e", "gc": "flows.gc:gc",
+                       "preview": "flows.preview:preview", "preview-close": "flows.preview:close_preview",
+                       }[name].partition(":")
     flow_fn = getattr(__import__(module, fromlist=[attr]), attr)
     del flows
     logging.getLogger("prefect").addHandler(_Progress())
@@ -335,6 +337,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if status["serving"] else EXIT_FAILED
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from sunday_release.refs import pull_ref
+
+    repo = validate_repo(args.repo)
+    if not 1 <= args.pr <= 999_999_999:
+        raise InputError(f"--pr: {args.pr} is not a pull request number")
+    if args.close:
+        code, result, error = _run_flow("preview-close", args.verbose, f"removing the preview of pull request "
+                                        f"{args.pr}", repo=repo, ref=pull_ref(args.pr))
+        return _finish(code, result, error, args.json, "preview close")
+    if args.sha is None or len(validate_sha(args.sha) or "") != 40:
+        raise InputError(f"--sha: {args.sha!r} is not a full commit SHA (the pull request's head commit that "
+                         "passed CI)")
+    code, result, error = _run_flow("preview", args.verbose, f"preview of pull request {args.pr} at "
+                                    f"{args.sha[:12]}", repo=repo, ref=pull_ref(args.pr), sha=args.sha)
+    return _finish(code, result, error, args.json, "preview")
+
+
+def cmd_previews(args: argparse.Namespace) -> int:
+    project = _project(args)
+    _connect(args.verbose)
+    from tasks.preview import read_previews
+
+    records = read_previews(project)
+    if args.json:
+        _print_json([r.to_json() for r in records])
+        return EXIT_OK
+    if not records:
+        print("no previews" + (f" of {project}" if project else ""))
+        return EXIT_OK
+    print(f"{'PROJECT':<16} {'ENV':<10} {'STATE':<10} {'COMMIT':<13} {'PUSHED':<20} URL / REASON")
+    for r in records:
+        print(f"{r.project:<16} {r.env:<10} {r.state:<10} {r.sha[:12]:<13} "
+              f"{r.pushed.strftime('%Y-%m-%d %H:%M UTC'):<20} {r.url or r.reason or '-'}")
+    return EXIT_OK
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from adapters.server import LocalServer
 
@@ -435,6 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dora)
+
+    p = sub.add_parser("preview", help="deploy a pull request's head commit (CI passed) to its preview pr-N, "
+                       "then E2E; or remove it (--close)")
+    p.add_argument("--pr", type=int, required=True, help="the pull request's number")
+    p.add_argument("--sha", help="its head commit that passed CI (full SHA)")
+    p.add_argument("--repo", default=".", help="the repository (the pull request's base)")
+    p.add_argument("--close", action="store_true", help="remove the preview: containers, database, router, images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("previews", help="the pull requests' preview environments: state, commit, URL")
+    p.add_argument("--project", help="only this project's")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_previews)
 
     p = sub.add_parser("server", help="the local Prefect server used when PREFECT_API_URL is not set")
     p.add_argument("action", choices=["start", "stop", "status"])

@@ -27,6 +27,7 @@ from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
+from sunday_release.preview import is_preview_env
 from sunday_release.release import Phase, advance, failure_outcome, reconcile_action, undo_steps
 from sunday_release.run_tags import approval_timeout_message, rejection_message, rejection_reason
 from sunday_release.settings import Settings
@@ -62,9 +63,9 @@ from tasks.slot import (
     take_lease,
     write_record,
 )
-from tasks.source import clone_repo, load_pipeline_config
+from tasks.source import Checkout, clone_repo, load_pipeline_config
 
-__all__ = ["Approval", "cd", "environment_slot", "limit_name", "rollback", "scale"]
+__all__ = ["Approval", "cd", "environment_slot", "limit_name", "release", "rollback", "scale"]
 
 LEASE_SECONDS = 60  # the server's minimum; renewed while held: only a killed run's slot on another machine waits it out
 WAIT_POLL_SECONDS = 5  # a run with something to do while it waits for the slot does it this often
@@ -218,15 +219,26 @@ def cd(env: str, version: str, repo: str, allow_older: bool = False) -> dict[str
     `allow_older`. A host port held by another environment is refused before anything runs.
     """
     env, repo, version = validate.name(env, "--env"), validate.repo(repo), validate.ref(version, "--version")
+    if is_preview_env(env):
+        raise InputError(f"--env: {env!r} is a pull request's preview: the preview flow deploys it "
+                         "(sunday-release previews)")
     settings = Settings.from_env()
     run_id = str(flow_run.get_id() or "local")
     checkout = clone_repo(repo, version, workspace=str(settings.workspaces / run_id))
     config = load_pipeline_config(checkout)
+    return release(config, env, version, checkout, allow_older, image_tag=None)
+
+
+def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, allow_older: bool,
+            image_tag: str | None) -> dict[str, Any]:
+    """The body of `cd` once the config is known (the preview flow's too): deploy `version` of the checkout to
+    `env` of `config`, its images those tagged `image_tag` (None: the version's own tags, `resolve_version`)."""
+    run_id = str(flow_run.get_id() or "local")
     target = target_for(config, env)
     environment = config.environments[env]
     where = f"{config.project}/{env}"
     claim_ports(target)
-    images = resolve_version(config, version)
+    images = resolve_version(config, version, image_tag)
     tag_run(config.project, env)
     with environment_slot(config.project, env):
         prepare_database(target)  # the release record lives in the environment's database: before reading it

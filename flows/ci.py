@@ -57,7 +57,7 @@ def _outcome(future: PrefectFuture[Any], service: str, step: str) -> StepResult:
 
 
 @flow(name="ci", flow_run_name="ci-{ref}", persist_result=True, log_prints=True)
-def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
+def ci(repo: str, ref: str = "main", sha: str | None = None, fork: bool | None = None) -> dict[str, Any]:
     """Check out `ref` of `repo`; build and check every service in parallel; scan the repository.
 
     Args:
@@ -65,6 +65,8 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
         ref: branch, tag, full ref (refs/heads/main) or commit SHA.
         sha: the commit of `ref` to build (a push's commit: the ref may have moved on since the push);
             None builds the tip of `ref`.
+        fork: for a pull request's ref, whether its head is in another repository (the delivery says so); only a
+            pull request known not to come from a fork (False) gets a preview: None counts as a fork.
 
     Returns:
         The run summary (see `sunday_release.ci_report.ci_summary`). Raises StageFailed with the
@@ -78,7 +80,7 @@ def ci(repo: str, ref: str = "main", sha: str | None = None) -> dict[str, Any]:
     target, url = status_target(repo, checkout.commit), _run_url(run_id)
     pending_at = report_status(target, "pending", CI_CONTEXT, f"CI of {ref} is running", url)
     try:
-        summary = _checks_and_images(checkout, ref, run_id, settings)
+        summary = _checks_and_images(checkout, ref, run_id, settings, fork is not False)
     except StageFailed as failed:
         report_status(target, "failure", CI_CONTEXT, _first_line(failed), url, pending_at)
         raise
@@ -97,7 +99,8 @@ def _run_url(run_id: str) -> str | None:
     return f"{ui.rstrip('/')}/runs/flow-run/{run_id}" if ui and run_id != "local" else None
 
 
-def _checks_and_images(checkout: Checkout, ref: str, run_id: str, settings: Settings) -> dict[str, Any]:
+def _checks_and_images(checkout: Checkout, ref: str, run_id: str, settings: Settings,
+                       fork: bool) -> dict[str, Any]:
     """The checks stage, then (when it passed) the images stage; the summary, or StageFailed carrying it."""
     config = load_pipeline_config(checkout)
 
@@ -148,15 +151,16 @@ def _checks_and_images(checkout: Checkout, ref: str, run_id: str, settings: Sett
                          results, scan, images, scans)
     if failures:
         raise StageFailed("\n".join(failures), summary)
-    _announce_pass(config, checkout, ref)
+    _announce_pass(config, checkout, ref, fork)
     return summary
 
 
-def deploy_target_of(config: PipelineConfig, ref: str) -> str:
-    """Where green CI of `ref` deploys: `staging` (default branch), `production` (release tag), or `none` — always
-    for a pull request (its commit's config may name anything its default branch or release tags)."""
+def deploy_target_of(config: PipelineConfig, ref: str, fork: bool = True) -> str:
+    """Where green CI of `ref` deploys: `staging` (default branch), `production` (release tag), `preview` (a pull
+    request not from a fork: its own `pr-N`, never another environment whatever its commit's config names), or
+    `none` (anything else, a fork's pull request included)."""
     if pull_request_number(ref) is not None:
-        return "none"
+        return "none" if fork else "preview"
     if ref == config.default_branch:
         return "staging"
     return "production" if re.match(config.release_tags, ref) else "none"
@@ -171,13 +175,13 @@ def image_tags_of(config: PipelineConfig, ref: str, commit: str) -> list[str]:
     return [f"sha-{commit}"] + ([ref] if re.match(config.release_tags, ref) else [])
 
 
-def _announce_pass(config: PipelineConfig, checkout: Checkout, ref: str) -> None:
-    """Emit `sunday.ci.passed`: the cd-staging / cd-production deployment triggers listen for it."""
+def _announce_pass(config: PipelineConfig, checkout: Checkout, ref: str, fork: bool) -> None:
+    """Emit `sunday.ci.passed`: the cd-staging / cd-production / preview deployment triggers listen for it."""
+    to = deploy_target_of(config, ref, fork)
     emit_event(event="sunday.ci.passed",
                resource={"prefect.resource.id": f"sunday.project.{config.project}",
-                         "sunday.project": config.project, "sunday.deploy-to": deploy_target_of(config, ref)},
-               payload={"sha": checkout.commit, "ref": ref, "version":
-                        ref if deploy_target_of(config, ref) == "production" else checkout.commit})
+                         "sunday.project": config.project, "sunday.deploy-to": to},
+               payload={"sha": checkout.commit, "ref": ref, "version": ref if to == "production" else checkout.commit})
 
 
 def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str, repos: dict[str, str],

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sunday_release import validate
 from sunday_release.config import _BLOCKING, PipelineConfig, Regex, Severity
 from sunday_release.errors import ConfigError, InputError
+from sunday_release.preview import PreviewPolicy
 
 __all__ = ["DEFAULT_RELEASE_TAGS", "EnvPolicy", "GatePolicy", "ProjectPolicy", "default_policy", "enforce",
            "parse_policy"]
@@ -64,6 +65,8 @@ class ProjectPolicy(_Model):
         default_factory=lambda: {"production": EnvPolicy(approval=True, backup=True, max_error_rate=0.01)})
     only_registered_environments: bool = False  # registered projects: a commit may not invent environments
     scan: GatePolicy = Field(default_factory=GatePolicy)
+    previews: PreviewPolicy = Field(default_factory=PreviewPolicy)
+    """Pull requests' preview environments (`pr-N`): on, 5 at most, 72 h without a push, ports 18500-18599."""
 
     @property
     def registered(self) -> bool:

@@ -396,6 +396,37 @@ class RegistryClient:
             out.append(Descriptor(m["mediaType"], m["digest"], m["size"], platform or None))
         return out
 
+    def tags(self, repo: str) -> list[str]:
+        """Every tag of `repo` (the registry's pages followed); [] for a repository it does not know."""
+        found: list[str] = []
+        url: str | None = f"{repo}/tags/list?n=1000"
+        while url is not None:
+            r = self._request("GET", url)
+            if r.status_code == 404:
+                return found
+            if r.status_code != 200:
+                raise PipelineError(f"registry {self.registry}: GET {repo} tags answered {r.status_code}")
+            found += list(r.json().get("tags") or [])
+            following = r.links.get("next", {}).get("url")
+            url = following.removeprefix("/v2/") if following else None
+        return found
+
+    def delete(self, repo: str, digest: str) -> bool:
+        """Delete the manifest `digest` of `repo` and with it every tag pointing at it; False when it was gone.
+
+        Raises:
+            PipelineError: the registry refuses deletes (distribution: `storage.delete.enabled`).
+        """
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise InputError(f"{digest!r} is not a sha256 digest")
+        r = self._request("DELETE", f"{repo}/manifests/{digest}")
+        if r.status_code == 404:
+            return False
+        if r.status_code not in (200, 202):
+            raise PipelineError(f"registry {self.registry}: DELETE {repo}@{digest[:19]} answered {r.status_code}"
+                                f"{' (deletes are disabled on this registry)' if r.status_code == 405 else ''}")
+        return True
+
     def put_tag(self, repo: str, tag: str, body: bytes, media_type: str) -> str:
         """Point the immutable `tag` at `body`; return its digest.
 

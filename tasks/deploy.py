@@ -101,17 +101,17 @@ def publish_rollout(key: str, where: str, release: Release, evidence: list[str])
 
 @task(name="resolve-version", task_run_name="resolve[{version}]", retries=2, retry_delay_seconds=RETRY_DELAYS,
       persist_result=True)
-def resolve_version(config: PipelineConfig, version: str) -> dict[str, str]:
+def resolve_version(config: PipelineConfig, version: str, tag: str | None = None) -> dict[str, str]:
     """The image (`registry/name@sha256:…`) of every service for `version`: a commit SHA or a release tag.
 
     Only images that passed CI carry the `sha-COMMIT` / version tags, so a version CI did not
-    pass is refused (InputError).
+    pass is refused (InputError). `tag` names the tag to look up instead (a preview: `pr-N-COMMIT`).
     """
-    if is_sha(version) and len(version) == 40:
+    if tag is None and is_sha(version) and len(version) == 40:
         tag = f"sha-{version}"
-    elif re.match(config.release_tags, version):
+    elif tag is None and re.match(config.release_tags, version):
         tag = version
-    else:
+    elif tag is None:
         raise InputError(f"--version: {version!r} is neither a full commit SHA nor a release tag "
                          f"(release_tags: {config.release_tags})")
     images: dict[str, str] = {}

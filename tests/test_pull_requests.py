@@ -53,7 +53,9 @@ def test_pull_request_number(ref: str, number: int | None) -> None:
 ])
 def test_a_pull_request_never_deploys_and_never_gets_release_tags(extra: dict[str, object]) -> None:
     cfg = config(**extra)
-    assert deploy_target_of(cfg, "refs/pull/7/head") == "none"
+    assert deploy_target_of(cfg, "refs/pull/7/head") == "none"  # a fork's, or one not known to be no fork's
+    assert deploy_target_of(cfg, "refs/pull/7/head", fork=True) == "none"
+    assert deploy_target_of(cfg, "refs/pull/7/head", fork=False) == "preview"  # its own pr-7, nothing else
     assert image_tags_of(cfg, "refs/pull/7/head", SHA) == [f"pr-7-{SHA}"]
 
 

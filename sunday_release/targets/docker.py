@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import platform
+import shutil
 import socket
 import tempfile
 import time
@@ -481,6 +482,21 @@ class DockerTarget:
             self.remove_color(color)  # type: ignore[arg-type]
         self.stop_router()
         self.db.stop()
+
+    def destroy(self) -> None:
+        """Remove the environment for good (a closed pull request's preview): its containers, router and database,
+        then the database's data and the environment's directory (ports it held, secrets, record cache). The
+        containers go by label too, so a half-deployed environment leaves none."""
+        self.teardown()
+        labelled = run([self.docker, "ps", "-aq", "--filter", f"label=sunday.project={self.project}",
+                        "--filter", f"label=sunday.env={self.env_name}"], check=False).stdout.split()
+        if labelled:
+            run([self.docker, "rm", "-f", *labelled], timeout=120)
+        if self.db.running():
+            raise PipelineError(f"the database of {self.key} is still running after it was stopped; "
+                                f"its data ({self.db.root}) is kept")
+        shutil.rmtree(self.db.root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _ports_in(claim: Path) -> list[int]:
