@@ -45,12 +45,20 @@ def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: P
     triggers = {a.name: a.trigger for a in automations}
     expects = {name: sorted(getattr(t, "expect", []) or []) for name, t in triggers.items()}
     assert any(e == ["git.push"] for e in expects.values()), expects
-    pulls = [t for t in triggers.values() if sorted(getattr(t, "expect", []) or []) == ["git.pull_request"]]
-    assert len(pulls) == 1, expects  # CI of a pull request's head; `closed` is not CI's
-    assert pulls[0].match.root == {"git.pr-action": ["opened", "synchronize", "reopened"]}  # type: ignore[attr-defined]
-    assert sum(1 for e in expects.values() if e == ["sunday.ci.passed"]) == 2, expects
+    pulls = {name: t for name, t in triggers.items() if sorted(getattr(t, "expect", []) or []) == ["git.pull_request"]}
+    matches = {name.split("__")[0]: t.match.root for name, t in pulls.items()}  # type: ignore[attr-defined]
+    # CI of a pull request's head on opened/synchronize/reopened; `closed` removes its preview, never runs CI
+    assert matches == {"ci": {"git.pr-action": ["opened", "synchronize", "reopened"]},
+                       "preview-close": {"git.pr-action": "closed"}}, matches
+    passed = {name.split("__")[0]: t.match.root for name, t in triggers.items()  # type: ignore[attr-defined]
+              if sorted(getattr(t, "expect", []) or []) == ["sunday.ci.passed"]}
+    assert passed == {"cd-staging": {"sunday.deploy-to": "staging"}, "cd-production": {
+        "sunday.deploy-to": "production"}, "preview": {"sunday.deploy-to": "preview"}}, passed
+    for name in ("preview", "preview-close", "previews-gc"):
+        assert deployments[name].work_pool_name == "sunday-deploy", name
+    assert [s.schedule.cron for s in deployments["previews-gc"].schedules] == ["17 * * * *"]  # type: ignore[union-attr]
     # an event names a ref, a sha or a version, never the repository: the deployments pin it
     templated = {a.name: getattr(action, "parameters", None) or {} for a in automations for action in a.actions}
     assert templated and all("repo" not in params for params in templated.values()), templated
-    assert all(deployments[d].parameters["repo"] == str(tmp_path / "app-repo") for d in ("ci", "cd-staging",
-                                                                                          "cd-production"))
+    assert all(deployments[d].parameters["repo"] == str(tmp_path / "app-repo") for d in (
+        "ci", "cd-staging", "cd-production", "preview", "preview-close", "previews-gc"))

@@ -121,3 +121,11 @@ def test_a_closed_pull_request_takes_only_the_images_nothing_else_refers_to() ->
             f"pr-70-{'3' * 40}": "sha256:d",  # another pull request whose number starts the same: kept
             "ck-2": "sha256:e", "v1.2.3": "sha256:f"}
     assert images_to_delete(tags, 7) == {"sha256:a"}
+
+
+def test_cd_refuses_a_preview_environment() -> None:
+    """Only the preview flow deploys pr-N (with the pull request's own images): `cd --env pr-7` is bad input."""
+    from flows.cd import cd
+
+    with pytest.raises(InputError, match="--env: 'pr-7' is a pull request's preview"):
+        cd.fn(env="pr-7", version=SHA, repo="https://git.example.com/acme/shop.git")
