@@ -75,13 +75,14 @@ class Host:
         """The statuses of `context` on `sha`, oldest first."""
         return [s for s in reversed(self.api.statuses.get(sha, [])) if s["context"] == context]
 
-    def wait_status(self, sha: str, context: str, states: set[str], timeout: float) -> dict[str, Any]:
+    def wait_status(self, sha: str, context: str, states: set[str], timeout: float,
+                    poll: float = 1) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = self.statuses(sha, context)
             if found and found[-1]["state"] in states:
                 return found[-1]
-            time.sleep(1)
+            time.sleep(poll)
         pytest.fail(f"{context} on {sha[:12]}: {[s['state'] for s in self.statuses(sha, context)]}, not {states} "
                     f"in {timeout} s\n{self.stack.logs()}")
 
