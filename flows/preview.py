@@ -31,6 +31,8 @@ from sunday_release.preview import (
     over_cap,
     preview_config,
     preview_env,
+    preview_host,
+    preview_url,
 )
 from sunday_release.refs import pull_ref, pull_request_number, validate_sha
 from sunday_release.settings import Settings
@@ -42,6 +44,7 @@ from tasks.preview import (
     destroy_preview,
     forget_preview,
     ports_taken,
+    provision_preview,
     read_preview,
     read_previews,
     save_preview,
@@ -87,8 +90,10 @@ def preview(repo: str, ref: str, sha: str) -> dict[str, Any]:
     pending_at = report_status(target, "pending", PREVIEW_CONTEXT, f"deploying {env}", run_url)
     try:
         record, ports = _admit(repo, config.project, number, sha, policy, run_id)
-        result = release(preview_config(config, policy, number, ports), env, sha, checkout, allow_older=True,
-                         image_tag=f"pr-{number}-{sha}")
+        shaped = preview_config(config, policy, number, ports)
+        if policy.target == "kubernetes":  # its namespace from the platform's overlay, before the first deploy
+            provision_preview(shaped, number, preview_host(policy, number))
+        result = release(shaped, env, sha, checkout, allow_older=True, image_tag=f"pr-{number}-{sha}")
     except BaseException as exc:
         last = read_preview(config.project, number)
         if last is not None:  # a redeploy that failed: the last green version still serves (blue-green)
@@ -98,7 +103,7 @@ def preview(repo: str, ref: str, sha: str) -> dict[str, Any]:
         state = "failure" if isinstance(exc, Exception) and not isinstance(exc, InputError) else "error"
         report_status(target, state, PREVIEW_CONTEXT, f"{env} not deployed: {_first_line(exc)}", run_url, pending_at)
         raise
-    url = str(result["url"])
+    url = preview_url(policy, number) if policy.target == "kubernetes" else str(result["url"])
     save_preview(record.model_copy(update={"state": "live", "url": url, "reason": ""}))
     report_status(target, "success", PREVIEW_CONTEXT, f"{env} serves {sha[:12]} at {url}", url, pending_at)
     summary: dict[str, Any] = {"project": config.project, "env": env, "number": number, "sha": sha, "url": url,
@@ -113,7 +118,7 @@ def preview(repo: str, ref: str, sha: str) -> dict[str, Any]:
 
 
 def _admit(repo: str, project: str, number: int, sha: str, policy: PreviewPolicy,
-           run_id: str) -> tuple[PreviewRecord, tuple[int, int]]:
+           run_id: str) -> tuple[PreviewRecord, tuple[int, int] | None]:
     """Under the project's previews slot: stop the previews past their TTL or beyond the cap, give this one its
     ports (its own when it has some), and record it as deploying."""
     now = datetime.now(UTC)
@@ -127,13 +132,14 @@ def _admit(repo: str, project: str, number: int, sha: str, policy: PreviewPolicy
                              "pushed to longest ago; push again to redeploy")
         existing = read_preview(project, number)
         ports = existing.ports if existing is not None and existing.state != "stopped" else None
-        if ports is None:
+        if ports is None and policy.target == "docker":
             held = {p for r in read_previews() if r.state != "stopped" and r.ports for p in r.ports}
             ports = choose_ports(policy, ports_taken(Settings.from_env(), policy) | held)
         record = PreviewRecord(project=project, number=number, sha=sha, ports=ports, state="deploying",
                                url=existing.url if existing is not None and existing.state != "stopped" else None,
                                created=existing.created if existing is not None else now, pushed=now,
-                               flow_run_id=run_id, repo=repo, host=socket.gethostname())
+                               flow_run_id=run_id, target=policy.target, repo=repo,
+                               host=socket.gethostname() if policy.target == "docker" else None)
         save_preview(record)
     return record, ports
 
@@ -148,8 +154,9 @@ def _stop(repo: str, record: PreviewRecord, why: str) -> None:
 
 
 def _remove(record: PreviewRecord) -> None:
-    """Remove the preview's environment from this machine (its record names the machine that runs it)."""
-    if record.host and record.host != socket.gethostname():
+    """Remove the preview's environment: its namespace (kubernetes), or its containers, router and database on this
+    machine (docker: its record names the machine that runs it)."""
+    if record.target == "docker" and record.host and record.host != socket.gethostname():
         raise InputError(f"{record.project}/{record.env} runs on {record.host}, not on {socket.gethostname()}: "
                          "stop it from a worker of that machine")
     settings = Settings.from_env()
@@ -157,7 +164,8 @@ def _remove(record: PreviewRecord) -> None:
         config = last_config(settings, record.project, record.env)
     except (OSError, ValueError):
         config = None
-    destroy_preview(record.project, record.number, config)
+    destroy_preview(record.project, record.number, config,
+                    (read_policy(record.project) or default_policy(record.project)).previews)
 
 
 def _e2e(target: Any, project: str, env: str, policy: PreviewPolicy, run_url: str | None) -> dict[str, Any]:
@@ -187,6 +195,7 @@ def close_preview(repo: str, ref: str, delete_images: bool = True) -> dict[str, 
     repo, number = validate.repo(repo), _number(validate.ref(ref, "--ref"))
     records = [r for r in read_previews() if r.number == number and (r.repo is None or same_repository(r.repo, repo))]
     removed: list[str] = []
+    kept: list[str] = []
     for record in records:
         with environment_slot(record.project, SLOT):
             config = None
@@ -195,13 +204,20 @@ def close_preview(repo: str, ref: str, delete_images: bool = True) -> dict[str, 
             except (OSError, ValueError):
                 pass
             _remove(record)
-            if delete_images and config is not None:
-                removed += delete_preview_images(config.registry, record.project, list(config.services), number)
+            if delete_images and config is not None:  # the environment is gone: an unreachable registry keeps
+                # only images, which the next close or the registry's own retention removes (said in the result)
+                deleted = delete_preview_images(config.registry, record.project, list(config.services), number,
+                                                return_state=True)
+                if deleted.is_completed():
+                    removed += deleted.result()
+                else:
+                    kept.append(f"{record.project}/{record.env}: images not deleted: {deleted.message}")
             forget_preview(record.project, number)
         report_status(status_target(repo, record.sha), "success", PREVIEW_CONTEXT,
                       f"{record.env} removed: the pull request was closed", None)
         progress(f"{record.project}/{record.env} removed")
-    return {"number": number, "removed": [f"{r.project}/{r.env}" for r in records], "images": removed}
+    return {"number": number, "removed": [f"{r.project}/{r.env}" for r in records], "images": removed,
+            "warnings": kept}
 
 
 @flow(name="previews-gc", flow_run_name="previews-gc", persist_result=True)
@@ -214,7 +230,7 @@ def previews_gc(repo: str) -> dict[str, Any]:
         policy = (read_policy(project) or default_policy(project)).previews
         with environment_slot(project, SLOT):
             for record in expired(read_previews(project), policy.ttl_hours):
-                if record.host in (None, host):
+                if record.target == "kubernetes" or record.host in (None, host):
                     _stop(repo, record, f"no push for {policy.ttl_hours:g} h (the previews' TTL); push again to "
                                         "redeploy")
                     stopped.append(f"{project}/{record.env}")

@@ -23,7 +23,8 @@ from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import InputError
 
 __all__ = ["PREVIEW_ENV", "PreviewPolicy", "PreviewRecord", "choose_ports", "expired", "images_to_delete",
-           "is_preview_env", "over_cap", "preview_config", "preview_env", "preview_number"]
+           "is_preview_env", "over_cap", "preview_config", "preview_env", "preview_host", "preview_number",
+           "preview_url"]
 
 PREVIEW_ENV = re.compile(r"^pr-([1-9][0-9]{0,8})$")
 PreviewState = Literal["deploying", "live", "failed", "stopped"]
@@ -46,9 +47,14 @@ class PreviewPolicy(_Model):
     base: str = Field("staging", pattern=validate.NAME_PATTERN)
     """The environment of the commit's config a preview is shaped after (health, watch, smoke); defaults when the
     config has none."""
-    target: Literal["docker"] = "docker"
-    """Where previews run: the docker target of the worker's machine (a kubernetes namespace per preview is not
-    built yet)."""
+    target: Literal["docker", "kubernetes"] = "docker"
+    """Where previews run: the docker target of the deploying worker's machine, or a namespace `sunday-pr-N` per
+    preview in the cluster of `kube_context` (infra/k8s/preview: the staging overlay, one pod per service)."""
+    kube_context: str | None = Field(None, min_length=1, max_length=253)
+    """kubernetes: the kubeconfig context of the previews' cluster; None: the worker's own (its pod's
+    ServiceAccount)."""
+    host: str = Field("pr-{number}.preview.sunday.com", pattern=r"^[a-z0-9{}.-]+$", max_length=200)
+    """kubernetes: the Ingress host of a preview (`{number}`: the pull request's); its URL is https://HOST."""
     e2e: bool = True
     """Run the E2E flow against each preview (status `sunday-release/e2e`)."""
     e2e_vus: int = Field(2, ge=1, le=1000)
@@ -56,6 +62,8 @@ class PreviewPolicy(_Model):
 
     @model_validator(mode="after")
     def _range(self) -> PreviewPolicy:
+        if "{number}" not in self.host:
+            raise ValueError(f"host: {self.host!r} must contain {{number}} (each preview has its own)")
         first, last = self.ports
         if not 1024 <= first <= last <= 65535:
             raise ValueError(f"ports: [{first}, {last}] is not a range of unprivileged ports (first <= last)")
@@ -79,10 +87,11 @@ class PreviewRecord(_Model):
     """When the pull request was last pushed to (the TTL counts from it)."""
     reason: str = ""
     flow_run_id: str | None = None
+    target: Literal["docker", "kubernetes"] = "docker"
     repo: str | None = None
     """The repository whose pull request it is (the deployment's pinned one)."""
     host: str | None = None
-    """The machine whose docker target runs it: only a worker there can stop it."""
+    """docker: the machine that runs it; only a worker there can stop it."""
 
     @property
     def env(self) -> str:
@@ -123,16 +132,31 @@ def choose_ports(policy: PreviewPolicy, taken: set[int]) -> tuple[int, int]:
                      f"project's policy or close pull requests")
 
 
+def preview_url(policy: PreviewPolicy, number: int) -> str:
+    """kubernetes: the preview's URL, from the policy's Ingress host."""
+    return f"https://{preview_host(policy, number)}"
+
+
+def preview_host(policy: PreviewPolicy, number: int) -> str:
+    return policy.host.replace("{number}", str(number))
+
+
 def preview_config(config: PipelineConfig, policy: PreviewPolicy, number: int,
-                   ports: tuple[int, int]) -> PipelineConfig:
+                   ports: tuple[int, int] | None) -> PipelineConfig:
     """The commit's config with one more environment, `pr-N`: shaped after `policy.base` of the commit (or the
-    defaults), with one replica of each service, no approval, no backup, and the policy's target and ports.
-    Every other environment is dropped: a preview run cannot touch them."""
+    defaults), with one replica of each service, no approval, no backup, and the policy's target, cluster and
+    (docker) ports. Every other environment is dropped: a preview run cannot touch them.
+
+    Raises:
+        InputError: a docker preview without ports.
+    """
     base = config.environments.get(policy.base) or Environment()
+    if policy.target == "docker" and ports is None:
+        raise InputError("a docker preview needs its host ports")
     data = base.model_dump()
-    data |= {"target": policy.target, "kube_context": None, "approval": False, "backup": False,
-             "replicas": {name: 1 for name in config.services}, "database_url_secret": None,
-             "port": ports[0], "db_port": ports[1]}
+    data |= {"target": policy.target, "kube_context": policy.kube_context if policy.target == "kubernetes" else None,
+             "approval": False, "backup": False, "replicas": {name: 1 for name in config.services},
+             "database_url_secret": None, "port": ports[0] if ports else None, "db_port": ports[1] if ports else None}
     env = Environment.model_validate(data)
     return config.model_copy(update={"environments": {preview_env(number): env}})
 

@@ -69,6 +69,10 @@ class RegistryUnavailable(PipelineError):
     """The registry did not answer (connection refused, timeout, 5xx)."""
 
 
+class DeletesDisabled(PipelineError):
+    """The registry does not delete manifests (its configuration), so nothing can be removed from it."""
+
+
 class RegistryAuthFailed(PipelineError):
     """The registry (or its token service) refused the credentials: names the registry, never a secret."""
 
@@ -422,9 +426,11 @@ class RegistryClient:
         r = self._request("DELETE", f"{repo}/manifests/{digest}")
         if r.status_code == 404:
             return False
+        if r.status_code == 405:
+            raise DeletesDisabled(f"registry {self.registry} refuses deletes (DELETE {repo}@{digest[:19]} answered "
+                                  "405: distribution's storage.delete.enabled is off)")
         if r.status_code not in (200, 202):
-            raise PipelineError(f"registry {self.registry}: DELETE {repo}@{digest[:19]} answered {r.status_code}"
-                                f"{' (deletes are disabled on this registry)' if r.status_code == 405 else ''}")
+            raise PipelineError(f"registry {self.registry}: DELETE {repo}@{digest[:19]} answered {r.status_code}")
         return True
 
     def put_tag(self, repo: str, tag: str, body: bytes, media_type: str) -> str:

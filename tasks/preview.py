@@ -16,14 +16,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
 from sunday_release.config import PipelineConfig
-from sunday_release.errors import InputError, PipelineError
+from sunday_release.errors import PipelineError
 from sunday_release.preview import PreviewPolicy, PreviewRecord, images_to_delete, preview_env
+from sunday_release.registry import DeletesDisabled
 from sunday_release.settings import Settings
 from tasks._common import progress
 from tasks.images import registry_client
 
-__all__ = ["PREFIX", "delete_preview_images", "destroy_preview", "forget_preview", "ports_taken", "read_preview",
-           "read_previews", "save_preview"]
+__all__ = ["PREFIX", "delete_preview_images", "destroy_preview", "forget_preview", "ports_taken",
+           "provision_preview", "read_preview", "read_previews", "save_preview"]
 
 PREFIX = "sunday-preview-"
 
@@ -100,10 +101,42 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+OVERLAY = Path(__file__).resolve().parent.parent / "infra" / "k8s" / "preview"
+
+
+@task(name="provision-preview", task_run_name="provision[{config.project}/pr-{number}]", cache_policy=NO_CACHE,
+      retries=2, retry_delay_seconds=5)
+def provision_preview(config: PipelineConfig, number: int, host: str) -> int:
+    """kubernetes: render infra/k8s/preview (the platform's overlay, never the commit's), move it to namespace
+    sunday-pr-N and `host`, and apply it (server-side apply: a redeploy changes nothing that is there); the number
+    of objects applied."""
+    import yaml
+
+    from sunday_release.runner import run
+    from sunday_release.settings import kubectl
+    from sunday_release.targets import make_target
+    from sunday_release.targets.kube_preview import preview_manifests
+    from sunday_release.targets.kubernetes import KubernetesTarget
+
+    rendered = [doc for doc in yaml.safe_load_all(run([kubectl(), "kustomize", str(OVERLAY)], timeout=120).stdout)
+                if doc]
+    target = make_target(config, preview_env(number), Settings.from_env())
+    if not isinstance(target, KubernetesTarget):
+        raise PipelineError(f"{config.project}/pr-{number} is not on the kubernetes target")
+    try:
+        applied = target.provision(preview_manifests(rendered, config.project, number, host))
+    finally:
+        target.teardown()
+    progress(f"{config.project}/pr-{number}: {applied} objects applied to namespace {target.namespace} ({host})")
+    return applied
+
+
 @task(name="destroy-preview", task_run_name="destroy[{project}/pr-{number}]", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5)
-def destroy_preview(project: str, number: int, config: PipelineConfig | None) -> list[str]:
-    """Remove `pr-N` of `project` from this machine: containers, router, database and its data, its directory.
+def destroy_preview(project: str, number: int, config: PipelineConfig | None,
+                    policy: PreviewPolicy | None = None) -> list[str]:
+    """Remove `pr-N` of `project`: on the docker target of this machine its containers, router, database and
+    its data, its directory; on the kubernetes target its namespace (`policy`'s cluster when `config` is None).
 
     `config` is the preview's last config (None when it never got one: what exists is found by label and path).
     Returns what was removed, for the log.
@@ -113,6 +146,8 @@ def destroy_preview(project: str, number: int, config: PipelineConfig | None) ->
 
     settings, env = Settings.from_env(), preview_env(number)
     spec = config.environments.get(env) if config is not None else None
+    if (spec.target if spec is not None else policy.target if policy is not None else "docker") == "kubernetes":
+        return [_destroy_namespace(project, number, config, policy)]
     if config is None or spec is None:
         config = PipelineConfig.model_validate({"project": project, "services": {
             "placeholder": {"context": ".", "port": 1}}, "environments": {}})
@@ -124,6 +159,28 @@ def destroy_preview(project: str, number: int, config: PipelineConfig | None) ->
     target.destroy()
     progress(f"{project}/{env}: removed containers, router" + (f", {', '.join(existed)}" if existed else ""))
     return existed
+
+
+def _destroy_namespace(project: str, number: int, config: PipelineConfig | None,
+                       policy: PreviewPolicy | None) -> str:
+    from sunday_release.config import Environment
+    from sunday_release.targets import make_target
+    from sunday_release.targets.kubernetes import KubernetesTarget
+
+    env = preview_env(number)
+    if config is None or env not in config.environments:
+        config = PipelineConfig.model_validate({"project": project, "services": {
+            "placeholder": {"context": ".", "port": 1}}, "environments": {}}).model_copy(update={"environments": {
+                env: Environment(target="kubernetes", kube_context=policy.kube_context if policy else None)}})
+    target = make_target(config, env, Settings.from_env())
+    if not isinstance(target, KubernetesTarget):
+        raise PipelineError(f"{project}/{env} is not on the kubernetes target")
+    try:
+        target.destroy()
+    finally:
+        target.teardown()
+    progress(f"{project}/{env}: namespace {target.namespace} deleted")
+    return f"namespace {target.namespace}"
 
 
 @task(name="delete-preview-images", task_run_name="delete-images[{project}/pr-{number}]", cache_policy=NO_CACHE,
@@ -144,8 +201,9 @@ def delete_preview_images(registry: str, project: str, services: list[str], numb
                 try:
                     if client.delete(repository, digest):
                         deleted.append(f"{repository}@{digest}")
-                except InputError:
-                    continue
+                except DeletesDisabled as refused:  # the registry's choice, not a failure of the close
+                    progress(f"{project}/pr-{number}: images kept: {refused}")
+                    return deleted
     progress(f"{project}/pr-{number}: deleted {len(deleted)} image(s) no release refers to"
              + (f" ({', '.join(d.split('@')[0] for d in deleted)})" if deleted else ""))
     return deleted

@@ -120,18 +120,22 @@ class FakeKubernetesApi:
         self._rollouts: dict[str, _Rollout] = {}
         self._faults: list[list[Any]] = []
         self._job_reads: dict[str, int] = {}
+        self.applied: dict[tuple[str, str], Obj] = {}
         for obj in deepcopy(self.objects):
             if obj["kind"] not in ("Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"):
                 continue
-            obj["metadata"].setdefault("namespace", self.namespace)
-            obj["metadata"]["resourceVersion"] = "1"
-            if obj["kind"] == "Deployment":
-                obj["metadata"]["generation"] = 1
-                n = obj["spec"].get("replicas", 1)
-                obj["status"] = {"observedGeneration": 1, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
-                                 "availableReplicas": n,
-                                 "conditions": [self._progressing(True, "NewReplicaSetAvailable")]}
+            self._seed(obj)
             self.store[(obj["kind"], obj["metadata"]["name"])] = obj
+
+    def _seed(self, obj: Obj) -> None:
+        """An object as the API server keeps it: in the namespace, version 1, a Deployment rolled out."""
+        obj["metadata"].setdefault("namespace", self.namespace)
+        obj["metadata"]["resourceVersion"] = "1"
+        if obj["kind"] == "Deployment":
+            obj["metadata"]["generation"] = 1
+            n = obj["spec"].get("replicas", 1)
+            obj["status"] = {"observedGeneration": 1, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
+                             "availableReplicas": n, "conditions": [self._progressing(True, "NewReplicaSetAvailable")]}
 
     @classmethod
     def from_overlay(cls, overlay: str = "production", **kwargs: Any) -> FakeKubernetesApi:
@@ -371,6 +375,36 @@ class FakeKubernetesApi:
 
     def patch_config_map(self, namespace: str, name: str, body: Obj) -> Obj:
         return self._patch("ConfigMap", namespace, name, body)
+
+    def apply(self, obj: Obj) -> Obj:
+        """Server-side apply: kinds the target reads are stored (a new Deployment is at once as ready as its
+        replicas); every object is recorded in `applied`. Objects of another namespace than the fake's are
+        refused (one namespace per fake)."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        self._record("apply", kind, name, obj)
+        namespace = obj["metadata"].get("namespace", self.namespace)
+        if kind != "Namespace" and namespace != self.namespace:
+            raise api_error(403, "Forbidden", f"{kind.lower()} {name!r} in namespace {namespace!r}: this fake "
+                                              f"serves {self.namespace!r}")
+        self.applied[(kind, name)] = deepcopy(obj)
+        if kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"):
+            existing = self.store.get((kind, name))
+            if existing is not None:
+                self.merge(kind, existing, {k: v for k, v in obj.items() if k not in ("metadata", "status")})
+                return deepcopy(existing)
+            stored = deepcopy(obj)
+            self._seed(stored)
+            self.store[(kind, name)] = stored
+        return deepcopy(obj)
+
+    def delete_namespace(self, name: str) -> bool:
+        self._record("delete", "Namespace", name)
+        if name != self.namespace or not (self.store or self.applied):
+            return False
+        self.store.clear()
+        self.applied.clear()
+        self._rollouts.clear()
+        return True
 
     def close(self) -> None:
         self.closed = True

@@ -44,8 +44,9 @@ from tests.infra_checks import (
     write_manifests,
 )
 
-OVERLAYS = ("staging", "production", "monitoring", "prefect")
+OVERLAYS = ("staging", "production", "monitoring", "prefect", "preview")
 NAMESPACES = {
+    "preview": "sunday-preview",  # the placeholder each pull request's copy leaves for sunday-pr-N (kube_preview.py)
     "staging": "sunday-staging",
     "production": "sunday-production",
     "monitoring": "monitoring",

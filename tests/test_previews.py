@@ -4,6 +4,7 @@ its ports, the TTL and the cap, and which registry images a closed pull request 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -47,7 +48,8 @@ def test_a_policy_without_previews_gets_the_defaults() -> None:
     ({"max_active": 0}, "greater than or equal to 1"),
     ({"ttl_hours": 0}, "greater than 0"),
     ({"e2e_duration": "10 minutes"}, "should match pattern"),
-    ({"target": "kubernetes"}, "'docker'"),
+    ({"target": "swarm"}, "'docker' or 'kubernetes'"),
+    ({"host": "preview.example.com"}, "must contain {number}"),
     ({"surprise": 1}, "Extra inputs are not permitted"),
 ])
 def test_a_bad_preview_policy_is_named(previews: dict[str, object], problem: str) -> None:
@@ -129,3 +131,53 @@ def test_cd_refuses_a_preview_environment() -> None:
 
     with pytest.raises(InputError, match="--env: 'pr-7' is a pull request's preview"):
         cd.fn(env="pr-7", version=SHA, repo="https://git.example.com/acme/shop.git")
+
+
+def test_a_kubernetes_preview_is_the_preview_overlay_moved_to_its_own_namespace_and_host() -> None:
+    from sunday_release.errors import PipelineError
+    from sunday_release.targets.kube_preview import preview_manifests
+    from tests.infra_checks import K8S, render_kustomize
+
+    rendered = render_kustomize(K8S / "preview")
+    objects = preview_manifests(rendered, "shop", 12, "pr-12.preview.example.com")
+    assert (objects[0]["kind"], objects[0]["metadata"]["name"]) == ("Namespace", "sunday-pr-12")
+    assert objects[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert {o["metadata"]["namespace"] for o in objects[1:]} == {"sunday-pr-12"}
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert {("StatefulSet", "postgres"), ("Deployment", "backend-blue"), ("Ingress", "sunday")} <= kinds
+    assert not {k for k in kinds if "database-backup" in k[1]}  # no backups, no AWS identity of staging's
+    ingress = next(o for o in objects if o["kind"] == "Ingress")
+    assert [r["host"] for r in ingress["spec"]["rules"]] == ["pr-12.preview.example.com"]
+    assert ingress["spec"]["tls"][0]["hosts"] == ["pr-12.preview.example.com"]
+    blue = {o["metadata"]["name"]: o["spec"].get("replicas") for o in objects if o["kind"] == "Deployment"}
+    assert blue == {"backend-blue": 1, "frontend-blue": 1, "backend-green": 0, "frontend-green": 0}
+    assert {o["spec"]["maxReplicas"] for o in objects if o["kind"] == "HorizontalPodAutoscaler"} == {1}
+    state = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "sunday-release-state")
+    assert state["metadata"]["labels"]["sunday-release/env"] == "pr-12"
+    assert state["metadata"]["labels"]["sunday-release/project"] == "shop"
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    assert binding["subjects"][0]["namespace"] == "prefect"  # the pipeline's own, untouched
+
+    stray = [*rendered, {"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "x", "namespace": "kube-system"}}]
+    with pytest.raises(PipelineError, match="into namespace 'kube-system'"):
+        preview_manifests(stray, "shop", 12, "pr-12.preview.example.com")
+
+
+def test_the_kubernetes_target_creates_and_deletes_only_a_previews_namespace(tmp_path: Path) -> None:
+    from sunday_release.errors import PipelineError
+    from sunday_release.targets.kubernetes import KubernetesTarget
+    from tests.fake_kube import FakeKubernetesApi
+
+    config = parse_config({"project": "shop", "services": SERVICES, "environments": {
+        "staging": {"target": "kubernetes"}, "pr-3": {"target": "kubernetes"}}})
+    staging = KubernetesTarget(config, "staging", config.environments["staging"], tmp_path,
+                               api=FakeKubernetesApi(objects=[], namespace="sunday-staging"))
+    with pytest.raises(PipelineError, match=r"destroy: shop/staging .* is not a pull request's preview"):
+        staging.destroy()
+    cluster = FakeKubernetesApi(objects=[], namespace="sunday-pr-3")
+    preview = KubernetesTarget(config, "pr-3", config.environments["pr-3"], tmp_path, api=cluster)
+    elsewhere = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "sunday-staging"}}
+    with pytest.raises(PipelineError, match="refusing to apply ConfigMap/x into 'sunday-staging'"):
+        preview.provision([elsewhere])
+    assert cluster.applied == {}

@@ -39,6 +39,8 @@ class KubeApi(Protocol):
     def read_pod_log(self, namespace: str, name: str, tail_lines: int) -> str: ...
     def read_config_map(self, namespace: str, name: str) -> Obj: ...
     def patch_config_map(self, namespace: str, name: str, body: Obj) -> Obj: ...
+    def apply(self, obj: Obj) -> Obj: ...
+    def delete_namespace(self, name: str) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -132,6 +134,35 @@ class KubernetesApi:
     def patch_config_map(self, namespace: str, name: str, body: Obj) -> Obj:
         return self._json(self.core.patch_namespaced_config_map, name, namespace,  # type: ignore[no-any-return]
                           body, _content_type=MERGE)
+
+    def apply(self, obj: Obj) -> Obj:
+        """Server-side apply of any object (field manager `sunday-release`, conflicts forced): a preview's
+        namespace and everything in it (sunday_release/targets/kube_preview.py)."""
+        import urllib3
+        from kubernetes import dynamic
+        from kubernetes.client import ApiException
+
+        try:
+            resource = dynamic.DynamicClient(self.api_client).resources.get(api_version=obj["apiVersion"],
+                                                                            kind=obj["kind"])
+            applied = resource.server_side_apply(body=obj, name=obj["metadata"]["name"],
+                                                 namespace=obj["metadata"].get("namespace"),
+                                                 field_manager="sunday-release", force_conflicts=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiException(status=0, reason=f"no answer from the API server: {exc}") from exc
+        return applied.to_dict()  # type: ignore[no-any-return]
+
+    def delete_namespace(self, name: str) -> bool:
+        """Delete namespace `name` and everything in it (foreground); False when there was none."""
+        from kubernetes.client import ApiException
+
+        try:
+            self._json(self.core.delete_namespace, name, propagation_policy="Foreground")
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def close(self) -> None:
         self.api_client.close()

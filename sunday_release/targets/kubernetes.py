@@ -35,6 +35,7 @@ window relies on the smoke checks.
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 import threading
@@ -52,6 +53,7 @@ from sunday_release.bluegreen import Color, EnvState
 from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import InputError, PipelineError, RolloutAborted
 from sunday_release.history import encode_state, trim_state
+from sunday_release.preview import preview_number
 from sunday_release.runner import tail
 from sunday_release.targets.kube_api import KubeApi, KubernetesApi
 from sunday_release.targets.kube_decisions import (
@@ -561,6 +563,29 @@ class KubernetesTarget:
     def teardown(self) -> None:
         """Close the API connection. Nothing in the cluster is deleted (the overlay owns the objects)."""
         self.api.close()
+
+    # ---------------------------------------------------------------- previews (flows/preview.py)
+    def provision(self, objects: list[Obj]) -> int:
+        """Apply a pull request's preview objects (`kube_preview.preview_manifests`, the Namespace first); the
+        number applied. Only into this target's own namespace, and only for a preview environment."""
+        self._only_a_preview("provision")
+        for obj in objects:
+            where = obj["metadata"]["name"] if obj["kind"] == "Namespace" else obj["metadata"].get("namespace")
+            if where != self.namespace:
+                raise PipelineError(f"refusing to apply {obj['kind']}/{obj['metadata']['name']} into {where!r}: "
+                                    f"the preview's namespace is {self.namespace}")
+            self._call("apply", obj["kind"], obj["metadata"]["name"], functools.partial(self.api.apply, obj))
+        return len(objects)
+
+    def destroy(self) -> None:
+        """Delete the preview's namespace and everything in it (its database included)."""
+        self._only_a_preview("destroy")
+        self._call("delete", "Namespace", self.namespace, lambda: self.api.delete_namespace(self.namespace))
+
+    def _only_a_preview(self, doing: str) -> None:
+        if preview_number(self.env_name) is None or self.namespace != f"sunday-{self.env_name}":
+            raise PipelineError(f"{doing}: {self.key} (namespace {self.namespace}) is not a pull request's preview; "
+                                "the pipeline creates and deletes only those namespaces")
 
 
 if TYPE_CHECKING:

@@ -1,6 +1,8 @@
-"""A pull request's preview on the docker target, for real: CI of refs/pull/N/head, the preview flow deploying it
-to pr-N (its own router port from the policy's range, its own PostgreSQL seeded by migrations), a push that fails
-CI leaving the last green version serving, and `--close` leaving nothing of pr-N behind."""
+"""A pull request's preview on the docker target driven by hand (the CLI), for real: CI of refs/pull/N/head, the
+preview flow deploying it to pr-N (its own router port from the policy's range, its own PostgreSQL seeded by
+migrations), a push that fails CI leaving the last green version serving, and `--close` leaving nothing of pr-N
+behind, its registry images included. In `make test-faults` beside the same driven by events
+(test_pull_request_platform.py): `make test` keeps to its ten minutes."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pytest
 from tests.conftest import APP, DOCKER
 from tests.test_ci_flow import sunday
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
 
 def _listening(port: int) -> bool:
