@@ -172,6 +172,7 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
     module, _, attr = {"ci": "flows.ci:ci", "cd": "flows.cd:cd", "rollback": "flows.cd:rollback",
                        "scale": "flows.cd:scale", "e2e": "flows.e2e:e2e", "gc": "flows.gc:gc",
                        "preview": "flows.preview:preview", "preview-close": "flows.preview:close_preview",
+                       "previews-gc": "flows.preview:previews_gc",
                        }[name].partition(":")
     flow_fn = getattr(__import__(module, fromlist=[attr]), attr)
     del flows
@@ -357,6 +358,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_previews(args: argparse.Namespace) -> int:
     project = _project(args)
+    if args.expire:
+        code, result, error = _run_flow("previews-gc", args.verbose, "stopping the previews past their TTL",
+                                        repo=validate_repo(args.repo))
+        return _finish(code, result, error, args.json, "previews --expire")
     _connect(args.verbose)
     from tasks.preview import read_previews
 
@@ -486,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("previews", help="the pull requests' preview environments: state, commit, URL")
     p.add_argument("--project", help="only this project's")
+    p.add_argument("--expire", action="store_true",
+                   help="stop the previews past their project's TTL now (what the previews-gc deployment does hourly)")
+    p.add_argument("--repo", default=".", help="--expire: the repository (its commits get the statuses)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_previews)
 

@@ -21,6 +21,7 @@ from deployments.projects import find_policy, read_policy, same_repository
 from flows.cd import environment_slot, release
 from flows.ci import _first_line, _run_url
 from sunday_release import validate
+from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, StageFailed
 from sunday_release.policy import default_policy
 from sunday_release.preview import (
@@ -89,7 +90,7 @@ def preview(repo: str, ref: str, sha: str) -> dict[str, Any]:
         return {"project": config.project, "env": env, "state": "SKIPPED", "reason": "previews are off"}
     pending_at = report_status(target, "pending", PREVIEW_CONTEXT, f"deploying {env}", run_url)
     try:
-        record, ports = _admit(repo, config.project, number, sha, policy, run_id)
+        record, ports = _admit(repo, config, number, sha, policy, run_id)
         shaped = preview_config(config, policy, number, ports)
         if policy.target == "kubernetes":  # its namespace from the platform's overlay, before the first deploy
             provision_preview(shaped, number, preview_host(policy, number))
@@ -117,11 +118,11 @@ def preview(repo: str, ref: str, sha: str) -> dict[str, Any]:
     return summary
 
 
-def _admit(repo: str, project: str, number: int, sha: str, policy: PreviewPolicy,
+def _admit(repo: str, config: PipelineConfig, number: int, sha: str, policy: PreviewPolicy,
            run_id: str) -> tuple[PreviewRecord, tuple[int, int] | None]:
     """Under the project's previews slot: stop the previews past their TTL or beyond the cap, give this one its
     ports (its own when it has some), and record it as deploying."""
-    now = datetime.now(UTC)
+    now, project = datetime.now(UTC), config.project
     with environment_slot(project, SLOT):
         records = read_previews(project)
         for old in expired(records, policy.ttl_hours, now):
@@ -138,7 +139,8 @@ def _admit(repo: str, project: str, number: int, sha: str, policy: PreviewPolicy
         record = PreviewRecord(project=project, number=number, sha=sha, ports=ports, state="deploying",
                                url=existing.url if existing is not None and existing.state != "stopped" else None,
                                created=existing.created if existing is not None else now, pushed=now,
-                               flow_run_id=run_id, target=policy.target, repo=repo,
+                               flow_run_id=run_id, target=policy.target, registry=config.registry,
+                               services=tuple(config.services), repo=repo,
                                host=socket.gethostname() if policy.target == "docker" else None)
         save_preview(record)
     return record, ports
@@ -204,10 +206,11 @@ def close_preview(repo: str, ref: str, delete_images: bool = True) -> dict[str, 
             except (OSError, ValueError):
                 pass
             _remove(record)
-            if delete_images and config is not None:  # the environment is gone: an unreachable registry keeps
+            registry = record.registry or (config.registry if config is not None else None)
+            services = list(record.services or (config.services if config is not None else []))
+            if delete_images and registry and services:  # the environment is gone: an unreachable registry keeps
                 # only images, which the next close or the registry's own retention removes (said in the result)
-                deleted = delete_preview_images(config.registry, record.project, list(config.services), number,
-                                                return_state=True)
+                deleted = delete_preview_images(registry, record.project, services, number, return_state=True)
                 if deleted.is_completed():
                     removed += deleted.result()
                 else:

@@ -88,6 +88,9 @@ class PreviewRecord(_Model):
     reason: str = ""
     flow_run_id: str | None = None
     target: Literal["docker", "kubernetes"] = "docker"
+    registry: str | None = None
+    """Where its images are (`pr-N-COMMIT` of PROJECT/SERVICE): what closing deletes."""
+    services: tuple[str, ...] = ()
     repo: str | None = None
     """The repository whose pull request it is (the deployment's pinned one)."""
     host: str | None = None

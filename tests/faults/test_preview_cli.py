@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -102,6 +103,34 @@ def test_a_pull_requests_preview_serves_its_version_keeps_the_last_green_and_lea
     refused = sunday("preview", "--repo", str(repo), "--pr", "7", "--sha", two, api=prefect_api, env=env)
     assert refused.returncode == 2 and f"pr-7-{two}" in refused.stderr  # no image passed CI: nothing moves
     assert "Sunday PR-7 one" in httpx.get(result["url"], timeout=10).text
+
+    # the next green push redeploys blue-green: the other color, the same database (the board is still there)
+    test.unlink()
+    page = repo / "frontend" / "public" / "index.html"
+    page.write_text(page.read_text().replace("Sunday PR-7 one", "Sunday PR-7 three"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "pr 7: fixed")
+    three = git(repo, "rev-parse", "HEAD")
+    git(repo, "update-ref", "refs/pull/7/head", three)
+    assert sunday("ci", "--repo", str(repo), "--ref", "refs/pull/7/head", "--sha", three,
+                  api=prefect_api).returncode == 0
+    again = sunday("preview", "--repo", str(repo), "--pr", "7", "--sha", three, "--json", api=prefect_api, env=env)
+    assert again.returncode == 0, again.stderr
+    assert (json.loads(again.stdout)["color"], json.loads(again.stdout)["url"]) == ("green", result["url"])
+    assert "Sunday PR-7 three" in httpx.get(result["url"], timeout=10).text
+    assert "preview" in httpx.get(f"{result['url']}/api/boards", timeout=10).text
+
+    # no push for longer than the TTL: the hourly sweep (here by hand) stops it and says why
+    policy.write_text(f"previews: {{ports: [{first}, {first + 9}], e2e: false, ttl_hours: 0.0003}}\n")
+    assert sunday("project", "add", project, "--repo", str(repo), "--policy", str(policy),
+                  api=prefect_api).returncode == 0
+    time.sleep(1.5)
+    expired = sunday("previews", "--expire", "--repo", str(repo), "--json", api=prefect_api, env=env)
+    assert expired.returncode == 0, expired.stderr
+    assert f"{project}/pr-7" in json.loads(expired.stdout)["stopped"]
+    listed = json.loads(sunday("previews", "--project", project, "--json", api=prefect_api).stdout)
+    assert [(r["state"], "TTL" in r["reason"]) for r in listed] == [("stopped", True)]
+    assert not _listening(first)
 
     closed = sunday("preview", "--repo", str(repo), "--pr", "7", "--close", "--json", api=prefect_api, env=env)
     assert closed.returncode == 0, closed.stderr
