@@ -42,10 +42,29 @@ def _wait(host: Host, sha: str, context: str, started: float, timeout: float = 9
 
 def by_event(host: Host, number: int) -> tuple[float, float]:
     sha = host.push_pr(number, f"bench-{number}")
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
     host.deliver("opened", number, sha)
     serving = _wait(host, sha, "sunday-release/preview", started)
-    return serving, _wait(host, sha, "sunday-release/e2e", started)
+    took = serving, _wait(host, sha, "sunday-release/e2e", started)
+    print("    where the event chain's time went (s from the delivery): " + _breakdown(host, sha, wall), flush=True)
+    return took
+
+
+def _breakdown(host: Host, sha: str, wall: float) -> str:
+    """Created, Running and ended of the ci and preview runs of `sha`, relative to the delivery."""
+    from datetime import datetime
+
+    def at(stamp: str | None) -> str:
+        return f"{datetime.fromisoformat(stamp).timestamp() - wall:5.1f}" if stamp else "  -  "
+
+    parts = []
+    for deployment in ("ci", "preview"):
+        runs = [r for r in host.stack.runs(deployment) if r["parameters"].get("sha") == sha]
+        if runs:
+            run = runs[0]
+            parts.append(f"{deployment} created {at(run['created'])}, running {at(run['start_time'])}, "
+                         f"ended {at(run['end_time'])}")
+    return "; ".join(parts)
 
 
 def by_hand(host: Host, number: int) -> tuple[float, float]:
