@@ -155,17 +155,21 @@ def _stop(repo: str, record: PreviewRecord, why: str) -> None:
     progress(f"{record.project}/{record.env} stopped: {why}")
 
 
-def _remove(record: PreviewRecord) -> None:
+def _last_config(record: PreviewRecord) -> PipelineConfig | None:
+    """The preview's last config as this machine keeps it; None when it has none (never deployed here, stopped)."""
+    try:
+        return last_config(Settings.from_env(), record.project, record.env)
+    except (OSError, ValueError):
+        return None
+
+
+def _remove(record: PreviewRecord, config: PipelineConfig | None = None) -> None:
     """Remove the preview's environment: its namespace (kubernetes), or its containers, router and database on this
-    machine (docker: its record names the machine that runs it)."""
+    machine (docker: its record names the machine that runs it). `config`: its last config, if read already."""
     if record.target == "docker" and record.host and record.host != socket.gethostname():
         raise InputError(f"{record.project}/{record.env} runs on {record.host}, not on {socket.gethostname()}: "
                          "stop it from a worker of that machine")
-    settings = Settings.from_env()
-    try:
-        config = last_config(settings, record.project, record.env)
-    except (OSError, ValueError):
-        config = None
+    config = config or _last_config(record)
     destroy_preview(record.project, record.number, config,
                     (read_policy(record.project) or default_policy(record.project)).previews)
 
@@ -200,12 +204,8 @@ def close_preview(repo: str, ref: str, delete_images: bool = True) -> dict[str, 
     kept: list[str] = []
     for record in records:
         with environment_slot(record.project, SLOT):
-            config = None
-            try:
-                config = last_config(Settings.from_env(), record.project, record.env)
-            except (OSError, ValueError):
-                pass
-            _remove(record)
+            config = _last_config(record)
+            _remove(record, config)
             registry = record.registry or (config.registry if config is not None else None)
             services = list(record.services or (config.services if config is not None else []))
             if delete_images and registry and services:  # the environment is gone: an unreachable registry keeps

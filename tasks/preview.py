@@ -7,8 +7,6 @@ the docker target of the machine that deployed it.
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 
 from prefect import task
@@ -80,25 +78,11 @@ def forget_preview(project: str, number: int) -> None:
 def ports_taken(settings: Settings, policy: PreviewPolicy) -> set[int]:
     """The host ports a new preview may not take: every port an environment of this machine holds (its
     ports.json, whatever the project) and every port of the policy's range something listens on."""
-    taken: set[int] = set()
-    for claim in settings.env_root.glob("*/*/ports.json"):
-        try:
-            ports = json.loads(claim.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(ports, dict):
-            taken |= {int(p) for p in ports.values() if isinstance(p, int)}
+    from sunday_release.targets.docker import _listening, _ports_in
+
+    taken = {port for claim in settings.env_root.glob("*/*/ports.json") for port in _ports_in(claim)}
     first, last = policy.ports
-    for port in range(first, last + 1):
-        if port not in taken and _listening(port):
-            taken.add(port)
-    return taken
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+    return taken | {port for port in range(first, last + 1) if port not in taken and _listening(port)}
 
 
 OVERLAY = Path(__file__).resolve().parent.parent / "infra" / "k8s" / "preview"
