@@ -83,8 +83,8 @@ class Sampler:
             if key not in self.last:
                 self.first[key] = cpu if initial else 0.0
                 self.last[key] = (cpu, _argv(pid))
-            else:
-                self.last[key] = (cpu, self.last[key][1] or _argv(pid))
+            else:  # read again: a child seen between its fork and its exec still showed its parent's
+                self.last[key] = (cpu, _argv(pid) or self.last[key][1])
 
     def run(self) -> None:
         self.sample(initial=True)

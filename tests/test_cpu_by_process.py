@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 
 import pytest
 
-from devtools.cpu_by_process import Sampler, kind, main
+from devtools.cpu_by_process import Sampler, _cpu, kind, main
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
@@ -32,3 +34,24 @@ def test_a_child_is_charged_its_cpu_and_a_process_alive_before_only_its_growth(
     sampler.sample(initial=True)  # this test's own process: only what it uses from now on
     sampler.sample()
     assert sum(cpu - sampler.first[key] for key, (cpu, _) in sampler.last.items()) < 0.5
+
+
+def test_a_child_first_seen_before_its_exec_is_charged_to_what_it_execs() -> None:
+    burner = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\ntime.sleep(60)"
+    # a shell that sleeps, then execs the burner: first seen as the shell, as a child between fork and exec is
+    child = subprocess.Popen(["/bin/sh", "-c", 'sleep 0.5; exec "$0" -c "$1"', sys.executable, burner])
+    try:
+        sampler = Sampler()
+        sampler.sample(initial=True)
+        assert next(argv for (pid, _), (_, argv) in sampler.last.items() if pid == str(child.pid)).startswith("/bin/sh")
+        deadline = time.monotonic() + 20
+        while (_cpu(str(child.pid)) or (0.0, 0))[0] < 0.4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sampler.sample()
+        report = sampler.report(top=1000)
+        assert kind(f"{sys.executable} -c {burner}") != kind("/bin/sh -c sleep")
+        line = next(row for row in report.splitlines() if row.endswith(kind(f"{sys.executable} -c {burner}")))
+        assert float(line.split()[0]) >= 0.3, report
+    finally:
+        child.kill()
+        child.wait()
