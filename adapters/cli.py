@@ -61,7 +61,27 @@ def _connect(verbose: bool) -> str:
                          f"(stop it with `sunday-release server stop`; its auth string is in {server.auth_file})\n")
     os.environ["PREFECT_API_URL"] = server.start()
     os.environ["PREFECT_API_AUTH_STRING"] = auth  # read by Prefect when it is imported, after this
+    _local_prometheus()
     return os.environ["PREFECT_API_URL"]
+
+
+def _local_prometheus() -> str | None:
+    """SUNDAY_PROMETHEUS_URL, or the local Prometheus (adapters/prometheus.py: started beside the local server
+    when none answers on its port), set as SUNDAY_PROMETHEUS_URL for the flows run here; None without one."""
+    from sunday_release.prometheus import prometheus_url
+
+    if (url := prometheus_url()) is not None:
+        return url
+    from adapters.prometheus import LocalPrometheus
+
+    local = LocalPrometheus(Settings.from_env().home)
+    url = local.start()
+    if url is None:
+        sys.stderr.write(f"no Prometheus on 127.0.0.1:{local.port} (Debian's prometheus package; `make setup`): "
+                         "releases are judged without metrics\n")
+        return None
+    os.environ["SUNDAY_PROMETHEUS_URL"] = url
+    return url
 
 
 def _reachable(url: str) -> str:
@@ -328,8 +348,14 @@ def cmd_dora(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from sunday_release.prometheus import prometheus_url
     from sunday_release.status import environment_status, render_status
 
+    if prometheus_url() is None and "PREFECT_API_URL" not in os.environ:  # the CLI's own platform
+        from adapters.prometheus import LocalPrometheus
+
+        if (local := LocalPrometheus(Settings.from_env().home)).ready():
+            os.environ["SUNDAY_PROMETHEUS_URL"] = local.url
     status = environment_status(validate.name(args.env, "--env"), _project(args))
     if args.json:
         _print_json(status)
@@ -386,7 +412,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.action == "start":
         print(f"Prefect server: {server.start()} (UI http://127.0.0.1:{server.port})")
     elif args.action == "stop":
+        from adapters.prometheus import LocalPrometheus
+
         print("stopped" if server.stop() else "no local server was running")
+        if LocalPrometheus(Settings.from_env().home).stop():
+            print("stopped its Prometheus")
     else:
         print(f"{'running' if server.healthy() else 'not running'}: {server.api_url}")
     return EXIT_OK

@@ -47,6 +47,7 @@ from tasks.deploy import (
     run_migrations,
     scale_service,
     smoke_test,
+    start_analysis,
     start_color,
     stop_color,
     switch_traffic,
@@ -279,6 +280,10 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
             smoke = smoke_test(target, idle, list(config.smoke))
             evidence += [f"smoke {s.service} {s.path} at {s.endpoint}: {s.status} in {s.elapsed_ms:.0f} ms"
                          for s in smoke]
+            analyzer, how = start_analysis(config, env, live)
+            evidence.append(how)
+            if analyzer is not None:
+                analyzer.measure(idle, "smoke")  # the new color on its smoke requests alone, before any traffic
             # between healthy and switched the switch waits on no write: the phase is recorded with
             # "switched" (a crash before it is reconciled from the router), or before an approval's pause
             move("smoke-passed", save=environment.approval)
@@ -301,8 +306,10 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
             evidence.append(f"traffic switched {release.timings['healthy_to_switch']:.2f}s after healthy "
                             f"(reload {took * 1000:.0f} ms)")
             verdict = watch_live(target, idle, list(config.smoke), environment.watch_seconds,
-                                 environment.max_error_rate)
+                                 environment.max_error_rate, analyzer)
             evidence.append(f"watch: {verdict.requests} requests, {verdict.errors} errors")
+            if analyzer is not None:
+                evidence += analyzer.evidence()
             move("watched")
             time.sleep(environment.drain_seconds)  # in-flight requests of the old color finish
             if live is not None:
@@ -315,6 +322,7 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
             state.live, state.revision = idle, release.revision
         except BaseException as exc:
             failure = exc
+            evidence += getattr(exc, "evidence", ())  # what decided it (the analysis's measurements)
             _undo(target, release, live, evidence, exc)
         finally:
             target.save_state(state)

@@ -129,6 +129,9 @@ class Service(_Model):
     dockerfile: RelativePath = "Dockerfile"
     port: int = Field(ge=1, le=65535)
     health_path: str = Field("/healthz", pattern=r"^/")
+    metrics_path: str | None = Field(None, pattern=r"^/[A-Za-z0-9._~/-]{0,200}$")
+    """Where the service serves Prometheus metrics on its port (`/metrics`): the platform's Prometheus scrapes
+    every replica there, labelled project, env, service and color (docs/monitoring.md). None: not scraped."""
     platforms: list[Platform] = Field(default_factory=lambda: list(_DEFAULT_PLATFORMS), min_length=1)
     build_args: Variables = Field(default_factory=dict)
     target: str | None = Field(None, min_length=1)
@@ -143,6 +146,56 @@ class Service(_Model):
         if len(set(value)) != len(value):
             raise ValueError("platforms must not repeat")
         return value
+
+
+def _promql_template(value: str) -> str:
+    """A PromQL query of one number per evaluation, with `$selector` where the label matchers of the color being
+    judged go (and `$window` for the analysis window)."""
+    if "$selector" not in value:
+        raise ValueError('the query must use $selector (the label matchers of the color being judged), e.g. '
+                         'sum(rate(http_requests_total{$selector, status=~"5.."}[$window]))')
+    if "\n" in value.strip() or len(value) > 2000:
+        raise ValueError("one line of at most 2000 characters")
+    return value.strip()
+
+
+PromQLTemplate = Annotated[str, AfterValidator(_promql_template)]
+Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,3}[sm]$")]  # a PromQL range: 30s, 2m
+
+
+class AnalysisQuery(_Model):
+    """One more measurement of the analysis: a query's value above `max` is a failed measurement."""
+
+    name: Name
+    query: PromQLTemplate
+    max: float
+
+
+class Analysis(_Model):
+    """How a release is judged from Prometheus (the platform's; SUNDAY_PROMETHEUS_URL): Argo Rollouts' analysis.
+
+    Every `interval` seconds each query is evaluated over the last `window` on the color being judged, the new
+    one: once during smoke (before traffic moves: only the smoke requests), then through the watch window on
+    live traffic. A measurement fails when a value is above its maximum; `failure_limit` failed measurements in a
+    row roll the release back. A measurement with fewer than `min_requests` requests in the window is
+    inconclusive and breaks no run. Without a reachable Prometheus the sampled requests of the router decide
+    (`max_error_rate`), and the rollout artifact says so."""
+
+    enabled: bool = True
+    interval: float = Field(2, ge=0.5, le=60)
+    window: Duration = "30s"
+    failure_limit: int = Field(2, ge=1, le=100)
+    min_requests: int = Field(20, ge=1)
+    max_error_ratio: float = Field(0.02, ge=0, le=1)
+    """The 5xx share of the color's requests in the window."""
+    max_p95_seconds: float = Field(1.0, gt=0)
+    """The color's p95 latency, absolute."""
+    max_p95_increase_seconds: float | None = Field(0.2, gt=0)
+    """The color's p95 above the previous live color's, measured over the window before the switch (a baseline;
+    none when the previous color had too little traffic). None: no comparison."""
+    max_restarts: int = Field(0, ge=0)
+    """Process restarts of the color's replicas in the window (process_start_time_seconds changing)."""
+    queries: list[AnalysisQuery] = Field(default_factory=list, max_length=20)
 
 
 class Environment(_Model):
@@ -162,6 +215,7 @@ class Environment(_Model):
     all the time. Readiness never waits for it: a new replica is probed from the host."""
     watch_seconds: float = Field(10, ge=0, le=3600)
     max_error_rate: float = Field(0.01, ge=0, le=1)
+    analysis: Analysis = Field(default_factory=Analysis)
     drain_seconds: float = Field(2, ge=0, le=600)
     keep_previous_hours: float = Field(24, ge=0)
     approval_timeout: int = Field(3600, ge=10)

@@ -120,7 +120,12 @@ class TagExists(PipelineError):
 
 
 class RolloutAborted(PipelineError):
-    """A rollout could not go on; the previous color keeps (or gets back) the traffic."""
+    """A rollout could not go on; the previous color keeps (or gets back) the traffic. `evidence`: lines of what
+    decided it (the analysis's measurements) for the rollout artifact."""
+
+    def __init__(self, message: str, evidence: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.evidence = tuple(evidence)
 
 
 class StageFailed(PipelineError):

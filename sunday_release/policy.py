@@ -38,6 +38,14 @@ class EnvPolicy(_Model):
     approval: bool = False
     backup: bool = False
     max_error_rate: float = Field(1.0, ge=0, le=1)
+    analysis: bool = False
+    """The rollout analysis may not be turned off (`analysis.enabled: false`) by a commit."""
+    max_error_ratio: float = Field(1.0, ge=0, le=1)
+    """The most `analysis.max_error_ratio` a commit may allow."""
+    max_failure_limit: int = Field(100, ge=1, le=100)
+    max_min_requests: int | None = Field(None, ge=1)
+    """The most `analysis.failure_limit` and `analysis.min_requests` a commit may set: past them its analysis
+    would never conclude."""
     database_url_secret: str | None = None
     """The Secret block of the environment's database URL, when it is not one of the project's own (`PROJECT-…`)."""
 
@@ -62,7 +70,9 @@ class ProjectPolicy(_Model):
     default_branch: str | None = None  # None: the commit's (unregistered only)
     release_tags: Regex = Field(DEFAULT_RELEASE_TAGS, min_length=1)
     environments: dict[Annotated[str, Field(pattern=_NAME)], EnvPolicy] = Field(
-        default_factory=lambda: {"production": EnvPolicy(approval=True, backup=True, max_error_rate=0.01)})
+        default_factory=lambda: {"production": EnvPolicy(approval=True, backup=True, max_error_rate=0.01,
+                                                         analysis=True, max_error_ratio=0.02,
+                                                         max_failure_limit=5, max_min_requests=100)})
     only_registered_environments: bool = False  # registered projects: a commit may not invent environments
     scan: GatePolicy = Field(default_factory=GatePolicy)
     previews: PreviewPolicy = Field(default_factory=PreviewPolicy)
@@ -155,6 +165,21 @@ def enforce(config: PipelineConfig, policy: ProjectPolicy, file: str = "sunday-r
                 refuse(f"environments.{name}.max_error_rate",
                        f"{env.max_error_rate} is above the allowed {required.max_error_rate}")
             out["max_error_rate"] = required.max_error_rate
+        analysis = env.analysis
+        if required.analysis and not analysis.enabled:
+            refuse(f"environments.{name}.analysis.enabled", f"{name} requires the rollout analysis; it cannot be "
+                                                            "turned off")
+        if analysis.max_error_ratio > required.max_error_ratio:
+            if "max_error_ratio" in analysis.model_fields_set:
+                refuse(f"environments.{name}.analysis.max_error_ratio",
+                       f"{analysis.max_error_ratio} is above the allowed {required.max_error_ratio}")
+            out["analysis"]["max_error_ratio"] = required.max_error_ratio
+        if analysis.failure_limit > required.max_failure_limit:
+            refuse(f"environments.{name}.analysis.failure_limit",
+                   f"{analysis.failure_limit} is above the allowed {required.max_failure_limit}")
+        if required.max_min_requests is not None and analysis.min_requests > required.max_min_requests:
+            refuse(f"environments.{name}.analysis.min_requests",
+                   f"{analysis.min_requests} is above the allowed {required.max_min_requests}")
 
     gate, scan = policy.scan, config.scan
     for key in ("fail_on", "misconfig_fail_on"):

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from sunday_release import validate
+from sunday_release.prometheus import Prometheus, PrometheusUnavailable, prometheus_url, signals_of
 from sunday_release.settings import Settings
 from sunday_release.targets import last_config, make_target
 from sunday_release.tls import tls_context
@@ -41,8 +42,45 @@ def environment_status(env: str, project: str | None = None) -> dict[str, Any]:
         "version": release.version if release else None,
         "serving": answered and bool(replicas) and all(r["health"] == "healthy" for r in replicas),
         "replicas": replicas,
+        "metrics": live_metrics(project, env, live),
         "history": [json.loads(r.model_dump_json()) for r in state.history[-10:]],
     }
+
+
+METRICS_WINDOW = "1m"
+
+
+def live_metrics(project: str, env: str, color: str | None) -> dict[str, Any]:
+    """The live color's signals from Prometheus over the last minute (sunday_release.prometheus), or why there
+    are none: no Prometheus configured, or it did not answer."""
+    url = prometheus_url()
+    if url is None:
+        return {"source": None, "reason": "no Prometheus (SUNDAY_PROMETHEUS_URL)"}
+    if color is None:
+        return {"source": url, "reason": "nothing live"}
+    try:
+        signals = signals_of(Prometheus(url), project, env, color, METRICS_WINDOW)
+    except PrometheusUnavailable as exc:
+        return {"source": url, "reason": str(exc)}
+    return {"source": url, "window": METRICS_WINDOW,
+            "services": [{"service": s.service, "requests_per_second": s.requests_per_second,
+                          "error_ratio": s.error_ratio, "p95_seconds": s.p95_seconds} for s in signals]}
+
+
+def _render_metrics(metrics: dict[str, Any]) -> list[str]:
+    if "services" not in metrics:
+        return [f"  metrics: {metrics['reason']}"]
+    lines = [f"  metrics of the live color (Prometheus {metrics['source']}, last {metrics['window']}):"]
+    if not metrics["services"]:
+        lines.append("    no scraped service (a service serves metrics when it sets metrics_path)")
+    for s in metrics["services"]:
+        if s["error_ratio"] is None:
+            lines.append(f"    {s['service']:<12} no requests")
+            continue
+        p95 = f"{s['p95_seconds'] * 1000:.0f} ms" if s["p95_seconds"] is not None else "-"
+        lines.append(f"    {s['service']:<12} {s['requests_per_second']:7.2f} req/s   5xx {s['error_ratio']:7.2%}"
+                     f"   p95 {p95}")
+    return lines
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -50,6 +88,7 @@ def render_status(status: dict[str, Any]) -> str:
     lines = [f"{status['project']}/{status['env']}: {serving} at {status['url']}",
              f"  live color {status['live_color']}, revision {status['revision']}, version {status['version']}"]
     lines += [f"  {r['name']:<40} {r['health']:<10} {r['endpoint']}" for r in status["replicas"]]
+    lines += _render_metrics(status["metrics"])
     lines += ["  history:"] + [f"    r{h['revision']:<3} {h['version'][:12]:<12} {h['color']:<5} {h['outcome']:<12} "
                                f"{h['reason']}" for h in status["history"]]
     return "\n".join(lines)

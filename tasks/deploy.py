@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from sunday_release.analysis import AnalysisRun, Measurement, baseline_p95, measure, thresholds
 from sunday_release.bluegreen import (
     Color,
     Release,
@@ -22,9 +24,10 @@ from sunday_release.bluegreen import (
     watch_should_stop,
     watch_verdict,
 )
-from sunday_release.config import PipelineConfig, SmokeCheck
+from sunday_release.config import Analysis, PipelineConfig, SmokeCheck
 from sunday_release.errors import InputError, RolloutAborted
 from sunday_release.ordering import tag_is_older
+from sunday_release.prometheus import Prometheus, PrometheusUnavailable, prometheus_url
 from sunday_release.refs import is_sha
 from sunday_release.runner import run
 from sunday_release.targets.protocol import DeployTarget
@@ -33,9 +36,9 @@ from tasks._common import RETRY_DELAYS, progress
 from tasks.images import registry_client
 from tasks.source import Checkout
 
-__all__ = ["claim_ports", "observe_colors", "prepare_database", "publish_rollout", "refuse_older_version",
-           "resolve_version", "restart_color", "run_migrations", "scale_service", "smoke_test", "start_color",
-           "stop_color", "switch_traffic", "watch_live"]
+__all__ = ["Analyzer", "claim_ports", "observe_colors", "prepare_database", "publish_rollout", "refuse_older_version",
+           "resolve_version", "restart_color", "run_migrations", "scale_service", "smoke_test", "start_analysis",
+           "start_color", "stop_color", "switch_traffic", "watch_live"]
 
 
 @task(name="claim-ports", cache_policy=NO_CACHE)
@@ -243,31 +246,96 @@ def switch_traffic(target: DeployTarget, color: Color) -> float:
     return took
 
 
+@dataclass
+class Analyzer:
+    """The rollout analysis of one release (sunday_release.analysis): where it asks, what it judges against, and
+    its measurements so far. Made by `start_analysis`; None when the router's sampled requests decide alone."""
+
+    prometheus: Prometheus
+    analysis: Analysis
+    project: str
+    env: str
+    baseline: float | None
+    run: AnalysisRun
+    started: float = field(default_factory=time.monotonic)
+
+    def measure(self, color: Color, phase: str) -> Measurement | None:
+        """One measurement of `color`, added to the run; None (and a note) when Prometheus does not answer."""
+        try:
+            found = measure(self.prometheus, self.analysis, self.project, self.env, color, phase,
+                            time.monotonic() - self.started, self.baseline)
+        except PrometheusUnavailable as exc:
+            progress(f"analysis {color}: no measurement: {exc}")
+            return None
+        self.run.add(found)
+        progress(f"analysis {color}: {found.line()}")
+        return found
+
+    def evidence(self) -> list[str]:
+        return [f"analysis {m.line()}" for m in self.run.measurements] + [f"analysis: {self.run.summary()}"]
+
+
+def start_analysis(config: PipelineConfig, env: str, live: Color | None) -> tuple[Analyzer | None, str]:
+    """The analysis of a release to `env`, and the evidence line that says how the release is judged: from
+    Prometheus (with the live color's p95 as the baseline), or from the router's sampled requests alone."""
+    analysis = config.environments[env].analysis
+    if not analysis.enabled:
+        return None, "analysis: disabled (analysis.enabled false): the router's sampled requests decide"
+    if not any(spec.metrics_path for spec in config.services.values()):
+        return None, "analysis: no service serves metrics (metrics_path): the router's sampled requests decide"
+    url = prometheus_url()
+    if url is None:
+        return None, "analysis: no Prometheus (SUNDAY_PROMETHEUS_URL): the router's sampled requests decide"
+    prometheus = Prometheus(url)
+    if not prometheus.ready():
+        return None, f"analysis: Prometheus at {url} does not answer: the router's sampled requests decide"
+    baseline = baseline_p95(prometheus, analysis, config.project, env, live) if live else None
+    limits = thresholds(analysis, baseline)
+    return (Analyzer(prometheus, analysis, config.project, env, baseline, AnalysisRun(analysis.failure_limit)),
+            f"analysis: Prometheus {url}, window {analysis.window}, every {analysis.interval:g}s, failure_limit "
+            f"{analysis.failure_limit}, min_requests {analysis.min_requests}; limits "
+            + ", ".join(f"{name} {value:.4g}" for name, value in limits.items())
+            + (f" (p95 baseline of {live}: {baseline:.4g}s)" if baseline is not None else ""))
+
+
 @task(name="watch", task_run_name="watch[{color}]", cache_policy=NO_CACHE)
 def watch_live(target: DeployTarget, color: Color, checks: list[SmokeCheck], seconds: float,
-               max_error_rate: float) -> WatchVerdict:
-    """Watch the live color for `seconds`: smoke through the router and the router's 5xx rate.
+               max_error_rate: float, analyzer: Analyzer | None = None) -> WatchVerdict:
+    """Watch the live color for `seconds`: smoke through the router, the router's 5xx rate, and the analysis.
 
     The verdict is taken again every second over what the router logged so far, so a release that
     fails real traffic is rolled back as soon as that shows (`watch_should_stop`), within the window.
+    With an `analyzer` the color is measured from Prometheus every `analysis.interval` seconds instead of the
+    router's sampled requests, and `failure_limit` failed measurements in a row fail the watch; its
+    measurements go with the failure (RolloutAborted.evidence) into the rollout artifact.
     """
     log = target.traffic_log()
     offset = log.access_log_size() if log is not None else 0
     started = time.monotonic()
     deadline = started + seconds
+    next_measurement = started
     while True:
         smoke = run_smoke(target, color, checks, via_router=True)
-        statuses = log.statuses_since(offset, color) if log is not None else []  # no log: the smoke checks decide
+        # the router's sampled requests judge the error rate only without an analysis (and a log): the smoke checks
+        # through the router run either way
+        statuses = log.statuses_since(offset, color) if log is not None and analyzer is None else []
         verdict = watch_verdict(statuses, smoke, max_error_rate)
+        if analyzer is not None and time.monotonic() >= next_measurement:
+            analyzer.measure(color, "watch")
+            next_measurement += analyzer.analysis.interval
+            if analyzer.run.failed and verdict.passed:
+                verdict = WatchVerdict(False, verdict.requests, verdict.errors, analyzer.run.reason())
+                break
         if watch_should_stop(verdict, smoke) or time.monotonic() >= deadline:
             break
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic()),
+                       max(0.05, next_measurement - time.monotonic()) if analyzer is not None else 1.0))
     watched = time.monotonic() - started
     progress(f"watch {color}: {verdict.requests} request(s), {verdict.errors} error(s) in {watched:.1f}s: "
              f"{'healthy' if verdict.passed else verdict.reason}")
     if not verdict.passed:
         raise RolloutAborted(f"watch window failed on {color} after {watched:.1f}s of {seconds:g}s: "
-                             f"{verdict.reason}")
+                             f"{verdict.reason}", evidence=analyzer.evidence() if analyzer is not None else ())
     return verdict
 
 

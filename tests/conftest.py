@@ -216,6 +216,16 @@ def trivy() -> Path:
 
 
 @pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's promtool (Debian's prometheus package, which `make setup` installs): its tests are `services`."""
+    refuse_in_fast_tier("promtool (promtool)")
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("no promtool: run `make setup` (bash infra/local/setup.sh packages installs prometheus)")
+    return found
+
+
+@pytest.fixture(scope="session")
 def starts_server() -> None:
     """Taken by a fixture that starts a Prefect server of its own (`make server`): its tests are marked `server`."""
     refuse_in_fast_tier("a fixture that starts a server (starts_server)")
@@ -349,10 +359,37 @@ def _remove_images_made(session: pytest.Session) -> None:
                                                                                          for p in problems))
 
 
+# Every test session of this machine (any clone) holds this lock shared while it runs: the tags that appeared on the
+# engine during a session are only its own when no other session ran beside it, so it removes them only then
+_SESSIONS_LOCK = Path(tempfile.gettempdir()) / "sunday-release-test-sessions.lock"
+_session_lock: list[Any] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        lock = open(_SESSIONS_LOCK, "a")  # held until the session ends
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        _session_lock.append(lock)
+
+
+def _alone() -> bool:
+    """Whether no other test session runs on this machine (this one's shared lock becomes exclusive)."""
+    if not _session_lock:
+        return True
+    try:
+        fcntl.flock(_session_lock[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or a run without workers): every worker is done
         _PrefectCluster.stop()
-        _remove_images_made(session)
+        if _alone():
+            _remove_images_made(session)
+        elif (reporter := session.config.pluginmanager.get_plugin("terminalreporter")) is not None:
+            reporter.write_line("left the image tags made meanwhile: another test session runs on this machine")
     from tests.cli_runner import stop_server
 
     stop_server()
@@ -364,6 +401,7 @@ _FIXTURE_MARKERS = {
     "docker_engine": "docker", "registry": "docker",  # the Docker engine; a docker-registry process
     "prefect_api": "server", "starts_server": "server",  # a real Prefect server
     "postgres": "services", "s3": "services", "trivy": "services",  # tests/pg.py: PostgreSQL, moto_server; Trivy
+    "promtool": "services",  # Debian's prometheus package
     "starts_services": "services",
 }
 TIER_MARKERS = frozenset({*_FIXTURE_MARKERS.values(), "docker", "server", "services"})

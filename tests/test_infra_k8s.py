@@ -413,7 +413,7 @@ def test_monitoring_config_alert_rules_and_dashboard() -> None:
     objects = rendered("monitoring")
     prometheus = yaml.safe_load(find(objects, "ConfigMap", "prometheus-config")["data"]["prometheus.yml"])
     jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
-    assert {"ingress-nginx", "kube-state-metrics", "sunday-pods"} <= jobs
+    assert {"ingress-nginx", "kube-state-metrics", "sunday-services"} <= jobs
     assert prometheus["rule_files"] == ["/etc/prometheus/rules/*.yml"]
 
     rules = yaml.safe_load(find(objects, "ConfigMap", "prometheus-rules")["data"]["sunday.rules.yml"])

@@ -162,6 +162,10 @@ def test_start_patch_sets_image_of_container_and_migrate_init_container(overlay:
     assert template_version(merged) == "v1.4.0"
     frontend = start_patch(deployment(overlay, "frontend-green"), "frontend", V2["frontend"], "v1.4.0", 3)
     assert "initContainers" not in frontend["spec"]["template"]["spec"]
+    scraped = start_patch(green, "backend", V2["backend"], "v1.4.0", 5, ("/metrics", 8000))
+    assert scraped["spec"]["template"]["metadata"]["annotations"] == {
+        "sunday.version": "v1.4.0", "prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
+        "prometheus.io/port": "8000"}
 
 
 def test_small_pure_helpers() -> None:

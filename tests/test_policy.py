@@ -36,6 +36,7 @@ def test_the_defaults_need_production_approval_a_backup_and_the_gates() -> None:
     effective = enforce(config(environments={"staging": {}, "production": {}}), default_policy("shop"), today=TODAY)
     production = effective.environments["production"]
     assert production.approval and production.needs_backup("production") and production.max_error_rate == 0.01
+    assert production.analysis.enabled and production.analysis.max_error_ratio == 0.02
     assert not effective.environments["staging"].approval
     assert effective.scan.fail_on == ["HIGH", "CRITICAL"] and effective.scan.misconfig_fail_on == ["CRITICAL"]
     assert effective.release_tags == r"^v\d+\.\d+\.\d+$"
@@ -45,6 +46,13 @@ def test_the_defaults_need_production_approval_a_backup_and_the_gates() -> None:
     ({"environments": {"production": {"approval": False}}}, "environments.production.approval"),
     ({"environments": {"production": {"backup": False}}}, "environments.production.backup"),
     ({"environments": {"production": {"max_error_rate": 0.5}}}, "environments.production.max_error_rate"),
+    ({"environments": {"production": {"analysis": {"enabled": False}}}}, "environments.production.analysis.enabled"),
+    ({"environments": {"production": {"analysis": {"max_error_ratio": 0.5}}}},
+     "environments.production.analysis.max_error_ratio"),
+    ({"environments": {"production": {"analysis": {"failure_limit": 50}}}},
+     "environments.production.analysis.failure_limit"),
+    ({"environments": {"production": {"analysis": {"min_requests": 1000000}}}},
+     "environments.production.analysis.min_requests"),
     ({"scan": {"fail_on": []}}, "scan.fail_on"),
     ({"scan": {"fail_on": ["CRITICAL"]}}, "scan.fail_on"),
     ({"scan": {"misconfig_fail_on": []}}, "scan.misconfig_fail_on"),
@@ -73,6 +81,12 @@ def test_a_commit_may_tighten() -> None:
     effective = enforce(tight, default_policy("shop"), today=TODAY)
     assert effective.environments["staging"].approval  # more approvals: honoured
     assert effective.environments["staging"].max_error_rate == 0.001
+    stricter = enforce(config(environments={"production": {"analysis": {"max_error_ratio": 0.005, "failure_limit": 1}},
+                                            "staging": {"analysis": {"enabled": False}}}), default_policy("shop"),
+                       today=TODAY)
+    assert stricter.environments["production"].analysis.max_error_ratio == 0.005
+    assert stricter.environments["production"].analysis.failure_limit == 1
+    assert not stricter.environments["staging"].analysis.enabled  # staging requires none by default
     assert effective.scan.fail_on == ["MEDIUM", "HIGH", "CRITICAL"]
     assert len(effective.scan.allow) == 1
 

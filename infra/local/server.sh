@@ -27,7 +27,8 @@
 #      SUNDAY_S3_PORT (9000), SUNDAY_HEARTBEAT_SECONDS (60),
 #      SUNDAY_CI_POOL_KIND (process, or docker: CI runs in containers of SUNDAY_PIPELINE_IMAGE, the pipeline's own
 #      image pinned by digest, through a prefect-docker worker; deployments/pools.py),
-#      SERVER_REPLICAS (1; 2 or more: the HA shape below), SUNDAY_REDIS_PORT (6380).
+#      SERVER_REPLICAS (1; 2 or more: the HA shape below), SUNDAY_REDIS_PORT (6380),
+#      SUNDAY_PROMETHEUS_PORT (9090: the platform's Prometheus, infra/local/prometheus.yml).
 # SERVER_REPLICAS=N (N >= 2), Prefect's documented high-availability shape: N API processes
 # (`prefect server start --no-services`, ports PREFECT_PORT+1..N) behind nginx on PREFECT_PORT, the background
 # services as their own process (`prefect server services start`), migrations run once before them, and Redis
@@ -49,6 +50,8 @@ heartbeat=${SUNDAY_HEARTBEAT_SECONDS:-60}
 ci_kind=${SUNDAY_CI_POOL_KIND:-process}
 replicas=${SERVER_REPLICAS:-1}
 redisport=${SUNDAY_REDIS_PORT:-6380}
+promport=${SUNDAY_PROMETHEUS_PORT:-9090}
+prometheus_url=http://127.0.0.1:$promport
 case "$replicas" in
   ''|*[!0-9]*|0) echo "[server] SERVER_REPLICAS: expected a whole number of API processes >= 1, got '$replicas'" >&2
                  exit 2 ;;
@@ -227,6 +230,25 @@ start_server() {
     || { log "server did not start or refuses $dir/api-auth; see $dir/logs/server.log"; exit 1; }
 }
 
+# The platform's Prometheus (infra/local/prometheus.yml): every replica of a service with `metrics_path` on this
+# machine's engine, the rules of infra/k8s/monitoring; its data under $dir/prometheus (15 days)
+start_prometheus() {
+  if alive "$dir/pids/prometheus"; then return; fi
+  if ! command -v prometheus >/dev/null; then
+    log "no prometheus (Debian's package; \`make setup\` installs it): the platform runs without metrics"; return
+  fi
+  if curl -fsS "$prometheus_url/-/ready" >/dev/null 2>&1; then
+    log "another Prometheus answers on port $promport: set SUNDAY_PROMETHEUS_PORT"; exit 1
+  fi
+  install -d -m 0700 "$dir/prometheus"
+  log "prometheus on $prometheus_url"
+  nohup prometheus --config.file="$top/infra/local/prometheus.yml" --storage.tsdb.path="$dir/prometheus" \
+    --storage.tsdb.retention.time=15d --web.listen-address="127.0.0.1:$promport" >"$(logfile prometheus)" 2>&1 &
+  echo $! > "$dir/pids/prometheus"
+  for _ in $(seq 1 60); do curl -fsS "$prometheus_url/-/ready" >/dev/null 2>&1 && return; sleep 0.5; done
+  log "prometheus did not answer on $prometheus_url; see $dir/logs/prometheus.log"; exit 1
+}
+
 start() {
   # PostgreSQL (user postgres) must reach $dir/pg: the group may traverse $dir, nobody else may enter it
   mkdir -p "$dir"
@@ -278,6 +300,7 @@ start() {
     echo $! > "$dir/pids/s3"
   fi
   for _ in $(seq 1 60); do curl -fsS "$s3" >/dev/null 2>&1 && break; sleep 0.5; done
+  start_prometheus
   # dummy keys for moto (it takes any), never the caller's real ones: they would be saved in the block.
   # On AWS the workers get a role instead (docs/production.md).
   export AWS_ACCESS_KEY_ID=local-moto-not-a-key AWS_SECRET_ACCESS_KEY=local-moto-not-a-secret AWS_REGION=us-east-1
@@ -351,6 +374,7 @@ EOF
     if ! alive "$dir/pids/worker-$pool"; then
       PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
         SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=0.5 \
+        SUNDAY_PROMETHEUS_URL=$prometheus_url \
         SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock PREFECT_FLOWS_HEARTBEAT_FREQUENCY=$heartbeat \
         nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" --type "$(kind_of "$pool")" \
         >"$(logfile "worker-$pool")" 2>&1 &
@@ -361,6 +385,7 @@ EOF
     "$PREFECT_API_URL/deployments/count" || echo '?') registered"
   log "app repository: $SUNDAY_APP_REPO"
   log "results: $results_block (s3://sunday-results at $s3); backups: s3://sunday-backups"
+  alive "$dir/pids/prometheus" && log "metrics: $prometheus_url (export SUNDAY_PROMETHEUS_URL=$prometheus_url)"
   log "the API and the UI take the auth string in $dir/api-auth; a client: export PREFECT_API_URL=$PREFECT_API_URL" \
     "PREFECT_API_AUTH_STRING=\$(cat $dir/api-auth)"
 }
@@ -373,6 +398,7 @@ stop() {
   for pidfile in "$dir"/pids/server-* "$dir/pids/services"; do halt "$pidfile"; done
   halt "$dir/pids/redis"
   halt "$dir/pids/s3"
+  halt "$dir/pids/prometheus"
   halt "$dir/pids/prewarmed"
   as_pg "$pg/pg_ctl" status -D "$dir/pg" >/dev/null 2>&1 && as_pg "$pg/pg_ctl" stop -m fast -D "$dir/pg" >/dev/null || true
   rm -f "$dir"/pids/*

@@ -18,7 +18,8 @@ DEBIAN_MIRROR=${SUNDAY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DOCKER=/usr/bin/docker
 TRIVY=${SUNDAY_TRIVY:-$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin/trivy}
 PACKAGES=(docker.io debootstrap docker-registry qemu-user-static binfmt-support
-          postgresql-15 nginx git curl ca-certificates chromium redis-server)
+          postgresql-15 nginx git curl ca-certificates chromium redis-server
+          prometheus prometheus-alertmanager)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -310,9 +310,16 @@ class DockerTarget:
              "--label", f"sunday.project={self.project}", "--label", f"sunday.env={self.env_name}",
              "--label", f"sunday.color={color}",
              "--label", f"sunday.service={service}", "--label", f"sunday.version={version}",
+             *self._metrics_labels(service),
              "--env-file", str(env_file), "--add-host", "sunday-db:host-gateway",
              "--restart", "unless-stopped", "--health-interval", f"{self.env.health_interval}s",
              "--health-timeout", "5s", "--health-retries", "3", "-p", f"127.0.0.1::{port}", image], timeout=300)
+
+    def _metrics_labels(self, service: str) -> list[str]:
+        """The label that has the platform's Prometheus scrape the replica (docker_sd_configs, infra/local/
+        prometheus.yml): the service's metrics path; none for a service that serves no metrics."""
+        path = self.config.services[service].metrics_path
+        return ["--label", f"sunday.metrics_path={path}"] if path else []
 
     def replicas(self, color: Color, include_stopped: bool = False) -> list[Replica]:
         """The containers of `color`, with their health and published endpoint."""

@@ -116,12 +116,15 @@ def desired_replicas(service: str, state: EnvState | None, env: Environment, run
     return running if running > 0 else 1
 
 
-def start_patch(deployment: Obj, service: str, image: str, version: str, replicas: int) -> Obj:
+def start_patch(deployment: Obj, service: str, image: str, version: str, replicas: int,
+                metrics: tuple[str, int] | None = None) -> Obj:
     """The strategic-merge patch that runs `image` (release `version`) with `replicas` pods.
 
     Sets the image of the service's container (named after the service, else the first) and of
     every init container that ran the same image (the migrate init container), APP_VERSION, and
-    the `sunday.version` annotation and label of the pod template.
+    the `sunday.version` annotation and label of the pod template. `metrics` (path, port): the service serves
+    Prometheus metrics there, and its pods get the prometheus.io/* annotations the monitoring overlay's
+    `sunday-services` job scrapes.
     """
     pod = deployment["spec"]["template"]["spec"]
     containers = pod.get("containers") or []
@@ -135,12 +138,16 @@ def start_patch(deployment: Obj, service: str, image: str, version: str, replica
                                  "env": [{"name": "APP_VERSION", "value": version}]}]}
     if patched_init:
         spec["initContainers"] = patched_init
+    annotations = {VERSION_KEY: version}
+    if metrics is not None:
+        annotations |= {"prometheus.io/scrape": "true", "prometheus.io/path": metrics[0],
+                        "prometheus.io/port": str(metrics[1])}
     return {
         "metadata": {"annotations": {REPLICAS_KEY: str(replicas)}},
         "spec": {
             "replicas": replicas,
             "template": {
-                "metadata": {"annotations": {VERSION_KEY: version}, "labels": {VERSION_KEY: version_label(version)}},
+                "metadata": {"annotations": annotations, "labels": {VERSION_KEY: version_label(version)}},
                 "spec": spec,
             },
         },

@@ -363,8 +363,10 @@ class KubernetesTarget:
             running = max(int(current.get("spec", {}).get("replicas") or 0),
                           int(self._deployment(service, other).get("spec", {}).get("replicas") or 0))
             count = desired_replicas(service, state, self.env, running)
+            spec = self.config.services[service]
+            metrics = (spec.metrics_path, spec.port) if spec.metrics_path else None
             self._patch_deployment(deployment_name(service, color), start_patch(current, service, image, version,
-                                                                                count))
+                                                                                count, metrics))
 
     def scale_service(self, color: Color, service: str, image: str, version: str, replicas: int) -> None:
         """Run `replicas` pods of `service` in `color` (image unchanged unless it differs: no new rollout)."""

@@ -11,7 +11,8 @@ from typing import Any, Callable, Dict, List, Pattern, Tuple, Type
 
 from . import models
 from .models import ValidationError
-from .store import Store, StoreUnavailable
+from .metrics import Metrics
+from .store import PostgresStore, Store, StoreUnavailable
 
 MAX_BODY = 64 * 1024
 
@@ -30,6 +31,8 @@ class ApiContext:
     def __init__(self, store: Store, version: str) -> None:
         self.store = store
         self.version = version
+        pool = store if isinstance(store, PostgresStore) else None
+        self.metrics = Metrics((pool.connections_in_use, pool.max_connections) if pool is not None else None)
 
 
 def _not_found(what: str) -> HttpError:
@@ -117,6 +120,21 @@ ROUTES: List[Tuple[Pattern[str], Dict[str, Handler]]] = [
 BODY_METHODS = {"POST", "PATCH", "PUT"}
 
 
+def route_of(pattern: Pattern[str]) -> str:
+    """The route's name in metrics: its pattern with each parameter as {name} (/api/boards/{board_id})."""
+    return re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.pattern.strip("^$"))
+
+
+UNMATCHED = "unmatched"  # the route of a request no route takes (404): one series, whatever the path
+
+
+def route_name(path: str) -> str:
+    for pattern, _methods in ROUTES:
+        if pattern.match(path):
+            return route_of(pattern)
+    return UNMATCHED
+
+
 def resolve(method: str, path: str) -> Tuple[Handler, Dict[str, int]]:
     for pattern, methods in ROUTES:
         match = pattern.match(path)
@@ -144,6 +162,9 @@ def make_handler(ctx: ApiContext) -> Type[BaseHTTPRequestHandler]:
         def _dispatch(self) -> None:
             started = time.monotonic()
             path = self.path.split("?", 1)[0]
+            if path == "/metrics" and self.command == "GET":  # the scrape: served, not counted
+                self._send_metrics()
+                return
             status: int = HTTPStatus.INTERNAL_SERVER_ERROR
             extra_headers: Dict[str, str] = {}
             try:
@@ -164,8 +185,19 @@ def make_handler(ctx: ApiContext) -> Type[BaseHTTPRequestHandler]:
                 print(f"error: {self.command} {path}: {exc!r}", file=sys.stderr)
                 status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal server error"}
             self._send(status, payload, extra_headers)
-            duration_ms = (time.monotonic() - started) * 1000
+            seconds = time.monotonic() - started
+            ctx.metrics.observe(self.command, route_name(path), int(status), seconds)
+            duration_ms = seconds * 1000
             print(f"{self.command} {path} {int(status)} {duration_ms:.1f}", file=sys.stderr, flush=True)
+
+        def _send_metrics(self) -> None:
+            data, content_type = ctx.metrics.exposition()
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
 
         def _read_body(self) -> Any:
             raw_length = self.headers.get("Content-Length")

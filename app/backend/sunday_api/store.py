@@ -128,6 +128,16 @@ class PostgresStore:
         self._pool.minconn = max_connections
         # More concurrent requests than connections wait for one instead of failing with PoolError.
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+        self._in_use = 0  # connections handed out now (the pool's use, for /metrics)
+        self._in_use_lock = threading.Lock()
+
+    def connections_in_use(self) -> int:
+        return self._in_use
+
+    def _count(self, delta: int) -> None:
+        with self._in_use_lock:
+            self._in_use += delta
 
     @contextmanager
     def _cursor(self) -> Iterator[Any]:
@@ -138,8 +148,12 @@ class PostgresStore:
                 conn = self._pool.getconn()
             except psycopg2.OperationalError as exc:
                 raise StoreUnavailable(str(exc).strip()) from exc
-            with self._connection(conn) as cur:
-                yield cur
+            self._count(1)
+            try:
+                with self._connection(conn) as cur:
+                    yield cur
+            finally:
+                self._count(-1)
 
     @contextmanager
     def _connection(self, conn: Any) -> Iterator[Any]:
