@@ -317,25 +317,13 @@ def cmd_dora(args: argparse.Namespace) -> int:
     env, project = validate.name(args.env, "--env"), _project(args)
     _connect(args.verbose)
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from adapters.pipeline_metrics import deploy_runs
 
     until = datetime.now(UTC)
     since = until - timedelta(days=args.days)
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["cd", "rollback"])), limit=200)
-        flows = {f.id: f.name for f in client.read_flows(limit=200)}
-        plain = []
-        for r in runs:
-            result = None
-            if r.state is not None and r.state.is_completed():
-                try:
-                    result = r.state.result(raise_on_failure=False)
-                except Exception:  # a result that cannot be read here (other machine's storage)
-                    result = None
-            plain.append({"name": r.name, "flow_name": flows.get(r.flow_id), "state_type": r.state_type.value
-                          if r.state_type else None, "start_time": r.start_time, "end_time": r.end_time,
-                          "parameters": r.parameters, "state_message": r.state.message if r.state else None,
-                          "tags": list(r.tags), "result": result if isinstance(result, dict) else None})
+        plain = deploy_runs(client)
     reports = dora_by_project(records_from_flow_runs(plain), env, since, until, project)
     if args.json:
         _print_json({"env": env, "project": project, "since": since.isoformat(), "until": until.isoformat(),
@@ -405,6 +393,20 @@ def cmd_previews(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_exporter(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port: {args.port} is not a TCP port")
+    if args.days < 1:
+        raise InputError(f"--days: {args.days} is not a positive number of days")
+    _connect(args.verbose)
+    from adapters.pipeline_metrics import serve
+
+    sys.stderr.write(f"the pipeline's metrics on http://{args.host}:{args.port}/metrics (Prefect API "
+                     f"{os.environ['PREFECT_API_URL']})\n")
+    serve(args.host, args.port, days=args.days)
+    return EXIT_OK
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from adapters.server import LocalServer
 
@@ -456,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deploy even if the version is older than the live one (otherwise refused)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cd)
+
+    p = sub.add_parser("exporter", help="serve the pipeline's own metrics (DORA, runs, failures) for Prometheus")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9469)
+    p.add_argument("--days", type=int, default=30, help="the DORA window (as `dora --days`)")
+    p.set_defaults(func=cmd_exporter)
 
     p = sub.add_parser("status", help="live color, revision, version and health of an environment")
     p.add_argument("--env", required=True)

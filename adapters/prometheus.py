@@ -11,14 +11,32 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from sunday_release.prometheus import Prometheus
 
-__all__ = ["CONFIG", "LocalPrometheus"]
+__all__ = ["CONFIG", "LocalPrometheus", "write_config"]
 
 CONFIG = Path(__file__).resolve().parent.parent / "infra" / "local" / "prometheus.yml"
+
+
+def write_config(dest: Path, alertmanager: str | None = None, exporter: str | None = None) -> Path:
+    """infra/local/prometheus.yml at `dest`, its rule paths made absolute, sending alerts to `alertmanager` and
+    scraping the pipeline's `exporter` (host:port each) when given."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["rule_files"] = [str((CONFIG.parent / rule).resolve()) for rule in config.get("rule_files", [])]
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "sunday-pipeline":
+            job["static_configs"] = [{"targets": [exporter] if exporter else []}]
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
 
 
 class LocalPrometheus:
@@ -55,8 +73,9 @@ class LocalPrometheus:
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
             log = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
+                config = write_config(self.home / "prometheus.yml")
                 proc = subprocess.Popen(
-                    [binary, f"--config.file={CONFIG}", f"--storage.tsdb.path={self.home / 'data'}",
+                    [binary, f"--config.file={config}", f"--storage.tsdb.path={self.home / 'data'}",
                      "--storage.tsdb.retention.time=15d", f"--web.listen-address=127.0.0.1:{self.port}"],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             finally:
@@ -91,3 +110,8 @@ class LocalPrometheus:
             os.kill(pid, signal.SIGKILL)
         self.pidfile.unlink(missing_ok=True)
         return True
+
+
+if __name__ == "__main__":  # server.sh: python -m adapters.prometheus DEST [ALERTMANAGER [EXPORTER]]
+    arguments = sys.argv[1:] + ["", ""]
+    write_config(Path(arguments[0]), arguments[1] or None, arguments[2] or None)

@@ -20,6 +20,7 @@ from sunday_release.refs import pull_request_number, short_ref, validate_ref, va
 from sunday_release.registry import PublishedImage, validate_repository
 from sunday_release.settings import Settings
 from tasks._common import progress
+from tasks.approvals import tag_project
 from tasks.checks import CheckImage, check_content_key, run_check
 from tasks.commit_status import report_status, status_target
 from tasks.images import (
@@ -103,6 +104,7 @@ def _checks_and_images(checkout: Checkout, ref: str, run_id: str, settings: Sett
                        fork: bool) -> dict[str, Any]:
     """The checks stage, then (when it passed) the images stage; the summary, or StageFailed carrying it."""
     config = load_pipeline_config(checkout)
+    tag_project(config.project)
 
     scan_future = scan_repository.submit(checkout, config.scan)
     checks: list[tuple[str, str, PrefectFuture[Any]]] = []

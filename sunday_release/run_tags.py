@@ -11,10 +11,11 @@ from __future__ import annotations
 from sunday_release import validate
 from sunday_release.errors import InputError
 
-__all__ = ["PREFIX", "ROLLBACK_REJECTION", "approval_timeout_message", "env_tag", "parse_env_tag", "rejection_message",
-           "rejection_reason"]
+__all__ = ["PREFIX", "PROJECT_PREFIX", "ROLLBACK_REJECTION", "approval_timeout_message", "env_tag", "parse_env_tag",
+           "parse_project_tag", "project_tag", "rejection_message", "rejection_reason"]
 
 PREFIX = "env:"
+PROJECT_PREFIX = "project:"  # CI runs: the project of the commit they build (the pipeline's own metrics)
 ROLLBACK_REJECTION = "rejected by emergency rollback "
 
 
@@ -25,6 +26,22 @@ def env_tag(project: str, env: str) -> str:
         InputError: `project` or `env` is not a valid name.
     """
     return f"{PREFIX}{validate.name(project, '--project')}/{validate.name(env, '--env')}"
+
+
+def project_tag(project: str) -> str:
+    """The tag of a CI run of `project` (`project:NAME`)."""
+    return f"{PROJECT_PREFIX}{validate.name(project, 'project')}"
+
+
+def parse_project_tag(tag: str) -> str | None:
+    """The project of a `project:NAME` tag; None for any other tag."""
+    if not isinstance(tag, str) or not tag.startswith(PROJECT_PREFIX):
+        return None
+    name = tag[len(PROJECT_PREFIX):]
+    try:
+        return name if project_tag(name) == tag else None
+    except InputError:
+        return None
 
 
 def parse_env_tag(tag: str) -> tuple[str, str] | None:

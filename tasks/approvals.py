@@ -27,10 +27,10 @@ from prefect.flow_runs import resume_flow_run
 from prefect.runtime import flow_run
 from prefect.states import Running
 
-from sunday_release.run_tags import env_tag
+from sunday_release.run_tags import env_tag, project_tag
 from tasks._common import RETRY_DELAYS, progress
 
-__all__ = ["PausedRun", "find_paused_deploys", "reject_deploy", "resume_timed_out_run", "tag_run"]
+__all__ = ["PausedRun", "find_paused_deploys", "reject_deploy", "resume_timed_out_run", "tag_project", "tag_run"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,17 @@ class PausedRun:
       retry_delay_seconds=RETRY_DELAYS[:2])
 def tag_run(project: str, env: str) -> str:
     """Add the tag `env:PROJECT/ENV` to the running flow run (its other tags are kept); return the tag."""
-    tag = env_tag(project, env)
+    return _add_tag(env_tag(project, env))
+
+
+@task(name="tag-project", task_run_name="tag-project[{project}]", retries=2, retry_delay_seconds=RETRY_DELAYS[:2])
+def tag_project(project: str) -> str:
+    """Add the tag `project:NAME` to the running flow run (a CI run: the pipeline's metrics count its pushes).
+    Prefect's default cache policy (inputs, run): a retried run finds its tag already there and reads the result."""
+    return _add_tag(project_tag(project))
+
+
+def _add_tag(tag: str) -> str:
     run_id = flow_run.get_id()
     if run_id is None:  # called outside a flow run: nothing to tag
         return tag

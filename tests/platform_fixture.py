@@ -68,7 +68,8 @@ def started_platform(extra_env: dict[str, str] | None = None) -> Iterator[Platfo
     port = free_port()
     env = {**os.environ, "SUNDAY_PLATFORM_DIR": str(top / "platform"), "PREFECT_PORT": str(port),
            "PREFECT_DB_PORT": str(free_port()), "SUNDAY_S3_PORT": str(free_port()),
-           "SUNDAY_PROMETHEUS_PORT": str(free_port())}
+           "SUNDAY_PROMETHEUS_PORT": str(free_port()), "SUNDAY_ALERTMANAGER_PORT": str(free_port()),
+           "SUNDAY_EXPORTER_PORT": str(free_port())}
     for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_HOME", "SUNDAY_APP_REPO"):
         env.pop(name, None)
     env |= extra_env or {}

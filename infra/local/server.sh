@@ -28,7 +28,9 @@
 #      SUNDAY_CI_POOL_KIND (process, or docker: CI runs in containers of SUNDAY_PIPELINE_IMAGE, the pipeline's own
 #      image pinned by digest, through a prefect-docker worker; deployments/pools.py),
 #      SERVER_REPLICAS (1; 2 or more: the HA shape below), SUNDAY_REDIS_PORT (6380),
-#      SUNDAY_PROMETHEUS_PORT (9090: the platform's Prometheus, infra/local/prometheus.yml).
+#      SUNDAY_PROMETHEUS_PORT (9090: the platform's Prometheus, infra/local/prometheus.yml), SUNDAY_ALERTMANAGER_PORT
+#      (9093) and the receivers of its alerts, SUNDAY_ALERT_* (deployments/alerting.py; docs/monitoring.md),
+#      SUNDAY_EXPORTER_PORT (9469: the pipeline's own metrics, `sunday-release exporter`).
 # SERVER_REPLICAS=N (N >= 2), Prefect's documented high-availability shape: N API processes
 # (`prefect server start --no-services`, ports PREFECT_PORT+1..N) behind nginx on PREFECT_PORT, the background
 # services as their own process (`prefect server services start`), migrations run once before them, and Redis
@@ -52,6 +54,8 @@ replicas=${SERVER_REPLICAS:-1}
 redisport=${SUNDAY_REDIS_PORT:-6380}
 promport=${SUNDAY_PROMETHEUS_PORT:-9090}
 prometheus_url=http://127.0.0.1:$promport
+amport=${SUNDAY_ALERTMANAGER_PORT:-9093}
+exporterport=${SUNDAY_EXPORTER_PORT:-9469}
 case "$replicas" in
   ''|*[!0-9]*|0) echo "[server] SERVER_REPLICAS: expected a whole number of API processes >= 1, got '$replicas'" >&2
                  exit 2 ;;
@@ -230,19 +234,39 @@ start_server() {
     || { log "server did not start or refuses $dir/api-auth; see $dir/logs/server.log"; exit 1; }
 }
 
-# The platform's Prometheus (infra/local/prometheus.yml): every replica of a service with `metrics_path` on this
-# machine's engine, the rules of infra/k8s/monitoring; its data under $dir/prometheus (15 days)
-start_prometheus() {
-  if alive "$dir/pids/prometheus"; then return; fi
-  if ! command -v prometheus >/dev/null; then
-    log "no prometheus (Debian's package; \`make setup\` installs it): the platform runs without metrics"; return
+# The platform's Alertmanager (sunday_release/alerting.py: receivers from SUNDAY_ALERT_*, deployments/alerting.py)
+# and Prometheus (infra/local/prometheus.yml): every replica of a service with `metrics_path` on this machine's
+# engine, the rules of infra/k8s/monitoring, alerts to the Alertmanager; their data under $dir
+start_monitoring() {
+  if ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+    log "no prometheus or prometheus-alertmanager (Debian's packages; \`make setup\`): the platform runs without" \
+      "metrics and alerts"; return
   fi
+  install -d -m 0700 "$dir/prometheus" "$dir/alertmanager"
+  if ! alive "$dir/pids/alertmanager"; then
+    if curl -fsS "http://127.0.0.1:$amport/-/ready" >/dev/null 2>&1; then
+      log "another Alertmanager answers on port $amport: set SUNDAY_ALERTMANAGER_PORT"; exit 1
+    fi
+    receivers=$(cd "$top" && "$bin/python" -m deployments.alerting --local "$dir/alertmanager") \
+      || { log "could not write the Alertmanager configuration (SUNDAY_ALERT_*)"; exit 1; }
+    log "alertmanager on 127.0.0.1:$amport (receivers: $receivers)"
+    nohup prometheus-alertmanager --config.file="$dir/alertmanager/alertmanager.yml" \
+      --storage.path="$dir/alertmanager/data" --web.listen-address="127.0.0.1:$amport" --cluster.listen-address= \
+      >"$(logfile alertmanager)" 2>&1 &
+    echo $! > "$dir/pids/alertmanager"
+  fi
+  if ! alive "$dir/pids/exporter"; then  # the pipeline's own metrics, read from the API (adapters/pipeline_metrics.py)
+    nohup "$bin/sunday-release" exporter --port "$exporterport" >"$(logfile exporter)" 2>&1 &
+    echo $! > "$dir/pids/exporter"
+  fi
+  if alive "$dir/pids/prometheus"; then return; fi
   if curl -fsS "$prometheus_url/-/ready" >/dev/null 2>&1; then
     log "another Prometheus answers on port $promport: set SUNDAY_PROMETHEUS_PORT"; exit 1
   fi
-  install -d -m 0700 "$dir/prometheus"
+  (cd "$top" && "$bin/python" -m adapters.prometheus "$dir/prometheus/prometheus.yml" "127.0.0.1:$amport" \
+    "127.0.0.1:$exporterport")
   log "prometheus on $prometheus_url"
-  nohup prometheus --config.file="$top/infra/local/prometheus.yml" --storage.tsdb.path="$dir/prometheus" \
+  nohup prometheus --config.file="$dir/prometheus/prometheus.yml" --storage.tsdb.path="$dir/prometheus/data" \
     --storage.tsdb.retention.time=15d --web.listen-address="127.0.0.1:$promport" >"$(logfile prometheus)" 2>&1 &
   echo $! > "$dir/pids/prometheus"
   for _ in $(seq 1 60); do curl -fsS "$prometheus_url/-/ready" >/dev/null 2>&1 && return; sleep 0.5; done
@@ -300,7 +324,7 @@ start() {
     echo $! > "$dir/pids/s3"
   fi
   for _ in $(seq 1 60); do curl -fsS "$s3" >/dev/null 2>&1 && break; sleep 0.5; done
-  start_prometheus
+  start_monitoring
   # dummy keys for moto (it takes any), never the caller's real ones: they would be saved in the block.
   # On AWS the workers get a role instead (docs/production.md).
   export AWS_ACCESS_KEY_ID=local-moto-not-a-key AWS_SECRET_ACCESS_KEY=local-moto-not-a-secret AWS_REGION=us-east-1
@@ -385,7 +409,8 @@ EOF
     "$PREFECT_API_URL/deployments/count" || echo '?') registered"
   log "app repository: $SUNDAY_APP_REPO"
   log "results: $results_block (s3://sunday-results at $s3); backups: s3://sunday-backups"
-  alive "$dir/pids/prometheus" && log "metrics: $prometheus_url (export SUNDAY_PROMETHEUS_URL=$prometheus_url)"
+  alive "$dir/pids/prometheus" && log "metrics: $prometheus_url (export SUNDAY_PROMETHEUS_URL=$prometheus_url);" \
+    "alerts: http://127.0.0.1:$amport"
   log "the API and the UI take the auth string in $dir/api-auth; a client: export PREFECT_API_URL=$PREFECT_API_URL" \
     "PREFECT_API_AUTH_STRING=\$(cat $dir/api-auth)"
 }
@@ -399,6 +424,8 @@ stop() {
   halt "$dir/pids/redis"
   halt "$dir/pids/s3"
   halt "$dir/pids/prometheus"
+  halt "$dir/pids/alertmanager"
+  halt "$dir/pids/exporter"
   halt "$dir/pids/prewarmed"
   as_pg "$pg/pg_ctl" status -D "$dir/pg" >/dev/null 2>&1 && as_pg "$pg/pg_ctl" stop -m fast -D "$dir/pg" >/dev/null || true
   rm -f "$dir"/pids/*

@@ -6,26 +6,44 @@ back by the analysis inside the watch window; a healthy one under the same traff
 from __future__ import annotations
 
 import json
-import threading
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import APP
+from tests.alerting_fixture import Mail, Receivers, running_alertmanager
+from tests.app_variants import Users, inject_user_fault
+from tests.conftest import APP, free_port
 from tests.prometheus_fixture import platform_config, running_prometheus
 from tests.test_cd import Env, _rollout_markdown, ci_passed, deploy, status
+from tests.test_ci_flow import sunday
 
 WATCH_SECONDS = 40
-LOAD_HEADER = "X-Sunday-Load"  # only the users' traffic below carries it: the smoke checks never fail
 
 
 @pytest.fixture(scope="module")
-def prometheus(promtool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_prometheus(tmp_path_factory.mktemp("prometheus"), platform_config()) as url:
+def alerting(promtool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Receivers, Mail]]:
+    """The platform's Alertmanager configuration, its receivers the tests' own (tests/alerting_fixture.py)."""
+    with running_alertmanager(tmp_path_factory.mktemp("alertmanager")) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def prometheus(alerting: tuple[str, Receivers, Mail], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    config = platform_config()
+    config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alerting[0].removeprefix("http://")]}]}]}
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), config) as url:
         yield url
+
+
+def _heard(alerting: tuple[str, Receivers, Mail]) -> list[object]:
+    """Every notification the receivers got so far."""
+    _, receivers, mail = alerting
+    return [*receivers.slack, *receivers.pagerduty, *mail.messages]
 
 
 @pytest.fixture
@@ -38,48 +56,6 @@ def env(prometheus: str) -> Iterator[Env]:
         e.teardown()
 
 
-class Users:
-    """Requests through the environment's router, 20 a second, as its users send them; each (time, status)."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.seen, self.stop = url, list[tuple[float, int]](), threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=5, headers={LOAD_HEADER: "1"}) as client:
-            while not self.stop.wait(0.05):
-                try:
-                    self.seen.append((time.time(), client.get(f"{self.url}/api/boards").status_code))
-                except httpx.HTTPError:
-                    self.seen.append((time.time(), 0))
-
-    def __enter__(self) -> Users:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-
-    def failed_between(self, start: float, end: float) -> int:
-        return sum(1 for at, code in self.seen if start <= at <= end and (code >= 500 or code == 0))
-
-
-def _fail_users_requests(repo: Path, percent: int) -> None:
-    """The backend fails `percent` % of the requests that carry LOAD_HEADER (a fault only real users meet)."""
-    server = repo / "backend" / "sunday_api" / "server.py"
-    text = server.read_text().replace("import json\n", "import itertools\nimport json\n", 1)
-    text = text.replace("MAX_BODY = 64 * 1024\n", "MAX_BODY = 64 * 1024\nFAULTS = itertools.count()\n", 1)
-    hook = '            path = self.path.split("?", 1)[0]\n'
-    assert hook in text
-    text = text.replace(hook, hook + (
-        f'            if self.headers.get("{LOAD_HEADER}") and next(FAULTS) % 100 < {percent}:\n'
-        '                self._send(500, {"error": "injected"}, {})\n'
-        '                ctx.metrics.observe(self.command, route_name(path), 500, time.monotonic() - started)\n'
-        '                return\n'), 1)
-    server.write_text(text)
-
-
 def _watch_longer(env: Env) -> Callable[[Path], None]:
     def edit(repo: Path) -> None:
         env.edit(repo)
@@ -90,7 +66,7 @@ def _watch_longer(env: Env) -> Callable[[Path], None]:
 
 def test_a_release_failing_its_users_is_rolled_back_by_the_analysis_and_a_healthy_one_is_not(
         prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], git: Callable[..., str],
-        env: Env, prometheus: str) -> None:
+        env: Env, prometheus: str, alerting: tuple[str, Receivers, Mail]) -> None:
     repo = make_repo(APP, edit=_watch_longer(env))
     v1 = ci_passed(repo, prefect_api, git)
     assert deploy(env, repo, v1, prefect_api).returncode == 0
@@ -106,8 +82,9 @@ def test_a_release_failing_its_users_is_rolled_back_by_the_analysis_and_a_health
         assert f"analysis: Prometheus {prometheus}" in markdown
         assert "analysis watch +" in markdown and ": passed" in markdown, markdown  # conclusive, and passed
         assert "FAILED" not in markdown, markdown
+        assert _heard(alerting) == []  # nothing reaches anyone for a healthy deploy
 
-        _fail_users_requests(repo, 30)
+        inject_user_fault(repo, fail_percent=30)
         git(repo, "commit", "-qam", "v3 fails 30 % of its users' requests")
         v3 = ci_passed(repo, prefect_api, git)  # its unit tests send no such header: CI is green
         done = deploy(env, repo, v3, prefect_api)
@@ -131,7 +108,83 @@ def test_a_release_failing_its_users_is_rolled_back_by_the_analysis_and_a_health
     assert "error_ratio" in decisive[-1] and "> 0.02" in decisive[-1]
     # the users' requests after the rollback reach the healthy release again
     back = last["timings"]["failed_at"] + last["timings"].get("rollback_seconds", 0) + 1
-    after = [code for at, code in users.seen if at > back]
+    after = [code for at, code, _ in users.seen if at > back]
     assert after and all(code == 200 for code in after), after[-20:]
+    assert _heard(alerting) == []  # a release rolled back within seconds alerts nobody
+    _exporter_matches_dora(env, prefect_api)
     print(json.dumps({"detected_after_switch_s": round(detected, 1),
                       "failed_requests": users.failed_between(last["timings"]["switched_at"], back)}))
+
+
+def _exporter_matches_dora(env: Env, api: str) -> None:
+    """`sunday-release exporter` (the pipeline's metrics, read with curl) says what `sunday-release dora` says:
+    here 2 changes live and 1 rolled back."""
+    port = free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "adapters.cli", "exporter", "--port", str(port)],
+                                env={**os.environ, "PREFECT_API_URL": api}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, text = time.monotonic() + 60, ""
+        while time.monotonic() < deadline:
+            done = subprocess.run(["curl", "-fsS", f"http://127.0.0.1:{port}/metrics"], capture_output=True,
+                                  text=True, check=False)
+            if done.returncode == 0:
+                text = done.stdout
+                break
+            assert exporter.poll() is None, exporter.communicate()[1]
+            time.sleep(0.5)
+        assert text, "the exporter did not answer within 60 s"
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=30)
+    where = f'env="{env.name}",project="{env.project}"'
+
+    def value(name: str, extra: str = "") -> float:
+        line = next(row for row in text.splitlines() if row.startswith(f"{name}{{{where}{extra}}}"))
+        return float(line.rsplit(" ", 1)[1])
+
+    done = sunday("dora", "--env", env.name, "--project", env.project, "--json", api=api)
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)["reports"]
+    assert value("sunday_dora_change_failure_rate") == pytest.approx(report["change_failure_rate"]["rate"])
+    assert report["change_failure_rate"]["failed"] == 1 and report["deployment_frequency"]["successful"] >= 2
+    assert value("sunday_dora_deployment_frequency_per_day") == pytest.approx(
+        report["deployment_frequency"]["per_day"])
+    assert value("sunday_dora_lead_time_seconds", ',quantile="0.5"') == pytest.approx(
+        report["lead_time_for_changes"]["median_seconds"])
+    assert value("sunday_deploys", ',outcome="failed"') == 1
+    assert 'sunday_flow_runs{flow="cd",state="COMPLETED"}' in text and 'sunday_last_ci_run_timestamp_seconds' in text
+
+
+def test_a_live_release_failing_its_users_alerts_slack_mail_and_pagerduty(
+        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], git: Callable[..., str],
+        env: Env, prometheus: str, alerting: tuple[str, Receivers, Mail]) -> None:
+    """Nothing judges this environment's releases (no analysis, any error rate): a release failing 30 % of its
+    users' requests goes live, and the rule SundayServiceErrorRatio (5xx above 5 % for 2 minutes) reaches
+    every receiver through Alertmanager."""
+    def edit(repo: Path) -> None:
+        env.edit(repo)
+        config = repo / "sunday-release.yaml"
+        config.write_text(config.read_text().replace(
+            "watch_seconds: 2,", "watch_seconds: 2, max_error_rate: 1.0, analysis: {enabled: false},", 1))
+
+    _, receivers, mail = alerting
+    repo = make_repo(APP, edit=edit)
+    inject_user_fault(repo, fail_percent=30)
+    git(repo, "commit", "-qam", "fails 30 % of its users' requests")
+    version = ci_passed(repo, prefect_api, git)
+    live = deploy(env, repo, version, prefect_api)
+    assert live.returncode == 0, live.stderr
+    assert "analysis: disabled" in _rollout_markdown(env)
+    deadline = time.monotonic() + 300  # the rule's `for: 2m`, its 5-minute rate, and the evaluation cadence
+    with Users(env.url):
+        while not (receivers.pagerduty and receivers.slack and mail.messages):
+            assert time.monotonic() < deadline, f"not every receiver heard within 5 minutes: {_heard(alerting)}"
+            time.sleep(2)
+    assert receivers.problems == []  # PagerDuty's documented shape
+    page = receivers.pagerduty[0]
+    assert page["event_action"] == "trigger" and page["payload"]["severity"] == "critical"
+    assert f"SundayServiceErrorRatio (sunday/{env.name})" in page["payload"]["summary"]
+    assert any(f"SundayServiceErrorRatio (sunday/{env.name})" in m["attachments"][0]["title"]
+               for m in receivers.slack)
+    assert any("SundayServiceErrorRatio" in str(message["Subject"]) for _, message in mail.messages)
