@@ -25,8 +25,30 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+# `--log-format json`: what every line says besides its message (the command's project and env, when it has them)
+_LOG: dict[str, Any] = {"json": False, "project": None, "env": None}
+
+
+def _json_line(message: str, level: str = "info", **fields: Any) -> None:
+    """One JSON object on stderr: time (UTC), level, the command's project and env, `fields`, the message."""
+    from datetime import UTC, datetime
+
+    line = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": level,
+            "project": _LOG["project"], "env": _LOG["env"], **fields, "message": message}
+    sys.stderr.write(json.dumps({k: v for k, v in line.items() if v is not None}) + "\n")
+
+
+def _say(message: str, level: str = "info") -> None:
+    """A line of the CLI's own (a banner, an error): plain, or a JSON object with `--log-format json`."""
+    if _LOG["json"]:
+        _json_line(message.rstrip("\n"), level)
+    else:
+        sys.stderr.write(message if message.endswith("\n") else message + "\n")
+
+
 class _Progress(logging.Handler):
-    """Prints the pipeline's progress lines (`[  12.3s] test[backend]  passed ...`) to stderr."""
+    """Prints the pipeline's progress lines (`[  12.3s] test[backend]  passed ...`) to stderr; with
+    `--log-format json` one object a line: time, level, run_id, flow, task, project, env, service, step, message."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -35,10 +57,17 @@ class _Progress(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if not getattr(record, "sunday_progress", False):
             return
-        who = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None) or "flow"
-        who = re.sub(r"-[0-9a-f]{3}$", "", who)
+        task = getattr(record, "task_run_name", None)
+        who = re.sub(r"-[0-9a-f]{3}$", "", task or getattr(record, "flow_run_name", None) or "flow")
         elapsed = time.monotonic() - self.started
-        sys.stderr.write(f"[{elapsed:6.1f}s] {who:<20} {record.getMessage()}\n")
+        if not _LOG["json"]:
+            sys.stderr.write(f"[{elapsed:6.1f}s] {who:<20} {record.getMessage()}\n")
+            return
+        step, _, rest = who.partition("[")
+        _json_line(record.getMessage(), record.levelname.lower(), elapsed=round(elapsed, 3),
+                   run_id=str(getattr(record, "flow_run_id", "") or "") or None,
+                   flow=getattr(record, "flow_name", None), task=who if task else None,
+                   service=rest.rstrip("]").split(" ")[0] or None if rest else None, step=step if task else None)
 
 
 def _connect(verbose: bool) -> str:
@@ -197,7 +226,7 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
     flow_fn = getattr(__import__(module, fromlist=[attr]), attr)
     del flows
     logging.getLogger("prefect").addHandler(_Progress())
-    sys.stderr.write(f"{banner} (Prefect API {api})\n")
+    _say(f"{banner} (Prefect API {api})")
     state = flow_fn(**params, return_state=True)
     if state.is_completed():
         return EXIT_OK, state.result(), ""
@@ -427,6 +456,9 @@ def cmd_server(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sunday-release", description="The release pipeline, as Prefect flows.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="stderr as text, or one JSON object a line (time, level, run_id, project, env, service, "
+                             "step, message)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help=f"check {CONFIG_FILE} of a repository")
@@ -541,15 +573,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _valid_name(value: object) -> str | None:
+    """`value` when it is a valid project or environment name (a field of every JSON log line), else None."""
+    return value if isinstance(value, str) and re.fullmatch(validate.NAME_PATTERN, value) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _LOG.update(json=args.log_format == "json", env=_valid_name(getattr(args, "env", None)),
+                project=_valid_name(getattr(args, "project", None)))
     try:
         return int(args.func(args))
     except InputError as exc:
-        sys.stderr.write(f"sunday-release: error: {exc}\n")
+        _say(f"sunday-release: error: {exc}", "error")
         return EXIT_BAD_INPUT
     except PipelineError as exc:
-        sys.stderr.write(f"sunday-release: failed: {exc}\n")
+        _say(f"sunday-release: failed: {exc}", "error")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

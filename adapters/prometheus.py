@@ -113,5 +113,5 @@ class LocalPrometheus:
 
 
 if __name__ == "__main__":  # server.sh: python -m adapters.prometheus DEST [ALERTMANAGER [EXPORTER]]
-    arguments = sys.argv[1:] + ["", ""]
+    arguments = [*sys.argv[1:], "", ""]
     write_config(Path(arguments[0]), arguments[1] or None, arguments[2] or None)

@@ -7,6 +7,7 @@ import sys
 from types import FrameType
 from typing import Optional
 
+from .logs import log
 from .server import make_server
 from .store import store_from_env
 
@@ -20,10 +21,10 @@ def main() -> int:
     version = os.environ.get("APP_VERSION") or "dev"
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
-        print("warning: DATABASE_URL not set, using in-memory store", file=sys.stderr)
+        log("warning", "DATABASE_URL not set, using the in-memory store")
     server = make_server(store_from_env(database_url), version, "0.0.0.0", port)
     signal.signal(signal.SIGTERM, _stop)
-    print(f"sunday-api {version} listening on 0.0.0.0:{port}", file=sys.stderr, flush=True)
+    log("info", "listening", version=version, address=f"0.0.0.0:{port}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

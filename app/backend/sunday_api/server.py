@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +10,7 @@ from typing import Any, Callable, Dict, List, Pattern, Tuple, Type
 
 from . import models
 from .models import ValidationError
+from .logs import log
 from .metrics import Metrics
 from .store import PostgresStore, Store, StoreUnavailable
 
@@ -179,16 +179,16 @@ def make_handler(ctx: ApiContext) -> Type[BaseHTTPRequestHandler]:
             except ValidationError as exc:
                 status, payload = HTTPStatus.BAD_REQUEST, {"error": str(exc)}
             except StoreUnavailable as exc:
-                print(f"error: {self.command} {path}: database unavailable: {exc}", file=sys.stderr)
+                log("error", "database unavailable", method=self.command, path=path, error=str(exc))
                 status, payload = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "database unavailable"}
             except Exception as exc:  # pragma: no cover - defensive
-                print(f"error: {self.command} {path}: {exc!r}", file=sys.stderr)
+                log("error", "unexpected error", method=self.command, path=path, error=repr(exc))
                 status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal server error"}
             self._send(status, payload, extra_headers)
             seconds = time.monotonic() - started
             ctx.metrics.observe(self.command, route_name(path), int(status), seconds)
-            duration_ms = seconds * 1000
-            print(f"{self.command} {path} {int(status)} {duration_ms:.1f}", file=sys.stderr, flush=True)
+            log("info", "request", method=self.command, path=path, route=route_name(path), status=int(status),
+                duration_ms=round(seconds * 1000, 1), version=ctx.version)
 
         def _send_metrics(self) -> None:
             data, content_type = ctx.metrics.exposition()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import time
 
 import pytest
@@ -113,17 +114,20 @@ def test_query_string_is_ignored_for_routing(client: Client) -> None:
     assert client.request("GET", "/healthz?probe=1")[0] == 200
 
 
-def test_request_is_logged_to_stderr(client: Client, capfd: pytest.CaptureFixture[str]) -> None:
+def test_request_is_logged_to_stderr_as_json(client: Client, capfd: pytest.CaptureFixture[str]) -> None:
     client.request("GET", "/healthz?x=1")
     seen = ""
     deadline = time.monotonic() + 30  # the server thread logs right after replying; 30 s only bounds a hang
     while time.monotonic() < deadline:
         seen += capfd.readouterr().err
-        if "GET /healthz 200 " in seen:
+        if '"path": "/healthz"' in seen:
             break
         time.sleep(0.01)
-    line = next(li for li in seen.splitlines() if li.startswith("GET /healthz 200 "))
-    assert float(line.split()[-1]) >= 0
+    line = json.loads(next(li for li in seen.splitlines() if '"path": "/healthz"' in li))
+    fields = ("level", "msg", "method", "route", "status", "version")
+    assert {k: line[k] for k in fields} == {"level": "info", "msg": "request", "method": "GET",
+                                            "route": "/healthz", "status": 200, "version": "1.2.3"}
+    assert line["duration_ms"] >= 0 and line["time"].endswith("+00:00")
 
 
 def test_keep_alive_connection_serves_multiple_requests(client: Client) -> None:
