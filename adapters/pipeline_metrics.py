@@ -1,6 +1,6 @@
 """The pipeline's own metrics for Prometheus, read from the Prefect API: `sunday-release exporter --port 9469`.
 
-Each scrape (answers cached for `ttl` seconds) reads the recent flow and task runs and exports:
+Each scrape (answers cached for `ttl` seconds, 50: it reads the last runs and their results) reads the recent flow and task runs and exports:
 - `sunday_flow_runs{flow, state}`: runs of each pipeline flow that ended (or are) in each state, in the window;
 - `sunday_flow_run_duration_seconds{flow, quantile}`: p50 and p90 of the completed runs' durations;
 - `sunday_flow_run_queue_wait_seconds{flow, quantile}`: from when a run was due to when it started (the queue);
@@ -219,7 +219,7 @@ class _Fixed:
         return self.metrics
 
 
-def serve(host: str, port: int, days: int = 30, ttl: float = 10.0) -> None:
+def serve(host: str, port: int, days: int = 30, ttl: float = 50.0) -> None:
     """Serve GET /metrics until interrupted."""
     cache = _Cached(ttl)
 
