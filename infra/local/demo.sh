@@ -23,7 +23,9 @@ done
 echo "[demo] arm64 backend image: uname -m = $(/usr/bin/docker run --rm --platform linux/arm64 --entrypoint uname \
   "$registry/sunday/backend:sha-$sha" -m)"
 "$top/.venv/bin/sunday-release" cd --env staging --version "$sha" --repo "$work"
+for _ in $(seq 1 40); do curl -fsS -o /dev/null http://127.0.0.1:8081/api/boards; done  # some traffic to measure
+sleep 5  # two of Prometheus's scrapes (every 2 s)
 "$top/.venv/bin/sunday-release" status --env staging
 echo "[demo] GET http://127.0.0.1:8081/api/boards -> $(curl -fsS http://127.0.0.1:8081/api/boards)"
 echo "[demo] GET http://127.0.0.1:8081/ -> $(curl -fsS http://127.0.0.1:8081/ | grep -o '<title>[^<]*</title>')"
-echo "[demo] staging stays up at http://127.0.0.1:8081; the Prefect UI is at http://127.0.0.1:4200 (it asks for the auth string in ${SUNDAY_HOME:-$HOME/.sunday-release}/server/api-auth)"
+echo "[demo] staging stays up at http://127.0.0.1:8081; the Prefect UI is at http://127.0.0.1:4200 (it asks for the auth string in ${SUNDAY_HOME:-$HOME/.sunday-release}/server/api-auth); Prometheus at http://127.0.0.1:${SUNDAY_PROMETHEUS_PORT:-9090}"
