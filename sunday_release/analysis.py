@@ -24,7 +24,9 @@ def queries(analysis: Analysis, project: str, env: str, color: str) -> dict[str,
     where, window = selector(project, env, color), analysis.window
     found = {
         REQUESTS: f"sum(increase(http_requests_total{{{where}}}[{window}]))",
-        "error_ratio": (f"sum(rate(http_requests_total{{{where}, status=~\"5..\"}}[{window}]))"
+        # no 5xx series (the color never failed) is a ratio of 0, not no value
+        "error_ratio": (f"(sum(rate(http_requests_total{{{where}, status=~\"5..\"}}[{window}]))"
+                        f" or 0 * sum(rate(http_requests_total{{{where}}}[{window}])))"
                         f" / sum(rate(http_requests_total{{{where}}}[{window}]))"),
         "p95_seconds": ("histogram_quantile(0.95, sum by (le) "
                         f"(rate(http_request_duration_seconds_bucket{{{where}}}[{window}])))"),

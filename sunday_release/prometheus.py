@@ -45,7 +45,9 @@ def signal_queries(project: str, env: str, color: str, window: str = "1m") -> di
     where = selector(project, env, color)
     return {
         "requests_per_second": f"sum by (service) (rate(http_requests_total{{{where}}}[{window}]))",
-        "error_ratio": (f"sum by (service) (rate(http_requests_total{{{where}, status=~\"5..\"}}[{window}]))"
+        # a service that never failed has no 5xx series: its numerator is 0, not absent
+        "error_ratio": (f"(sum by (service) (rate(http_requests_total{{{where}, status=~\"5..\"}}[{window}]))"
+                        f" or 0 * sum by (service) (rate(http_requests_total{{{where}}}[{window}])))"
                         f" / sum by (service) (rate(http_requests_total{{{where}}}[{window}]))"),
         "p95_seconds": ("histogram_quantile(0.95, sum by (service, le) "
                         f"(rate(http_request_duration_seconds_bucket{{{where}}}[{window}])))"),

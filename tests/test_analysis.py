@@ -60,7 +60,8 @@ def test_queries_judge_one_color_and_fill_in_the_configs_own() -> None:
                         'max(rate(x{$selector, method="POST"}[$window]))'}])
     found = queries(analysis, "shop", "production", "green")
     where = 'project="shop", env="production", color="green"'
-    assert found["error_ratio"] == (f'sum(rate(http_requests_total{{{where}, status=~"5.."}}[20s]))'
+    assert found["error_ratio"] == (f'(sum(rate(http_requests_total{{{where}, status=~"5.."}}[20s]))'
+                                    f" or 0 * sum(rate(http_requests_total{{{where}}}[20s])))"
                                     f" / sum(rate(http_requests_total{{{where}}}[20s]))")
     assert found["slow-writes"] == f'max(rate(x{{{where}, method="POST"}}[20s]))'
     assert thresholds(analysis)["slow-writes"] == 0.5

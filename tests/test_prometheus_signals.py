@@ -23,17 +23,18 @@ WINDOW_SECONDS = 6
 
 
 class _Traffic:
-    """A service that has served 100 requests a second since it started: 10 % of them 5xx; 80 % under 0.1 s,
-    15 % more under 0.25 s, the rest under 0.5 s (so its p95 is 0.25 s)."""
+    """A service that has served 100 requests a second since it started: `failing` of them 5xx (none: it has no
+    5xx series at all); 80 % under 0.1 s, 15 % more under 0.25 s, the rest under 0.5 s (so its p95 is 0.25 s)."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
+    def __init__(self, failing: float) -> None:
+        self.started, self.failing = time.monotonic(), failing
 
     def collect(self) -> Iterator[Any]:
         t = (time.monotonic() - self.started) * 100
         requests = CounterMetricFamily("http_requests", "requests", labels=["method", "route", "status"])
-        requests.add_metric(["GET", "/api/boards", "200"], 0.9 * t)
-        requests.add_metric(["GET", "/api/boards", "500"], 0.1 * t)
+        requests.add_metric(["GET", "/api/boards", "200"], (1 - self.failing) * t)
+        if self.failing:
+            requests.add_metric(["GET", "/api/boards", "500"], self.failing * t)
         yield requests
         duration = HistogramMetricFamily("http_request_duration_seconds", "durations", labels=["method", "route"])
         duration.add_metric(["GET", "/api/boards"], [("0.1", 0.8 * t), ("0.25", 0.95 * t), ("0.5", t),
@@ -41,10 +42,9 @@ class _Traffic:
         yield duration
 
 
-@pytest.fixture(scope="module")
-def exporter() -> Iterator[str]:
+def _exporter(failing: float) -> ThreadingHTTPServer:
     registry = CollectorRegistry()
-    registry.register(_Traffic())  # type: ignore[arg-type]
+    registry.register(_Traffic(failing))  # type: ignore[arg-type]
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -59,16 +59,26 @@ def exporter() -> Iterator[str]:
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    return server
 
 
 @pytest.fixture(scope="module")
-def prometheus(promtool: str, exporter: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    labels = {"project": "sunday", "env": "staging", "service": "backend", "color": "blue"}
+def exporters() -> Iterator[dict[str, str]]:
+    """The backend fails 10 % of its requests; the frontend none (it has no 5xx series)."""
+    servers = {"backend": _exporter(0.1), "frontend": _exporter(0.0)}
+    yield {service: f"127.0.0.1:{server.server_address[1]}" for service, server in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(promtool: str, exporters: dict[str, str],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    where = {"project": "sunday", "env": "staging", "color": "blue"}
     config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [
-        {"job_name": "sunday-services", "static_configs": [{"targets": [exporter], "labels": labels}]}]}
+        {"job_name": "sunday-services", "static_configs": [{"targets": [target], "labels": {**where, "service": name}}
+                                                           for name, target in exporters.items()]}]}
     with running_prometheus(tmp_path_factory.mktemp("prometheus"), config) as url:
         client = Prometheus(url)
         deadline = time.monotonic() + 30  # a rate needs two scrapes
@@ -80,8 +90,9 @@ def prometheus(promtool: str, exporter: str, tmp_path_factory: pytest.TempPathFa
 
 
 def test_the_signals_of_one_color_by_service(prometheus: Prometheus) -> None:
-    (backend,) = signals_of(prometheus, "sunday", "staging", "blue", f"{WINDOW_SECONDS}s")
-    assert backend.service == "backend"
+    backend, frontend = signals_of(prometheus, "sunday", "staging", "blue", f"{WINDOW_SECONDS}s")
+    assert (backend.service, frontend.service) == ("backend", "frontend")
+    assert frontend.error_ratio == 0.0 and frontend.requests_per_second == pytest.approx(100, rel=0.1)
     assert backend.requests_per_second == pytest.approx(100, rel=0.1)
     assert backend.error_ratio == pytest.approx(0.1, rel=0.01)
     assert backend.p95_seconds == pytest.approx(0.25, rel=0.05)
@@ -97,8 +108,8 @@ def test_status_reports_the_live_colors_signals(prometheus: Prometheus, monkeypa
     monkeypatch.setenv("SUNDAY_PROMETHEUS_URL", prometheus.url)
     metrics = live_metrics("sunday", "staging", "blue")
     assert metrics["source"] == prometheus.url and metrics["window"] == "1m"
-    (backend,) = metrics["services"]
-    assert backend["error_ratio"] == pytest.approx(0.1, rel=0.01)
+    backend, frontend = metrics["services"]
+    assert backend["error_ratio"] == pytest.approx(0.1, rel=0.01) and frontend["error_ratio"] == 0.0
 
 
 def test_a_bad_query_or_no_prometheus_is_named(prometheus: Prometheus, monkeypatch: pytest.MonkeyPatch,
