@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.alerting_fixture import Mail, Receivers, running_alertmanager
 from tests.app_variants import Users, inject_user_fault
@@ -137,11 +138,11 @@ def _exporter_matches_dora(env: Env, api: str) -> None:
     finally:
         exporter.terminate()
         exporter.wait(timeout=30)
-    where = f'env="{env.name}",project="{env.project}"'
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
-    def value(name: str, extra: str = "") -> float:
-        line = next(row for row in text.splitlines() if row.startswith(f"{name}{{{where}{extra}}}"))
-        return float(line.rsplit(" ", 1)[1])
+    def value(name: str, **labels: str) -> float:
+        wanted = {"project": env.project, "env": env.name, **labels}
+        return next(s.value for s in samples if s.name == name and s.labels == wanted)
 
     done = sunday("dora", "--env", env.name, "--project", env.project, "--json", api=api)
     assert done.returncode == 0, done.stderr
@@ -150,9 +151,9 @@ def _exporter_matches_dora(env: Env, api: str) -> None:
     assert report["change_failure_rate"]["failed"] == 1 and report["deployment_frequency"]["successful"] >= 2
     assert value("sunday_dora_deployment_frequency_per_day") == pytest.approx(
         report["deployment_frequency"]["per_day"])
-    assert value("sunday_dora_lead_time_seconds", ',quantile="0.5"') == pytest.approx(
+    assert value("sunday_dora_lead_time_seconds", quantile="0.5") == pytest.approx(
         report["lead_time_for_changes"]["median_seconds"])
-    assert value("sunday_deploys", ',outcome="failed"') == 1
+    assert value("sunday_deploys", outcome="failed") == 1
     assert 'sunday_flow_runs{flow="cd",state="COMPLETED"}' in text and 'sunday_last_ci_run_timestamp_seconds' in text
 
 
