@@ -53,7 +53,10 @@ __all__ = ["main"]
 
 PROJECT = Path(__file__).resolve().parent.parent
 # the flows, and prefect_aws's S3 block: the platform's result storage (s3-bucket/sunday-results), which every run
-# loads before it turns Running (0.3 s of imports a run would otherwise pay)
+# loads before it turns Running (0.3 s of imports a run would otherwise pay). `serve` loads Prefect's collections
+# too (prefect.plugins.load_prefect_collections, cached for the process): loading any block by its document
+# imports every installed collection first (prefect-kubernetes, -docker, -redis, -aws), 0.5-0.9 s a run paid
+# between its pull step and Running
 DEFAULT_PRELOAD = ("flows.ci", "flows.cd", "flows.e2e", "flows.preview", "flows.gc", "prefect_aws.s3")
 # what a request may run (its "module", default prefect.engine): a flow run, or the sunday-release CLI
 # (`python -m adapters.cli`: the tests run the CLI this way, tests/cli_runner.py)
@@ -290,6 +293,9 @@ def serve(path: Path, preload: Sequence[str]) -> None:
 
     for name in preload:
         importlib.import_module(name)
+    from prefect.plugins import load_prefect_collections
+
+    load_prefect_collections()  # what Block.load does first in every run: its cache is inherited by each fork
     loaded = _snapshot()
     if path.exists() or path.is_symlink():
         path.unlink()
