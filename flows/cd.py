@@ -280,7 +280,7 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
             smoke = smoke_test(target, idle, list(config.smoke))
             evidence += [f"smoke {s.service} {s.path} at {s.endpoint}: {s.status} in {s.elapsed_ms:.0f} ms"
                          for s in smoke]
-            analyzer, how = start_analysis(config, env, live)
+            analyzer, how = start_analysis(config, env, live, color_started=started)
             evidence.append(how)
             if analyzer is not None:
                 analyzer.measure(idle, "smoke")  # the new color on its smoke requests alone, before any traffic

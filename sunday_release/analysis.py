@@ -14,14 +14,33 @@ from dataclasses import dataclass, field
 from sunday_release.config import Analysis
 from sunday_release.prometheus import Prometheus, PrometheusUnavailable, selector
 
-__all__ = ["AnalysisRun", "Measurement", "baseline_p95", "measure", "queries", "thresholds"]
+__all__ = ["AnalysisRun", "Measurement", "baseline_p95", "clipped_window", "measure", "queries", "thresholds"]
 
 REQUESTS = "requests"  # the requests the color served in the window: what makes a measurement conclusive
 
 
-def queries(analysis: Analysis, project: str, env: str, color: str) -> dict[str, str]:
-    """Name → PromQL of one number, on `color` of the environment, over the analysis window."""
-    where, window = selector(project, env, color), analysis.window
+MIN_WINDOW_SECONDS = 6  # three of the platform's scrapes (every 2 s): the least a rate is read over
+
+
+def window_seconds(window: str) -> int:
+    """`30s` / `2m` in seconds."""
+    return int(window[:-1]) * (60 if window.endswith("m") else 1)
+
+
+def clipped_window(analysis: Analysis, color_age: float | None) -> str:
+    """The analysis window, cut to the age of the color's replicas (`color_age` seconds since they started, None:
+    unknown). The color's labels are the same release after release: without the cut, a release's first
+    measurements would read what the previous release on its color did in its last seconds (a rolled-back
+    release's errors failed the healthy one after it)."""
+    seconds = window_seconds(analysis.window)
+    if color_age is not None:
+        seconds = max(MIN_WINDOW_SECONDS, min(seconds, int(color_age)))
+    return f"{seconds}s"
+
+
+def queries(analysis: Analysis, project: str, env: str, color: str, window: str | None = None) -> dict[str, str]:
+    """Name → PromQL of one number, on `color` of the environment, over `window` (default: the analysis's)."""
+    where, window = selector(project, env, color), window or analysis.window
     found = {
         REQUESTS: f"sum(increase(http_requests_total{{{where}}}[{window}]))",
         # no 5xx series (the color never failed) is a ratio of 0, not no value
@@ -88,13 +107,15 @@ def _one(prometheus: Prometheus, expr: str) -> float | None:
 
 
 def measure(prometheus: Prometheus, analysis: Analysis, project: str, env: str, color: str, phase: str, at: float,
-            baseline: float | None = None) -> Measurement:
-    """Evaluate every query on `color` now.
+            baseline: float | None = None, color_age: float | None = None) -> Measurement:
+    """Evaluate every query on `color` now, over the window cut to the color's age (`clipped_window`).
 
     Raises:
         PrometheusUnavailable: Prometheus did not answer or refused a query.
     """
-    values = {name: _one(prometheus, expr) for name, expr in queries(analysis, project, env, color).items()}
+    window = clipped_window(analysis, color_age)
+    values = {name: _one(prometheus, expr)
+              for name, expr in queries(analysis, project, env, color, window).items()}
     return judge(phase, at, values, thresholds(analysis, baseline), analysis.min_requests)
 
 

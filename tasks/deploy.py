@@ -257,13 +257,15 @@ class Analyzer:
     env: str
     baseline: float | None
     run: AnalysisRun
+    color_started: float | None = None  # time.monotonic() when the new color's replicas were started
     started: float = field(default_factory=time.monotonic)
 
     def measure(self, color: Color, phase: str) -> Measurement | None:
         """One measurement of `color`, added to the run; None (and a note) when Prometheus does not answer."""
+        age = time.monotonic() - self.color_started if self.color_started is not None else None
         try:
             found = measure(self.prometheus, self.analysis, self.project, self.env, color, phase,
-                            time.monotonic() - self.started, self.baseline)
+                            time.monotonic() - self.started, self.baseline, age)
         except PrometheusUnavailable as exc:
             progress(f"analysis {color}: no measurement: {exc}")
             return None
@@ -275,7 +277,8 @@ class Analyzer:
         return [f"analysis {m.line()}" for m in self.run.measurements] + [f"analysis: {self.run.summary()}"]
 
 
-def start_analysis(config: PipelineConfig, env: str, live: Color | None) -> tuple[Analyzer | None, str]:
+def start_analysis(config: PipelineConfig, env: str, live: Color | None,
+                   color_started: float | None = None) -> tuple[Analyzer | None, str]:
     """The analysis of a release to `env`, and the evidence line that says how the release is judged: from
     Prometheus (with the live color's p95 as the baseline), or from the router's sampled requests alone."""
     analysis = config.environments[env].analysis
@@ -291,7 +294,8 @@ def start_analysis(config: PipelineConfig, env: str, live: Color | None) -> tupl
         return None, f"analysis: Prometheus at {url} does not answer: the router's sampled requests decide"
     baseline = baseline_p95(prometheus, analysis, config.project, env, live) if live else None
     limits = thresholds(analysis, baseline)
-    return (Analyzer(prometheus, analysis, config.project, env, baseline, AnalysisRun(analysis.failure_limit)),
+    return (Analyzer(prometheus, analysis, config.project, env, baseline, AnalysisRun(analysis.failure_limit),
+                     color_started),
             f"analysis: Prometheus {url}, window {analysis.window}, every {analysis.interval:g}s, failure_limit "
             f"{analysis.failure_limit}, min_requests {analysis.min_requests}; limits "
             + ", ".join(f"{name} {value:.4g}" for name, value in limits.items())

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sunday_release.analysis import REQUESTS, AnalysisRun, judge, queries, thresholds
+from sunday_release.analysis import REQUESTS, AnalysisRun, clipped_window, judge, queries, thresholds
 from sunday_release.config import Analysis, parse_config
 from sunday_release.errors import ConfigError
 from sunday_release.prometheus import selector
@@ -96,3 +96,13 @@ def test_a_bad_metrics_path_is_refused(path: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"project": "shop", "services": {"api": {"context": "api", "port": 8000, "metrics_path": path}}})
     assert caught.value.path == "services.api.metrics_path"
+
+
+def test_the_window_is_cut_to_the_colors_age() -> None:
+    """A color's labels are the same release after release: a new release reads only what its own replicas did."""
+    analysis = Analysis(window="30s")
+    assert clipped_window(analysis, None) == "30s"
+    assert clipped_window(analysis, 12.7) == "12s"
+    assert clipped_window(analysis, 2.0) == "6s"  # three scrapes at least
+    assert clipped_window(Analysis(window="2m"), 500) == "120s"
+    assert "[12s]" in queries(analysis, "shop", "staging", "blue", clipped_window(analysis, 12.7))["error_ratio"]
