@@ -1,6 +1,7 @@
 """The pipeline's own metrics for Prometheus, read from the Prefect API: `sunday-release exporter --port 9469`.
 
-Each scrape (answers cached for `ttl` seconds, 50: it reads the last runs and their results) reads the recent flow and task runs and exports:
+Each scrape (answers cached for `ttl` seconds, 50: it reads the last runs and their results) reads the
+recent flow and task runs and exports:
 - `sunday_flow_runs{flow, state}`: runs of each pipeline flow that ended (or are) in each state, in the window;
 - `sunday_flow_run_duration_seconds{flow, quantile}`: p50 and p90 of the completed runs' durations;
 - `sunday_flow_run_queue_wait_seconds{flow, quantile}`: from when a run was due to when it started (the queue);
