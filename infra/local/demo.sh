@@ -23,8 +23,11 @@ done
 echo "[demo] arm64 backend image: uname -m = $(/usr/bin/docker run --rm --platform linux/arm64 --entrypoint uname \
   "$registry/sunday/backend:sha-$sha" -m)"
 "$top/.venv/bin/sunday-release" cd --env staging --version "$sha" --repo "$work"
-for _ in $(seq 1 40); do curl -fsS -o /dev/null http://127.0.0.1:8081/api/boards; done  # some traffic to measure
-sleep 5  # two of Prometheus's scrapes (every 2 s)
+# some traffic for Prometheus to measure: once it has found and scraped the new replicas (it counts what they serve
+# from its first scrape on), 40 requests over 4 s, then two more scrapes (every 2 s)
+sleep 5
+for _ in $(seq 1 40); do curl -fsS -o /dev/null http://127.0.0.1:8081/api/boards; sleep 0.1; done
+sleep 5
 "$top/.venv/bin/sunday-release" status --env staging
 echo "[demo] GET http://127.0.0.1:8081/api/boards -> $(curl -fsS http://127.0.0.1:8081/api/boards)"
 echo "[demo] GET http://127.0.0.1:8081/ -> $(curl -fsS http://127.0.0.1:8081/ | grep -o '<title>[^<]*</title>')"
