@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from adapters.server import _reaped
 from sunday_release.prometheus import Prometheus
 
 __all__ = ["CONFIG", "LocalPrometheus", "write_config"]
@@ -98,16 +99,12 @@ class LocalPrometheus:
             return False
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    break
-            except ChildProcessError:
-                pass
-            if self.pid() is None:
+            if _reaped(pid) or self.pid() is None:
                 break
             time.sleep(0.1)
         else:
             os.kill(pid, signal.SIGKILL)
+            _reaped(pid)
         self.pidfile.unlink(missing_ok=True)
         return True
 

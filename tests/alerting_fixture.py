@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes
@@ -17,11 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 from aiosmtpd.controller import Controller
 
 from deployments.alerting import local_receivers, render
 from tests.conftest import free_port
+from tests.prometheus_fixture import wait_ready
 
 PAGERDUTY_SEVERITIES = {"critical", "error", "warning", "info"}
 
@@ -118,16 +117,7 @@ def running_alertmanager(home: Path, group_wait: str = "1s", group_interval: str
                                     "--cluster.listen-address="], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (home / "log").read_text()
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (home / "log").read_text()
-            time.sleep(0.1)
+        wait_ready(url, process, home / "log")
         yield url, receivers, mail
     finally:
         process.terminate()

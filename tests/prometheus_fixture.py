@@ -32,16 +32,7 @@ def running_prometheus(home: Path, config: dict[str, Any]) -> Iterator[str]:
                                    stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_ready(url, process, log)
         yield url
     finally:
         process.terminate()
@@ -54,3 +45,17 @@ def platform_config() -> dict[str, Any]:
     config = yaml.safe_load(source.read_text())
     config["rule_files"] = [str((source.parent / rule).resolve()) for rule in config.get("rule_files", [])]
     return dict(config)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Until `url`/-/ready answers 200 (Prometheus, Alertmanager); the log in the failure when it dies or is late."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
