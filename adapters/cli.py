@@ -429,10 +429,12 @@ def cmd_exporter(args: argparse.Namespace) -> int:
         raise InputError(f"--days: {args.days} is not a positive number of days")
     _connect(args.verbose)
     from adapters.pipeline_metrics import serve
+    from sunday_release.router_log import RouterLogs
 
+    env_root = Settings.from_env().env_root
     sys.stderr.write(f"the pipeline's metrics on http://{args.host}:{args.port}/metrics (Prefect API "
-                     f"{os.environ['PREFECT_API_URL']})\n")
-    serve(args.host, args.port, days=args.days)
+                     f"{os.environ['PREFECT_API_URL']}); the routers of {env_root} on /router/metrics\n")
+    serve(args.host, args.port, days=args.days, routers=RouterLogs(env_root))
     return EXIT_OK
 
 
@@ -491,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cd)
 
-    p = sub.add_parser("exporter", help="serve the pipeline's own metrics (DORA, runs, failures) for Prometheus")
+    p = sub.add_parser("exporter", help="serve the pipeline's own metrics (DORA, runs, failures) and the routers' "
+                                        "(from their access logs) for Prometheus")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9469)
     p.add_argument("--days", type=int, default=30, help="the DORA window (as `dora --days`)")

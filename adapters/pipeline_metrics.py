@@ -5,13 +5,17 @@ recent flow and task runs and exports:
 - `sunday_flow_runs{flow, state}`: runs of each pipeline flow that ended (or are) in each state, in the window;
 - `sunday_flow_run_duration_seconds{flow, quantile}`: p50 and p90 of the completed runs' durations;
 - `sunday_flow_run_queue_wait_seconds{flow, quantile}`: from when a run was due to when it started (the queue);
-- `sunday_task_run_failures{flow, stage}`: failed task runs by stage (`build`, `test`, `scan`, …);
+- `sunday_task_run_failures{flow, stage, cause}`: failed (or crashed) task runs by stage (`build`, `test`, `scan`,
+  …) and cause (`failure_cause`: `check`, `gate`, `rollout`, `infrastructure`, `timeout`, `crashed`, …);
 - `sunday_deploys{project, env, outcome}`, and DORA per environment over `days` (the same numbers as
   `sunday-release dora`): `sunday_dora_deployment_frequency_per_day`, `sunday_dora_lead_time_seconds{quantile}`,
   `sunday_dora_change_failure_rate`, `sunday_dora_time_to_restore_seconds`;
 - `sunday_last_successful_deploy_timestamp_seconds{project, env}` and `sunday_last_ci_run_timestamp_seconds{project}`
   (CI runs carry `project:NAME`): the rule SundayPipelineStuck compares them.
 `make server` starts it and the platform's Prometheus scrapes it (job sunday-pipeline).
+
+`/router/metrics` is the docker target's routers, from their access logs (sunday_release/router_log.py: requests
+by color and status, `$request_time` as a histogram, the live color), read on each scrape (job sunday-routers).
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from sunday_release.dora import DoraReport, dora_by_project, records_from_flow_runs
+from sunday_release.router_log import RouterLogs
 from sunday_release.run_tags import parse_project_tag
 
-__all__ = ["PIPELINE_FLOWS", "collect", "deploy_runs", "serve"]
+__all__ = ["PIPELINE_FLOWS", "collect", "deploy_runs", "failure_cause", "metrics_server", "router_metrics", "serve"]
 
 PIPELINE_FLOWS = ("ci", "cd", "rollback", "scale", "e2e", "preview", "preview-close", "previews-gc", "gc")
 WINDOW_HOURS = 24
@@ -69,6 +74,28 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 def _stage(task_name: str) -> str:
     """`build[backend linux/amd64]` → `build`: the stage, never the service (bounded labels)."""
     return re.sub(r"\[.*\]$", "", task_name)
+
+
+# the error tree's kinds (sunday_release/errors.py) as causes: a bounded label, never the message
+_CAUSES = {"CheckFailed": "check", "GateFailed": "gate", "RolloutAborted": "rollout", "TagExists": "tag-exists",
+           "DockerUnavailable": "infrastructure", "CommandFailed": "command", "InputError": "input",
+           "ConfigError": "input", "StageFailed": "stage"}
+
+
+def failure_cause(state_type: str | None, message: str | None) -> str:
+    """Why a task run failed, from its final state: `crashed` (its process died), `timeout` (its own timeout, or a
+    command that timed out), the kind of pipeline error it raised (`check`, `gate`, `rollout`, `infrastructure`,
+    `command`, `input`, `tag-exists`, `stage`), or `error` for any other exception."""
+    text = message or ""
+    if state_type == "CRASHED":
+        return "crashed"
+    if "exceeded timeout" in text or "failed due to timeout" in text:
+        return "timeout"
+    raised = re.search(r"encountered an exception ([A-Za-z_][\w.]*):", text)
+    cause = _CAUSES.get(raised.group(1).rsplit(".", 1)[-1], "error") if raised else "error"
+    if cause == "command" and re.search(r"^command '[^']*' timed out", text[raised.end():].lstrip() if raised else ""):
+        return "timeout"
+    return cause
 
 
 def _environments(records: Iterable[Any]) -> dict[str, set[str]]:
@@ -147,12 +174,15 @@ def collect(client: Any, now: datetime | None = None, days: int = 30) -> list[Ga
     failed_tasks = client.read_task_runs(
         flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
         task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since),
-                                      state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.FAILED]))),
+                                      state=TaskRunFilterState(type=TaskRunFilterStateType(
+                                          any_=[StateType.FAILED, StateType.CRASHED]))),
         limit=200)
     run_flow = {run.id: flows.get(run.flow_id, "") for run in runs}
-    failures: Counter[tuple[str, str]] = Counter()
+    failures: Counter[tuple[str, str, str]] = Counter()
     for task in failed_tasks:
-        failures[(run_flow.get(task.flow_run_id, ""), _stage(task.name))] += 1
+        cause = failure_cause(task.state_type.value if task.state_type else None,
+                              task.state.message if task.state else None)
+        failures[(run_flow.get(task.flow_run_id, ""), _stage(task.name), cause)] += 1
 
     metrics = []
     family = GaugeMetricFamily("sunday_flow_runs", f"Pipeline flow runs started in the last {WINDOW_HOURS} h, by "
@@ -167,10 +197,10 @@ def collect(client: Any, now: datetime | None = None, days: int = 30) -> list[Ga
             for quantile, value in _quantiles(found).items():
                 family.add_metric([flow, quantile], value)
         metrics.append(family)
-    family = GaugeMetricFamily("sunday_task_run_failures", f"Failed task runs by stage, last {WINDOW_HOURS} h",
-                               labels=["flow", "stage"])
-    for (flow, stage), count in sorted(failures.items()):
-        family.add_metric([flow, stage], count)
+    family = GaugeMetricFamily("sunday_task_run_failures", f"Failed task runs by stage and cause, last "
+                               f"{WINDOW_HOURS} h", labels=["flow", "stage", "cause"])
+    for (flow, stage, cause), count in sorted(failures.items()):
+        family.add_metric([flow, stage, cause], count)
     metrics.append(family)
 
     records = records_from_flow_runs(deploy_runs(client))
@@ -213,26 +243,67 @@ class _Cached:
 
 
 class _Fixed:
-    def __init__(self, metrics: list[GaugeMetricFamily]) -> None:
+    def __init__(self, metrics: list[Any]) -> None:
         self.metrics = metrics
 
-    def collect(self) -> list[GaugeMetricFamily]:
+    def collect(self) -> list[Any]:
         return self.metrics
 
 
-def serve(host: str, port: int, days: int = 30, ttl: float = 50.0) -> None:
-    """Serve GET /metrics until interrupted."""
+def router_metrics(routers: RouterLogs) -> list[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    """The routers' metrics, after reading what their access logs gained."""
+    routers.refresh()
+    requests = CounterMetricFamily("sunday_router_requests", "Requests through an environment's router, by the "
+                                   "color that answered and the HTTP status", labels=["project", "env", "color",
+                                                                                     "code"])
+    for project, env, color, code, count in routers.requests():
+        requests.add_metric([project, env, color, code], count)
+    durations = HistogramMetricFamily("sunday_router_request_duration_seconds", "nginx's $request_time of the "
+                                      "router's requests", labels=["project", "env", "color"])
+    for project, env, color, buckets, total in routers.durations():
+        durations.add_metric([project, env, color], buckets, total)
+    live = GaugeMetricFamily("sunday_router_live_color", "1 for the color an environment's router sends traffic to",
+                             labels=["project", "env", "color"])
+    for (project, env), color in sorted(routers.live_colors().items()):
+        live.add_metric([project, env, color], 1)
+    return [requests, durations, live]
+
+
+def serve(host: str, port: int, days: int = 30, ttl: float = 50.0, routers: RouterLogs | None = None) -> None:
+    """Serve GET /metrics (the pipeline's) and, with `routers`, GET /router/metrics until interrupted."""
+    server = metrics_server(host, port, days, ttl, routers)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def metrics_server(host: str, port: int, days: int = 30, ttl: float = 50.0,
+                   routers: RouterLogs | None = None) -> ThreadingHTTPServer:
+    """The HTTP server of `serve`, bound and not yet serving."""
     cache = _Cached(ttl)
+    router_lock = threading.Lock()
+
+    def router_body() -> bytes:
+        assert routers is not None
+        with router_lock:
+            registry = CollectorRegistry()
+            registry.register(_Fixed(router_metrics(routers)))  # type: ignore[arg-type]
+            return generate_latest(registry)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/metrics":
+            path = self.path.split("?", 1)[0]
+            if path == "/router/metrics" and routers is not None:
+                body, code = router_body(), 200
+            elif path != "/metrics":
                 self.send_error(404)
                 return
-            try:
-                body, code = cache.get(days), 200
-            except Exception as exc:  # the API is down: say so, as a scrape error
-                body, code = f"# Prefect API: {type(exc).__name__}: {exc}\n".encode(), 503
+            else:
+                try:
+                    body, code = cache.get(days), 200
+                except Exception as exc:  # the API is down: say so, as a scrape error
+                    body, code = f"# Prefect API: {type(exc).__name__}: {exc}\n".encode(), 503
             self.send_response(code)
             self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             self.send_header("Content-Length", str(len(body)))
@@ -242,8 +313,4 @@ def serve(host: str, port: int, days: int = 30, ttl: float = 50.0) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    return ThreadingHTTPServer((host, port), Handler)

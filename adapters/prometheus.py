@@ -27,13 +27,13 @@ CONFIG = Path(__file__).resolve().parent.parent / "infra" / "local" / "prometheu
 
 def write_config(dest: Path, alertmanager: str | None = None, exporter: str | None = None) -> Path:
     """infra/local/prometheus.yml at `dest`, its rule paths made absolute, sending alerts to `alertmanager` and
-    scraping the pipeline's `exporter` (host:port each) when given."""
+    scraping the pipeline's `exporter` (its /metrics and its /router/metrics; host:port each) when given."""
     config = yaml.safe_load(CONFIG.read_text())
     config["rule_files"] = [str((CONFIG.parent / rule).resolve()) for rule in config.get("rule_files", [])]
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     for job in config["scrape_configs"]:
-        if job["job_name"] == "sunday-pipeline":
+        if job["job_name"] in ("sunday-pipeline", "sunday-routers"):
             job["static_configs"] = [{"targets": [exporter] if exporter else []}]
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -102,25 +103,42 @@ def open_run(page: Any, url: str, badge: str) -> None:
     The UI's module script runs before its stylesheet (linked after it) has loaded, so under load the run's page
     renders unstyled for a while: one long column whose controls move as log lines arrive above them, so a click
     never finds them still. Under load the bundle or the stylesheet can also fail to load (a grey shell, or an
-    unstyled page that stays so): a reload is what an operator does. The error names every asset that failed.
+    unstyled page that stays so): a reload is what an operator does. A request of the UI's own that fails (Chromium
+    cancels those in flight with ERR_NETWORK_CHANGED when a network interface comes or goes: a build host's
+    dockerd making its bridge) leaves the shell grey for good, so the page is reloaded at once then. The error
+    names every asset that failed.
     """
     from playwright.sync_api import TimeoutError as PageTimeout
 
+    origin = re.match(r"https?://[^/]+", url).group(0)  # type: ignore[union-attr]
     failed: list[str] = []
     page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
     page.on("response", lambda r: r.status >= 400 and "/assets/" in r.url and failed.append(f"{r.url}: {r.status}"))
+
+    def own_failures(since: int) -> list[str]:
+        return [f for f in failed[since:] if f.startswith(origin)]
+
     page.goto(url)
     for reloads in range(3):
-        try:
-            page.get_by_text(badge, exact=True).first.wait_for(timeout=60_000)
-        except PageTimeout as exc:
-            why = f"the run's badge {badge!r} did not show: {exc}"
-        else:
+        loaded, deadline = len(failed), time.monotonic() + 60
+        badge_shown = page.get_by_text(badge, exact=True).first
+        while True:
             try:
-                page.wait_for_function(_STYLED, timeout=30_000)
-                return
-            except PageTimeout:
-                why = "the UI's stylesheet did not take effect within 30 s"
+                badge_shown.wait_for(timeout=1000)
+            except PageTimeout as exc:
+                if own_failures(loaded):
+                    why = f"the UI's own requests failed: {'; '.join(own_failures(loaded)[:3])}"
+                elif time.monotonic() > deadline:
+                    why = f"the run's badge {badge!r} did not show: {exc}"
+                else:
+                    continue
+            else:
+                try:
+                    page.wait_for_function(_STYLED, timeout=30_000)
+                    return
+                except PageTimeout:
+                    why = "the UI's stylesheet did not take effect within 30 s"
+            break
         if reloads == 2:
             assets = "; ".join(failed[-5:]) or "none failed"
             raise AssertionError(f"{url}: {why} (after two reloads; assets: {assets})")

@@ -155,6 +155,9 @@ def _exporter_matches_dora(env: Env, api: str) -> None:
         report["lead_time_for_changes"]["median_seconds"])
     assert value("sunday_deploys", outcome="failed") == 1
     assert 'sunday_flow_runs{flow="cd",state="COMPLETED"}' in text and 'sunday_last_ci_run_timestamp_seconds' in text
+    # the rolled-back release's failure, counted by stage and cause
+    causes = {(s.labels["flow"], s.labels["cause"]) for s in samples if s.name == "sunday_task_run_failures"}
+    assert ("cd", "rollout") in causes, causes
 
 
 def test_a_live_release_failing_its_users_alerts_slack_mail_and_pagerduty(
