@@ -19,22 +19,29 @@ import yaml
 
 from adapters.server import _reaped
 from sunday_release.prometheus import Prometheus
+from sunday_release.settings import Settings
+from sunday_release.targets.db_exporter import targets_dir
 
 __all__ = ["CONFIG", "LocalPrometheus", "write_config"]
 
 CONFIG = Path(__file__).resolve().parent.parent / "infra" / "local" / "prometheus.yml"
 
 
-def write_config(dest: Path, alertmanager: str | None = None, exporter: str | None = None) -> Path:
+def write_config(dest: Path, alertmanager: str | None = None, exporter: str | None = None,
+                 env_root: Path | None = None) -> Path:
     """infra/local/prometheus.yml at `dest`, its rule paths made absolute, sending alerts to `alertmanager` and
-    scraping the pipeline's `exporter` (its /metrics and its /router/metrics; host:port each) when given."""
+    scraping the pipeline's `exporter` (its /metrics and its /router/metrics; host:port each) when given, and the
+    databases' exporters announced under `env_root` (default SUNDAY_ENV_ROOT's)."""
     config = yaml.safe_load(CONFIG.read_text())
+    announced = targets_dir(env_root or Settings.from_env().env_root)
     config["rule_files"] = [str((CONFIG.parent / rule).resolve()) for rule in config.get("rule_files", [])]
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     for job in config["scrape_configs"]:
         if job["job_name"] in ("sunday-pipeline", "sunday-routers"):
             job["static_configs"] = [{"targets": [exporter] if exporter else []}]
+        for discovery in job.get("file_sd_configs", []):
+            discovery["files"] = [str(announced / Path(pattern).name) for pattern in discovery["files"]]
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest.write_text(yaml.safe_dump(config, sort_keys=False))
     return dest

@@ -19,7 +19,7 @@ DOCKER=/usr/bin/docker
 TRIVY=${SUNDAY_TRIVY:-$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin/trivy}
 PACKAGES=(docker.io debootstrap docker-registry qemu-user-static binfmt-support
           postgresql-15 nginx git curl ca-certificates chromium redis-server
-          prometheus prometheus-alertmanager)
+          prometheus prometheus-alertmanager prometheus-postgres-exporter)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -40,6 +40,7 @@ from sunday_release.errors import ConfigError, InputError, PipelineError, Rollou
 from sunday_release.registry import INDEX_TYPES, RegistryClient, RegistryUnavailable
 from sunday_release.runner import run, tail
 from sunday_release.targets import env_record
+from sunday_release.targets.db_exporter import DatabaseExporter
 from sunday_release.targets.local_db import LocalDatabase
 from sunday_release.targets.protocol import DatabaseAccess, DatabaseUrl, DeployTarget, Replica, TrafficLog
 from sunday_release.tls import tls_context
@@ -78,6 +79,7 @@ class DockerTarget:
         self.root = env_root / self.project / env_name  # as Settings.env_dir
         self.router_dir = self.root / "router"
         self.db = LocalDatabase(db_root / self.project / env_name, env.db_port or env.port + 1000)
+        self.db_exporter = DatabaseExporter(self.db, self.project, env_name, env_root)
 
     @property
     def key(self) -> str:
@@ -240,9 +242,10 @@ class DockerTarget:
         return out.stdout.strip() or "172.17.0.1"
 
     def ensure_database(self) -> None:
-        """Start (creating once) the environment's PostgreSQL and its release record database."""
+        """Start (creating once) the environment's PostgreSQL, its release record database and its exporter."""
         self.db.ensure(self.bridge_ip())
         self.prepare_record()
+        self.db_exporter.ensure()
 
     def _env_file(self, service: str, version: str, color: Color) -> Path:
         secrets = self.root / "secrets"
@@ -488,6 +491,7 @@ class DockerTarget:
         for color in ("blue", "green"):
             self.remove_color(color)  # type: ignore[arg-type]
         self.stop_router()
+        self.db_exporter.stop()
         self.db.stop()
 
     def destroy(self) -> None:
