@@ -63,11 +63,10 @@ class _Progress(logging.Handler):
         if not _LOG["json"]:
             sys.stderr.write(f"[{elapsed:6.1f}s] {who:<20} {record.getMessage()}\n")
             return
-        step, _, rest = who.partition("[")
-        _json_line(record.getMessage(), record.levelname.lower(), elapsed=round(elapsed, 3),
-                   run_id=str(getattr(record, "flow_run_id", "") or "") or None,
-                   flow=getattr(record, "flow_name", None), task=who if task else None,
-                   service=rest.rstrip("]").split(" ")[0] or None if rest else None, step=step if task else None)
+        from adapters.logs import fields_of
+
+        known = {key: value for key, value in fields_of(record).items() if value is not None}
+        _json_line(record.getMessage(), record.levelname.lower(), elapsed=round(elapsed, 3), **known)
 
 
 def _connect(verbose: bool) -> str:

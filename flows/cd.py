@@ -22,6 +22,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from adapters.logs import bind
 from adapters.secrets import read_secret_block
 from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
@@ -235,6 +236,7 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
     """The body of `cd` once the config is known (the preview flow's too): deploy `version` of the checkout to
     `env` of `config`, its images those tagged `image_tag` (None: the version's own tags, `resolve_version`)."""
     run_id = str(flow_run.get_id() or "local")
+    bind(project=config.project, env=env)  # on every JSON log line of the run from here
     target = target_for(config, env)
     environment = config.environments[env]
     where = f"{config.project}/{env}"

@@ -12,6 +12,7 @@ from prefect.events import emit_event
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
+from adapters.logs import bind
 from sunday_release.ci_report import StepResult, ci_summary, failure_lines
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import CheckFailed, GateFailed, StageFailed
@@ -105,6 +106,7 @@ def _checks_and_images(checkout: Checkout, ref: str, run_id: str, settings: Sett
     """The checks stage, then (when it passed) the images stage; the summary, or StageFailed carrying it."""
     config = load_pipeline_config(checkout)
     tag_project(config.project)
+    bind(project=config.project)  # on every JSON log line of the run from here
 
     scan_future = scan_repository.submit(checkout, config.scan)
     checks: list[tuple[str, str, PrefectFuture[Any]]] = []

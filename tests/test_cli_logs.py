@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from adapters import cli
+from adapters.logs import write_prefect_logging_config
+from tests.conftest import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +48,53 @@ def test_text_stays_the_default(capsys: pytest.CaptureFixture[str]) -> None:
     record.__dict__.update(sunday_progress=True, task_run_name="test[backend]-001")
     cli._Progress().emit(record)
     assert capsys.readouterr().err.split("] ", 1)[1] == f"{'test[backend]':<20} passed\n"
+
+
+_FLOW = '''
+from prefect import flow, get_run_logger, task
+
+from adapters.logs import bind
+
+
+@task(task_run_name="build[backend linux/amd64]")
+def build() -> None:
+    get_run_logger().info("built %s", "sha256:ab")
+
+
+@flow(name="ci")
+def ci(env: str = "staging") -> None:
+    bind(project="shop")
+    build()
+    get_run_logger().warning("line one\\nline two")
+
+
+ci()
+'''
+
+
+def test_a_workers_flow_run_logs_json_lines_with_prefects_logging_config(prefect_api: str, tmp_path: Path) -> None:
+    """The configuration `make server` gives its workers with SUNDAY_LOG_FORMAT=json (adapters/logs.py, through
+    Prefect's PREFECT_LOGGING_SETTINGS_PATH): a real flow run on a real server prints only JSON lines, its task's
+    with the run, the flow, the step and service of the task, the bound project and the env parameter."""
+    config = write_prefect_logging_config(tmp_path / "logging.yml")
+    done = subprocess.run([sys.executable, "-c", _FLOW], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_SETTINGS_PATH":
+                               str(config), "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "NOTSET"})  # (the tests' quiet)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]  # every line is one object
+    (built,) = [line for line in lines if line["message"] == "built sha256:ab"]
+    assert built == {"time": built["time"], "level": "info", "logger": "prefect.task_runs",
+                     "run_id": built["run_id"], "flow": "ci", "task": "build[backend linux/amd64]", "step": "build",
+                     "service": "backend", "project": "shop", "env": "staging", "message": "built sha256:ab"}
+    assert len(built["run_id"]) == 36 and built["time"].endswith("+00:00")
+    (warned,) = [line for line in lines if line["level"] == "warning" and "line one" in line["message"]]
+    assert warned["message"] == "line one\nline two" and warned["run_id"] == built["run_id"] and "task" not in warned
+    assert any("Finished in state Completed" in line["message"] for line in lines)  # Prefect's own lines too
+
+
+def test_make_server_refuses_a_log_format_it_does_not_know(tmp_path: Path) -> None:
+    done = subprocess.run(["bash", str(ROOT / "infra" / "local" / "server.sh"), "start"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "SUNDAY_LOG_FORMAT": "xml",
+                                                      "SUNDAY_PLATFORM_DIR": str(tmp_path / "platform")})
+    assert done.returncode == 2 and "SUNDAY_LOG_FORMAT: 'xml' is not a log format (text, json)" in done.stderr
+    assert not (tmp_path / "platform").exists()  # nothing started

@@ -30,7 +30,8 @@
 #      SERVER_REPLICAS (1; 2 or more: the HA shape below), SUNDAY_REDIS_PORT (6380),
 #      SUNDAY_PROMETHEUS_PORT (9090: the platform's Prometheus, infra/local/prometheus.yml), SUNDAY_ALERTMANAGER_PORT
 #      (9093) and the receivers of its alerts, SUNDAY_ALERT_* (deployments/alerting.py; docs/monitoring.md),
-#      SUNDAY_EXPORTER_PORT (9469: the pipeline's own metrics, `sunday-release exporter`).
+#      SUNDAY_EXPORTER_PORT (9469: the pipeline's own metrics, `sunday-release exporter`), SUNDAY_LOG_FORMAT (text,
+#      or json: the workers' flow runs log one JSON object a line, adapters/logs.py).
 # SERVER_REPLICAS=N (N >= 2), Prefect's documented high-availability shape: N API processes
 # (`prefect server start --no-services`, ports PREFECT_PORT+1..N) behind nginx on PREFECT_PORT, the background
 # services as their own process (`prefect server services start`), migrations run once before them, and Redis
@@ -56,6 +57,11 @@ promport=${SUNDAY_PROMETHEUS_PORT:-9090}
 prometheus_url=http://127.0.0.1:$promport
 amport=${SUNDAY_ALERTMANAGER_PORT:-9093}
 exporterport=${SUNDAY_EXPORTER_PORT:-9469}
+logformat=${SUNDAY_LOG_FORMAT:-text}
+case "$logformat" in
+  text|json) ;;
+  *) echo "[server] SUNDAY_LOG_FORMAT: '$logformat' is not a log format (text, json)" >&2; exit 2 ;;
+esac
 case "$replicas" in
   ''|*[!0-9]*|0) echo "[server] SERVER_REPLICAS: expected a whole number of API processes >= 1, got '$replicas'" >&2
                  exit 2 ;;
@@ -381,6 +387,10 @@ with get_client(sync_client=True) as client:
                 client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
 EOF
   ) || { log "could not create or update the work pools ${pools[*]}"; exit 1; }
+  if [ "$logformat" = json ]; then  # the flow runs (prewarmed forks, workers' processes) log JSON lines
+    (cd "$top" && "$bin/python" -m adapters.logs "$dir/logging-json.yml" >/dev/null)
+    export PREFECT_LOGGING_SETTINGS_PATH=$dir/logging-json.yml
+  fi
   if ! alive "$dir/pids/prewarmed"; then
     nohup env -C "$top" "$bin/python" -m deployments.prewarmed --socket "$dir/prewarm.sock" \
       >"$(logfile prewarmed)" 2>&1 &
