@@ -16,7 +16,7 @@ from adapters.logs import bind
 from sunday_release.ci_report import StepResult, ci_summary, failure_lines
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import CheckFailed, GateFailed, StageFailed
-from sunday_release.findings import ImageScan, ScanReport
+from sunday_release.findings import DependencyAudit, ImageScan, ScanReport
 from sunday_release.refs import pull_request_number, short_ref, validate_ref, validate_repo, validate_sha
 from sunday_release.registry import PublishedImage, validate_repository
 from sunday_release.settings import Settings
@@ -33,7 +33,7 @@ from tasks.images import (
     tag_release,
 )
 from tasks.reports import publish_ci_reports
-from tasks.scan import scan_image, scan_repository
+from tasks.scan import audit_dependencies, scan_image, scan_repository
 from tasks.source import Checkout, clone_repo, load_pipeline_config
 
 CI_CONTEXT = "sunday-release/ci"  # the commit status of this flow on the git host
@@ -109,6 +109,9 @@ def _checks_and_images(checkout: Checkout, ref: str, run_id: str, settings: Sett
     bind(project=config.project)  # on every JSON log line of the run from here
 
     scan_future = scan_repository.submit(checkout, config.scan)
+    # the lockfiles' audit runs beside the checks; its verdict joins the image scans' (it needs their offline DB)
+    audit_future = audit_dependencies.submit(checkout, {name: spec.context for name, spec in config.services.items()},
+                                             config.scan, str(settings.home / "runs" / run_id / "sarif"))
     checks: list[tuple[str, str, PrefectFuture[Any]]] = []
     for name, spec in config.services.items():
         if not spec.checks.steps():
@@ -148,11 +151,14 @@ def _checks_and_images(checkout: Checkout, ref: str, run_id: str, settings: Sett
     scans: list[ImageScan] = []
     if not failures:  # the images stage runs once the checks stage passed
         images, scans, image_failures = _images_stage(config, checkout, ref, repos, keys, found,
-                                                      settings.home / "runs" / run_id)
+                                                      settings.home / "runs" / run_id, audit_future)
         failures += image_failures
-    publish_ci_reports(config.project, checkout.commit, results, scan, list(images.values()), scans)
+    audit, audit_failure = _audit_outcome(audit_future)
+    if audit_failure:
+        failures.append(audit_failure)
+    publish_ci_reports(config.project, checkout.commit, results, scan, list(images.values()), scans, audit)
     summary = ci_summary(run_id, "FAILED" if failures else "COMPLETED", checkout.commit, list(config.services),
-                         results, scan, images, scans)
+                         results, scan, images, scans, audit)
     if failures:
         raise StageFailed("\n".join(failures), summary)
     _announce_pass(config, checkout, ref, fork)
@@ -188,14 +194,25 @@ def _announce_pass(config: PipelineConfig, checkout: Checkout, ref: str, fork: b
                payload={"sha": checkout.commit, "ref": ref, "version": ref if to == "production" else checkout.commit})
 
 
+def _audit_outcome(future: PrefectFuture[Any]) -> tuple[DependencyAudit | None, str | None]:
+    """The dependency audit (also when its gate failed) and the failure line, if it failed."""
+    future.wait()
+    if future.state.is_completed():
+        return future.result(), None
+    exc = future.state.result(raise_on_failure=False)
+    audit = exc.report if isinstance(exc, GateFailed) and isinstance(exc.report, DependencyAudit) else None
+    return audit, _first_line(exc)
+
+
 def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str, repos: dict[str, str],
-                  keys: dict[str, Any], found: dict[str, PrefectFuture[Any]],
-                  run_dir: Path) -> tuple[dict[str, PublishedImage], list[ImageScan], list[str]]:
+                  keys: dict[str, Any], found: dict[str, PrefectFuture[Any]], run_dir: Path,
+                  audit: PrefectFuture[Any]) -> tuple[dict[str, PublishedImage], list[ImageScan], list[str]]:
     """Build (or reuse), push and scan every service's multi-arch image; return what failed too.
 
     `repos` are the services' registry repositories; `keys` and `found` the futures of each one's
     content key and of its published image (None: not built yet). Futures are passed on as task
-    inputs (Prefect resolves them).
+    inputs (Prefect resolves them). No image gets its release tags unless the dependency audit (`audit`) passed
+    too: the vulnerability gate is the images' and the lockfiles' together.
     """
     tags = image_tags_of(config, ref, checkout.commit)
     publish: dict[str, PrefectFuture[Any]] = {}
@@ -239,8 +256,10 @@ def _images_stage(config: PipelineConfig, checkout: Checkout, ref: str, repos: d
         if isinstance(exc, GateFailed) and isinstance(exc.report, ImageScan):
             scans.append(exc.report)
         failures.append(f"vulnerability scan failed: {_first_line(exc)}")
-    # release tags only for images that passed: CD deploys nothing else
-    tagged = {name: tag_release.submit(name, image, tags) for name, image in images.items() if gated[name]}
+    # release tags only for images that passed, and only when the lockfiles did: CD deploys nothing else
+    audited = _audit_outcome(audit)[1] is None
+    tagged = {name: tag_release.submit(name, image, tags) for name, image in images.items()
+              if gated[name] and audited}
     for name, future in tagged.items():
         future.wait()
         if future.state.is_completed():

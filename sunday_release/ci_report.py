@@ -6,12 +6,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sunday_release.findings import SEVERITIES, ImageScan, ScanReport
+from sunday_release.findings import SEVERITIES, DependencyAudit, ImageScan, ScanReport
 from sunday_release.junit import TestCounts
 from sunday_release.registry import PublishedImage
 
-__all__ = ["StepResult", "ci_summary", "failure_lines", "images_rows", "scan_markdown", "terminal_summary",
-           "tests_rows", "vulnerabilities_markdown", "vulnerability_counts"]
+__all__ = ["StepResult", "audit_markdown", "ci_summary", "failure_lines", "images_rows", "scan_markdown",
+           "terminal_summary", "tests_rows", "vulnerabilities_markdown", "vulnerability_counts"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,18 @@ def scan_markdown(title: str, report: ScanReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def audit_markdown(project: str, commit: str, audit: DependencyAudit) -> str:
+    """The dependency audit: the lockfiles read (with their services), then the findings as `scan_markdown`."""
+    lines = [f"Lockfiles audited: {len(audit.lockfiles)}", ""]
+    lines += [f"- `{path}`{' (service ' + service + ')' if service else ''}" for path, service in
+              audit.lockfiles.items()] or ["- none: the repository has no lockfile Trivy reads"]
+    if audit.sarif:
+        lines += ["", f"SARIF: `{audit.sarif}`"]
+    body = scan_markdown(f"Dependency audit of {project} at {commit[:12]}", audit.report)
+    head, _, rest = body.partition("\n\n")
+    return f"{head}\n\n" + "\n".join(lines) + f"\n\n{rest}"
+
+
 def vulnerability_counts(scans: Sequence[ImageScan]) -> dict[str, Any]:
     """Counts by severity over all platforms of one image (a CVE in both platforms counts once)."""
     unique = {(f.id, f.package, f.severity) for s in scans for f in s.report.findings}
@@ -100,7 +112,7 @@ def images_rows(images: Sequence[PublishedImage]) -> list[dict[str, Any]]:
 
 def ci_summary(flow_run_id: str, state: str, commit: str, services: list[str], results: list[StepResult],
                scan: ScanReport | None, images: Mapping[str, PublishedImage] | None = None,
-               scans: Sequence[ImageScan] = ()) -> dict[str, Any]:
+               scans: Sequence[ImageScan] = (), audit: DependencyAudit | None = None) -> dict[str, Any]:
     """The object `sunday-release ci --json` prints."""
     images = images or {}
     by_service: dict[str, dict[str, Any]] = {}
@@ -131,6 +143,11 @@ def ci_summary(flow_run_id: str, state: str, commit: str, services: list[str], r
         "services": by_service,
         "scan": None if scan is None else {
             "findings": scan.counts, "blocking": len(scan.blocking), "passed": scan.passed,
+        },
+        "dependencies": None if audit is None else {
+            "lockfiles": audit.lockfiles, "findings": audit.report.counts, "blocking": audit.blocking_lines(),
+            "allowed": [f"{f.id} in {f.package} {f.installed} ({f.target})" for f in audit.report.allowed],
+            "notes": list(audit.report.notes), "passed": audit.report.passed, "sarif": audit.sarif,
         },
     }
 
@@ -182,4 +199,10 @@ def terminal_summary(summary: dict[str, Any]) -> str:
     if scan:
         counts = ", ".join(f"{n} {sev.lower()}" for sev, n in scan["findings"].items() if n) or "no findings"
         out.append(f"  {'repo scan':<12} {counts}; {'passed' if scan['passed'] else 'failed'}")
+    audit = summary.get("dependencies")
+    if audit:
+        counts = ", ".join(f"{n} {sev.lower()}" for sev, n in audit["findings"].items() if n) or "no vulnerabilities"
+        out.append(f"  {'dependencies':<12} {len(audit['lockfiles'])} lockfile(s): {counts}; "
+                   f"{'passed' if audit['passed'] else 'failed'}")
+        out += [f"  {'':<12} blocks: {line}" for line in audit["blocking"][:5]]
     return "\n".join(out)

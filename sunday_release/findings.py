@@ -12,7 +12,8 @@ from typing import Any
 from sunday_release.config import ScanPolicy
 from sunday_release.errors import GateFailed
 
-__all__ = ["SEVERITIES", "Finding", "ImageScan", "ScanReport", "check_db_fresh", "parse_trivy_json"]
+__all__ = ["LOCKFILES", "SEVERITIES", "DependencyAudit", "Finding", "ImageScan", "ScanReport", "check_db_fresh",
+           "lockfiles_in", "parse_trivy_json", "service_of"]
 
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
 
@@ -60,6 +61,42 @@ class ImageScan:
     image: str
     report: ScanReport
     sarif: str  # path of the SARIF file kept with the run
+
+
+# The lockfiles (and manifests that pin versions) Trivy's filesystem scan reads, by file name
+LOCKFILES = frozenset({
+    "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml",  # npm, yarn, pnpm
+    "requirements.txt", "Pipfile.lock", "poetry.lock", "uv.lock",  # Python
+    "go.mod", "Cargo.lock", "composer.lock", "Gemfile.lock", "packages.lock.json", "pubspec.lock", "mix.lock",
+    "Podfile.lock", "Package.resolved", "conan.lock",
+})
+
+
+def lockfiles_in(paths: list[str]) -> list[str]:
+    """The paths (of a repository's files, `/`-separated) that are lockfiles Trivy audits."""
+    return sorted(p for p in paths if p.rsplit("/", 1)[-1] in LOCKFILES)
+
+
+def service_of(path: str, contexts: dict[str, str]) -> str:
+    """The service whose build context holds `path` (the deepest one), "" for none: a lockfile's owner."""
+    owners = [(len(context), name) for name, context in contexts.items()
+              if context in ("", ".") or path.startswith(context.rstrip("/") + "/")]
+    return max(owners)[1] if owners else ""
+
+
+@dataclass(frozen=True)
+class DependencyAudit:
+    """The vulnerability audit of a repository's lockfiles (`trivy fs --scanners vuln`, the image scan's gate)."""
+
+    report: ScanReport
+    lockfiles: dict[str, str]  # each lockfile Trivy read (path in the repository) → its service ("" none)
+    sarif: str | None = None  # the SARIF file kept with the run; None when there was nothing to audit
+
+    def blocking_lines(self) -> list[str]:
+        """`ID in PACKAGE VERSION (LOCKFILE, service S)` for each blocking finding."""
+        return [f"{f.id} in {f.package} {f.installed} ({f.target}"
+                f"{', service ' + self.lockfiles[f.target] if self.lockfiles.get(f.target) else ''})"
+                for f in self.report.blocking]
 
 
 def _findings(result: dict[str, Any]) -> list[Finding]:

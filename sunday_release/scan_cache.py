@@ -15,6 +15,7 @@ Files count by their content (sha256), not their path or time: two hosts that do
 and installed the same Trivy make the same keys. Hashing a 700 MB DB takes about a second, so a file's
 digest is remembered by its identity (path, inode, size, modification time) in `DIGESTS` beside the DB.
 
+The dependency audit (`trivy fs --scanners vuln` of the lockfiles) is keyed by the git tree and the DB.
 The repository scan (`trivy fs`, misconfigurations and secrets) is keyed the same way, by the git tree
 of the checkout: a tree id names every tracked file's content, mode and path, and a fresh checkout
 holds exactly those files (Trivy skips `.git`). Its checks are the ones built into the Trivy binary,
@@ -28,7 +29,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["DIGESTS", "file_digest", "repo_scan_cache_key", "scan_cache_key"]
+__all__ = ["DIGESTS", "audit_cache_key", "file_digest", "repo_scan_cache_key", "scan_cache_key"]
 
 DIGESTS = ".sunday-digests.json"  # in the Trivy cache directory: {file identity: sha256}
 
@@ -110,4 +111,15 @@ def repo_scan_cache_key(tree: str, trivy: str, cache_dir: Path, flags: list[str]
         return None
     parts = ["fs", tree, file_digest(Path(trivy), cache_dir), file_digest(cache_dir / "policy" / "metadata.json",
                                                                           cache_dir), *flags]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def audit_cache_key(tree: str, trivy: str, db_dir: Path, flags: list[str]) -> str | None:
+    """The key of one dependency audit (`trivy fs --scanners vuln`) of git tree `tree`, or None when `tree` is not a
+    tree id. Stale when: the tree (any lockfile), the Trivy binary, the DB (as `scan_cache_key`) or the flags change."""
+    if not (len(tree) in (40, 64) and all(c in "0123456789abcdef" for c in tree)):
+        return None
+    db = db_dir / "db"
+    parts = ["audit", tree, file_digest(Path(trivy), db_dir), _metadata(db), file_digest(db / "trivy.db", db_dir),
+             *flags]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]

@@ -1,4 +1,5 @@
-"""Trivy scans: the repository's misconfigurations and secrets (offline, embedded checks)."""
+"""Trivy scans: the repository's misconfigurations and secrets (offline, embedded checks), its lockfiles'
+vulnerabilities (the dependency audit) and the images' (both against the offline DB)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,23 @@ from prefect.results import ResultStore, get_result_store
 
 from sunday_release.config import ScanPolicy
 from sunday_release.errors import GateFailed, PipelineError
-from sunday_release.findings import ImageScan, ScanReport, check_db_fresh, parse_trivy_json
+from sunday_release.findings import (
+    DependencyAudit,
+    ImageScan,
+    ScanReport,
+    check_db_fresh,
+    lockfiles_in,
+    parse_trivy_json,
+    service_of,
+)
 from sunday_release.runner import run
-from sunday_release.scan_cache import repo_scan_cache_key, scan_cache_key
+from sunday_release.scan_cache import audit_cache_key, repo_scan_cache_key, scan_cache_key
 from sunday_release.settings import Settings
 from tasks._common import progress
 from tasks.source import Checkout
 
-__all__ = ["ImageScan", "kept_report", "keep_report", "scan_image", "scan_repository"]
+__all__ = ["DependencyAudit", "ImageScan", "audit_dependencies", "kept_report", "keep_report", "scan_image",
+           "scan_repository"]
 
 
 def _report_key(key: str) -> str:
@@ -113,6 +123,78 @@ def scan_repository(checkout: Checkout, policy: ScanPolicy) -> ScanReport:
     return report
 
 
+def audit_argv(trivy: str, cache_dir: str, path: str, policy: ScanPolicy) -> list[str]:
+    """`trivy fs` of the lockfiles under `path` for known vulnerabilities, against the offline DB."""
+    skips = [a for d in policy.skip_dirs for a in ("--skip-dirs", d)]
+    return [trivy, "fs", "--scanners", "vuln", "--pkg-types", "library", "--skip-db-update", "--skip-java-db-update",
+            "--offline-scan", "--cache-dir", cache_dir, "--cache-backend", "memory", "--format", "json", "--quiet",
+            "--exit-code", "0", *(["--ignore-unfixed"] if policy.ignore_unfixed else []), *skips, path]
+
+
+def _offline_db(settings: Settings, what: str, policy: ScanPolicy) -> datetime:
+    """The offline DB's update time; PipelineError without a DB, GateFailed when it is older than the policy allows."""
+    db = settings.trivy_cache / "db" / "trivy.db"
+    if not db.is_file():
+        raise PipelineError(f"no Trivy vulnerability DB at {db}: {what} cannot run. Put one there "
+                            "(`trivy image --download-db-only --cache-dir DIR` where the network allows) and "
+                            "point SUNDAY_TRIVY_CACHE at DIR")
+    return check_db_fresh(settings.trivy_cache, policy.db_max_age_days, datetime.now(UTC))
+
+
+@task(name="audit-dependencies", task_run_name="audit-dependencies", persist_result=True)
+def audit_dependencies(checkout: Checkout, contexts: dict[str, str], policy: ScanPolicy,
+                       sarif_dir: str) -> DependencyAudit:
+    """Audit the repository's lockfiles (`package-lock.json`, `requirements.txt`, `go.mod`, …) for known
+    vulnerabilities with the image scan's gate, allow-list and offline DB; each finding names its lockfile and the
+    service whose build context holds it (`contexts`: service → context). GateFailed when the policy blocks one.
+
+    A repository without lockfiles has nothing to audit (and needs no DB). Trivy's report of a tree audited before
+    (on any worker) with the same binary, DB and flags is reused; the gate is applied afresh.
+    """
+    settings = Settings.from_env()
+    tracked = run(["git", "-C", checkout.path, "ls-files", "-z"], timeout=60).stdout.split("\0")
+    if not lockfiles_in(tracked):
+        progress("dependency audit: no lockfiles in the repository; nothing to audit")
+        return DependencyAudit(ScanReport(()), {})
+    try:
+        updated = _offline_db(settings, "the dependency audit", policy)
+    except GateFailed as exc:
+        raise GateFailed(f"dependency audit: {exc}") from None
+    tree = run(["git", "-C", checkout.path, "rev-parse", "--verify", "--end-of-options", "HEAD^{tree}"],
+               timeout=60).stdout.strip()
+    key = audit_cache_key(tree, settings.trivy, settings.trivy_cache, audit_argv("trivy", "", "", policy))
+    cached = kept_report(key)
+    if cached is not None and "sarif" not in cached:
+        cached = None
+    Path(sarif_dir).mkdir(parents=True, exist_ok=True)
+    sarif = Path(sarif_dir) / "dependencies.sarif"
+    if cached is not None:
+        report_json = cached["json"]
+        sarif.write_text(cached["sarif"])
+    else:
+        progress("trivy fs (vuln: lockfiles) started")
+        report_json = run(audit_argv(settings.trivy, str(settings.trivy_cache), checkout.path, policy),
+                          timeout=900).stdout
+        raw = sarif.with_suffix(".json")
+        raw.write_text(report_json)
+        run([settings.trivy, "convert", "--format", "sarif", "--output", str(sarif), str(raw)], timeout=300)
+        raw.unlink()
+    report = parse_trivy_json(report_json, policy)  # the gate is applied afresh, cached report or not
+    if cached is None:
+        keep_report(key, report_json, sarif.read_text())
+    targets = [str(r.get("Target")) for r in json.loads(report_json).get("Results") or [] if r.get("Target")]
+    audit = DependencyAudit(report, {t: service_of(t, contexts) for t in sorted(set(targets))}, str(sarif))
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no vulnerabilities"
+    reused = " (report reused: same lockfiles, same DB)" if cached is not None else ""
+    progress(f"dependency audit of {len(audit.lockfiles)} lockfile(s): {counts} (DB of {updated:%Y-%m-%d}); "
+             f"gate {'passed' if report.passed else 'FAILED'}{reused}")
+    if not report.passed:
+        lines = audit.blocking_lines()
+        raise GateFailed(f"dependency audit: {len(lines)} blocking vulnerabilit{'y' if len(lines) == 1 else 'ies'}: "
+                         f"{'; '.join(lines[:3])}", audit)
+    return audit
+
+
 def image_scan_argv(trivy: str, cache_dir: str, image: str, policy: ScanPolicy, insecure: bool) -> list[str]:
     """`trivy image` of a pushed image from the registry, vulnerabilities only, against the offline DB.
 
@@ -172,13 +254,8 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
         sarif_dir: where the SARIF file is kept.
     """
     settings = Settings.from_env()
-    db = settings.trivy_cache / "db" / "trivy.db"
-    if not db.is_file():
-        raise PipelineError(f"no Trivy vulnerability DB at {db}: the image scan cannot run. Put one there "
-                            "(`trivy image --download-db-only --cache-dir DIR` where the network allows) and "
-                            "point SUNDAY_TRIVY_CACHE at DIR")
     try:
-        updated = check_db_fresh(settings.trivy_cache, policy.db_max_age_days, datetime.now(UTC))
+        updated = _offline_db(settings, "the image scan", policy)
     except GateFailed as exc:
         raise GateFailed(f"{service} image {image} ({platform}): {exc}") from None
     registry = image.split("/", 1)[0]

@@ -67,9 +67,13 @@ def test_sample_app_is_published_as_two_platform_manifest_lists(prefect_api: str
 def _allow(expires: date) -> Callable[[Path], None]:
     def edit(repo: Path) -> None:
         config = repo / "sunday-release.yaml"
-        config.write_text(config.read_text() + "scan:\n  allow:\n    - id: CVE-2099-1001\n"
-                          f"      reason: fake advisory of the test DB\n      expires: {expires.isoformat()}\n")
+        config.write_text(config.read_text() + "scan:\n  allow:\n" + "".join(
+            f"    - id: {finding}\n      reason: fake advisory of the test DB\n      expires: {expires.isoformat()}\n"
+            for finding in ("CVE-2099-1001", PSYCOPG2)))
     return edit
+
+
+PSYCOPG2 = "GHSA-fake-psyc-0001"  # a pip advisory for the backend's lockfile (app/backend/requirements.txt)
 
 
 @pytest.mark.parametrize(("edit", "exit_code"), [
@@ -83,21 +87,32 @@ def test_vulnerability_gate(prefect_api: str, docker_engine: str, make_repo: Cal
     write_trivy_db(cache, [
         Advisory("CVE-2099-1001", "debian 12", "postgresql-15", "CRITICAL", "FAKE: libpq", "99.0-1"),
         Advisory("CVE-2099-1002", "debian 12", "no-such-package", "CRITICAL", "FAKE: absent", "1.0-1"),
+        Advisory(PSYCOPG2, "pip", "psycopg2", "HIGH", "FAKE: psycopg2", "2.9.6", ("<2.9.6",)),
     ])
     share_layer_cache(cache)
     repo = make_repo(APP, edit=edit)
     done = sunday("ci", "--repo", str(repo), "--ref", "main", "--json", api=prefect_api,
                   env={"SUNDAY_TRIVY_CACHE": str(cache)})
     assert done.returncode == exit_code, done.stderr
-    backend = json.loads(done.stdout)["services"]["backend"]
+    summary = json.loads(done.stdout)
+    backend = summary["services"]["backend"]
     assert backend["vulnerabilities"]["counts"]["CRITICAL"] == 1  # found every time; the policy decides
     assert "CVE-2099-1002" not in done.stdout + done.stderr
+    # the lockfiles' audit: the same DB, gate and allow-list
+    audit = summary["dependencies"]
+    assert audit["lockfiles"] == {"backend/requirements.txt": "backend", "frontend/package-lock.json": "frontend"}
+    assert audit["findings"]["HIGH"] == 1
+    named = f"{PSYCOPG2} in psycopg2 2.9.5 (backend/requirements.txt, service backend)"
     if exit_code:
-        assert backend["vulnerabilities"]["blocking"] == ["CVE-2099-1001 (libpq5)"]
+        assert "CVE-2099-1001 (libpq5)" in backend["vulnerabilities"]["blocking"]
         assert re.search(r"backend image localhost:5000/sunday/backend@sha256:\w+ \(linux/(amd|arm)64\): "
-                         r"1 blocking vulnerability: CVE-2099-1001 in libpq5", done.stderr), done.stderr
+                         r"\d blocking vulnerabilit(y|ies): CVE-2099-1001 in libpq5", done.stderr), done.stderr
+        assert audit["blocking"] == [named] and audit["passed"] is False
+        assert f"dependency audit: 1 blocking vulnerability: {named}" in done.stderr, done.stderr
     else:
         assert backend["vulnerabilities"]["passed"] is True
+        assert audit["passed"] is True and audit["blocking"] == [] and audit["allowed"] == [
+            f"{PSYCOPG2} in psycopg2 2.9.5 (backend/requirements.txt)"]
 
 
 def test_scan_without_a_db_fails_loudly(prefect_api: str, docker_engine: str, make_repo: Callable[..., Path],

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.docker
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-SCANS = {"scan[backend linux/amd64]", "scan[frontend linux/amd64]"}  # the last stage: the fault hits only these
+# the vulnerability gate, the last stage (the image scans and the lockfiles' audit, which gates the release tags
+# too): the fault, no Trivy DB on host A, hits only these
+SCANS = {"scan[backend linux/amd64]", "scan[frontend linux/amd64]", "audit-dependencies"}
 TAGS = {"tag[backend]", "tag[frontend]"}  # release tags: only for images whose scan passed
 REPORTS = "publish-ci-reports"  # takes the scans' results as input
 # what reads the checkout, which lives on one host's disk: another host clones again and redoes these
@@ -179,7 +181,7 @@ def screenshot_of(url: str, path: Path) -> Path:
 def test_retry_pressed_in_the_ui_completes_on_another_host_redoing_only_the_checkout_and_the_failed_stage(
         prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], registry: Registry,
         s3: S3, tmp_path: Path) -> None:  # noqa: F811
-    """CI fails at its last stage (the image scans: host A has no Trivy DB); Retry, pressed in the UI, lands on
+    """CI fails at its last stage (the vulnerability gate: host A has no Trivy DB); Retry, pressed in the UI, lands on
     host B (its own dockerd, host name and SUNDAY_HOME; the same server, S3 results and registry): B checks out
     again and redoes the failed stage, and reads everything else from the shared results: no image is built,
     pulled or pushed there, no check runs."""
