@@ -23,7 +23,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from adapters.logs import bind
-from adapters.secrets import read_secret_block
+from adapters.secrets import read_secret_block, resolve_secret_ref
 from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
@@ -142,6 +142,16 @@ def environment_slot(project: str, env: str, while_waiting: Callable[[], object]
                 release_lease(client, lease_id, quiet=True)
 
 
+def with_secrets(target: DeployTarget) -> DeployTarget:
+    """`target`, given the values of its services' `secrets:` (read now, from the managers their references name):
+    a missing or unreadable one fails here (PipelineError naming the reference), before anything starts. Plain
+    code, not a task: a value never becomes a task's result, parameter or log line."""
+    values = {service: {name: resolve_secret_ref(ref) for name, ref in spec.secrets.items()}
+              for service, spec in target.config.services.items() if spec.secrets}
+    target.use_secrets(values)
+    return target
+
+
 def target_for(config: PipelineConfig, env: str) -> DeployTarget:
     """The environment's deploy target (DockerTarget or KubernetesTarget: one protocol, two implementations).
 
@@ -237,7 +247,7 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
     `env` of `config`, its images those tagged `image_tag` (None: the version's own tags, `resolve_version`)."""
     run_id = str(flow_run.get_id() or "local")
     bind(project=config.project, env=env)  # on every JSON log line of the run from here
-    target = target_for(config, env)
+    target = with_secrets(target_for(config, env))  # a missing secret fails here, before anything starts
     environment = config.environments[env]
     where = f"{config.project}/{env}"
     claim_ports(target)
@@ -383,7 +393,7 @@ def rollback(env: str, to: int | None = None, project: str | None = None) -> dic
     """
     env = validate.name(env, "--env")
     config = saved_config(env, project)
-    target = target_for(config, env)
+    target = target_for(config, env)  # no secrets read: it starts the kept containers as they were (docker start)
     environment = config.environments[env]
     where = f"{config.project}/{env}"
     tag = tag_run(config.project, env)
@@ -443,6 +453,7 @@ def scale(env: str, service: str, replicas: int, project: str | None = None) -> 
         raise InputError(f"--service: {service!r} is not a service ({', '.join(config.services)})")
     if not 1 <= replicas <= 100:
         raise InputError(f"--replicas: {replicas} is not between 1 and 100")
+    with_secrets(target)  # the replicas it starts need them
     tag_run(config.project, env)
     with environment_slot(config.project, env):
         state = reconcile(target, config.environments[env].health_timeout)

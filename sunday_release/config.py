@@ -97,7 +97,20 @@ def _regex(value: str) -> str:
     return value
 
 
+_SECRET_REF = re.compile(r"aws-sm://[A-Za-z0-9/_+=.@-]{1,512}(#[A-Za-z0-9_.-]{1,128})?|prefect-secret://[a-z0-9][a-z0-9-]{0,127}")
+# what the targets set themselves in a container's environment: a secret may not stand in for them
+RESERVED_VARIABLES = frozenset({"APP_VERSION", "DATABASE_URL", "SUNDAY_PROJECT", "SUNDAY_ENV", "SUNDAY_COLOR"})
+
+
+def _secret_ref(value: str) -> str:
+    if not _SECRET_REF.fullmatch(value):
+        raise ValueError("expected a secret reference: aws-sm://NAME or aws-sm://NAME#key (AWS Secrets Manager; the "
+                         "key of a JSON secret) or prefect-secret://BLOCK (a Prefect Secret block)")
+    return value
+
+
 RelativePath = Annotated[str, AfterValidator(_relative_path)]
+SecretRef = Annotated[str, AfterValidator(_secret_ref)]
 Regex = Annotated[str, AfterValidator(_regex)]
 Route = Annotated[str, AfterValidator(_route)]  # becomes an nginx `location` and an Ingress path
 Variables = dict[Annotated[str, AfterValidator(_variable_name)], Annotated[str, AfterValidator(_one_line)]]
@@ -138,7 +151,20 @@ class Service(_Model):
     route: Route | None = None
     migrate: Argv | None = None
     env: Variables = Field(default_factory=dict)
+    secrets: dict[Annotated[str, AfterValidator(_variable_name)], SecretRef] = Field(default_factory=dict)
+    """Environment variables whose values come from a secrets manager at deploy time (docs/secrets.md): only the
+    references are in the config, the values reach the containers and nothing else."""
     checks: Checks = Field(default_factory=Checks)
+
+    @model_validator(mode="after")
+    def _secrets_stand_alone(self) -> Service:
+        both = sorted(set(self.secrets) & set(self.env))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in both `env` and `secrets` (a variable has one source)")
+        reserved = sorted(set(self.secrets) & RESERVED_VARIABLES)
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: set by the pipeline itself, not a secret of the config")
+        return self
 
     @field_validator("platforms")
     @classmethod

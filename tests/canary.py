@@ -40,6 +40,9 @@ class Canaries:
     db_password: str = field(default_factory=lambda: _canary("db-password"))
     git_token: str = field(default_factory=lambda: _canary("git-token"))  # `ci --repo https://x:TOKEN@…`
     git_token_push: str = field(default_factory=lambda: _canary("git-token-push"))  # a push's clone_url
+    # a service's `secrets:` (aws-sm://…#key) in AWS Secrets Manager (moto), before and after its rotation
+    service_secret: str = field(default_factory=lambda: _canary("service-secret"))
+    service_secret_rotated: str = field(default_factory=lambda: _canary("service-secret-rotated"))
 
     def items(self) -> list[tuple[str, str]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
@@ -255,11 +258,11 @@ class MotoS3:
                     raise RuntimeError(f"moto_server did not start on {self.endpoint_url}") from None
                 time.sleep(0.1)
 
-    def client(self) -> Any:
+    def client(self, service: str = "s3") -> Any:
         """A boto3 client with credentials of its own (not the canaries: its requests must not count)."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name="us-east-1",  # type: ignore
                             aws_access_key_id="test-harness-key", aws_secret_access_key="test-harness-secret")
 
     def requests(self) -> list[dict[str, Any]]:

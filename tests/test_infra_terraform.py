@@ -326,3 +326,17 @@ def test_trivy_reports_a_public_unencrypted_database(tmp_path: Path, trivy: Path
     )
     findings = trivy_config(trivy, tmp_path)
     assert any("AWS-0080" in finding and "aws_db_instance.bad" in finding for finding in findings), findings
+
+
+def test_only_the_cd_role_reads_service_secrets_and_only_those_listed() -> None:
+    documents = policy_documents()
+    ((kind, statement),) = [item for block in documents["cd"]["dynamic"] for item in block.items()]
+    assert _value(kind) == "statement"
+    content = statement["content"][0]
+    assert _value(content["sid"]) == "ServiceSecretsRead"
+    assert [_value(a) for a in content["actions"]] == ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+    assert _value(content["resources"]) == "${var.service_secret_arns}"
+    assert _value(module_variables(MODULES / "pipeline_iam")["service_secret_arns"]["default"]) == []
+    for role in ("ci", "backup"):
+        found = [a for _, actions, _ in statements(documents[role]) for a in actions]
+        assert not any(a.startswith("secretsmanager:") for a in found), role

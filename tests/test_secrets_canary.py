@@ -2,7 +2,8 @@
 anywhere a person or a process can read (security issue 12, point 7).
 
 Secret places: the webhook HMAC secret, the S3 key pair of backups, the notification webhook URL, the
-environment's database password, and a git token (in a `--repo` URL and in a signed push's clone URL).
+environment's database password, a git token (in a `--repo` URL and in a signed push's clone URL), and a
+service's `secrets:` value in AWS Secrets Manager (moto), rotated between the two deploys.
 Runs, all through the CLI: CI, a failing CI, CD (with a verified backup), a second CD, a rollback, E2E,
 `status`, the webhook receiver, and CI/CD given a URL with a token. Searched: every stdout and stderr; through
 the Prefect API every log, artifact, flow run (parameters, name, every state and its message), task run,
@@ -39,6 +40,17 @@ from tests.test_ci_flow import CLI, _break_a_backend_test, images_for, sunday
 from tests.waiting import wait_for_healthz
 
 BUCKET = "sunday-backups"
+SECRET = "sunday/api"  # in AWS Secrets Manager (moto): a JSON object, the backend's API_TOKEN under "token"
+REF = f"aws-sm://{SECRET}#token"
+
+
+def _backend_env(env_name: str, color: str) -> str:
+    """The environment variables the backend's containers of `color` were started with (docker inspect)."""
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sunday.env={env_name}", "--filter",
+                          f"name=-backend-{color}-"], capture_output=True, text=True, check=True).stdout.split()
+    assert ids, f"no backend container of {color}"
+    return subprocess.run(["docker", "inspect", "-f", "{{json .Config.Env}}", *ids], capture_output=True,
+                          text=True, check=True).stdout
 
 
 def _push(sha: str, clone_url: str) -> bytes:
@@ -142,7 +154,18 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
             assert done.returncode in expect, f"{label}: exit {done.returncode}\n{done.stderr[-3000:]}"
             return done
 
-        repo = make_repo(APP, edit=env.edit)
+        secrets = s3.client("secretsmanager")
+        secrets.create_secret(Name=SECRET, SecretString=json.dumps({"token": canaries.service_secret}))
+        env.env["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = s3.endpoint_url
+
+        def edit(repo: Path) -> None:
+            env.edit(repo)
+            config = repo / "sunday-release.yaml"
+            secret = f"    secrets: {{API_TOKEN: '{REF}'}}\n"  # the backend's
+            config.write_text(config.read_text().replace("    metrics_path: /metrics\n",
+                                                         f"    metrics_path: /metrics\n{secret}", 1))
+
+        repo = make_repo(APP, edit=edit)
         git(repo, "checkout", "-q", "-b", "broken")
         _break_a_backend_test(repo)
         git(repo, "add", "-A")
@@ -161,9 +184,20 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
         git(repo, "commit", "-qam", "v2")
         v2 = git(repo, "rev-parse", "HEAD")
         ci.append(json.loads(cli("ci v2", "ci", "--repo", str(repo), "--ref", "main", "--json").stdout))
-        cli("cd v2", "cd", "--env", env.name, "--version", v2, "--repo", str(repo), "--json")
+        secrets.put_secret_value(SecretId=SECRET, SecretString=json.dumps({"token": canaries.service_secret_rotated}))
+        cli("cd v2", "cd", "--env", env.name, "--version", v2, "--repo", str(repo), "--json")  # the rotated value
+        backends = {color: _backend_env(env.name, color) for color in ("blue", "green")}
+        assert f"API_TOKEN={canaries.service_secret}" in backends["blue"], backends  # v1's containers, as started
+        assert f"API_TOKEN={canaries.service_secret_rotated}" in backends["green"], backends  # v2's: rotated
         back = json.loads(cli("rollback", "rollback", "--env", env.name, "--json").stdout)
         assert back["version"] == v1, back
+        # a secret gone from the manager: the next deploy stops before any container starts, naming the reference
+        secrets.delete_secret(SecretId=SECRET, ForceDeleteWithoutRecovery=True)
+        before = env.container_ids()
+        gone = cli("cd, secret missing", "cd", "--env", env.name, "--version", v2, "--repo", str(repo), "--json",
+                   expect=(1,))
+        assert f"{REF}: no such secret in AWS Secrets Manager" in gone.stderr, gone.stderr
+        assert env.container_ids() == before and httpx.get(f"{env.url}/").status_code == 200
         e2e = cli("e2e", "e2e", "--env", env.name, "--json", expect=(0, 1))  # k6 numbers on a busy box may fail
         cli("status", "status", "--env", env.name, "--json")
         token_url = f"https://x-access-token:{canaries.git_token}@127.0.0.1:9/acme/shop.git"

@@ -80,6 +80,7 @@ class DockerTarget:
         self.router_dir = self.root / "router"
         self.db = LocalDatabase(db_root / self.project / env_name, env.db_port or env.port + 1000)
         self.db_exporter = DatabaseExporter(self.db, self.project, env_name, env_root)
+        self._secrets: dict[str, dict[str, SecretStr]] = {}
 
     @property
     def key(self) -> str:
@@ -247,6 +248,10 @@ class DockerTarget:
         self.prepare_record()
         self.db_exporter.ensure()
 
+    def use_secrets(self, values: Mapping[str, Mapping[str, SecretStr]]) -> None:
+        """The services' secrets for the containers started from now on: written only to their 0600 env files."""
+        self._secrets = {service: dict(found) for service, found in values.items()}
+
     def _env_file(self, service: str, version: str, color: Color) -> Path:
         secrets = self.root / "secrets"
         secrets.mkdir(parents=True, exist_ok=True)
@@ -256,8 +261,15 @@ class DockerTarget:
                   "SUNDAY_PROJECT": self.project, "SUNDAY_ENV": self.env_name, "SUNDAY_COLOR": color}
         if self.db.data.exists():
             values["DATABASE_URL"] = self.db.dsn(host="sunday-db")
-        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        path.chmod(0o600)
+        values |= {name: value.get_secret_value() for name, value in self._secrets.get(service, {}).items()}
+        missing = sorted(set(self.config.services[service].secrets) - set(values))
+        if missing:  # a flow that did not resolve them: never a container without its secrets
+            raise PipelineError(f"{service}: the secrets {', '.join(missing)} were not resolved for this deploy")
+        partial = path.with_suffix(".new")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # 0600 before a byte is written
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{k}={v}\n" for k, v in values.items()))
+        partial.replace(path)
         return path
 
     # ---------------------------------------------------------------- containers

@@ -538,6 +538,15 @@ class KubernetesTarget:
             return f"(log not readable: {exc})"
 
     # ---------------------------------------------------------------- database and traffic
+    def use_secrets(self, values: Mapping[str, Mapping[str, SecretStr]]) -> None:
+        """Refused when there are any: the kubernetes target does not hand a service's `secrets:` to its pods yet
+        (docs/secrets.md: the External Secrets Operator's ExternalSecret does it in the cluster)."""
+        named = sorted(f"{service}.{name}" for service, found in values.items() for name in found)
+        if named:
+            raise PipelineError(f"{self.key}: services' `secrets:` ({', '.join(named)}) are not handed to pods by the "
+                                "kubernetes target yet: sync them into the namespace with the External Secrets "
+                                "Operator (docs/secrets.md) and leave them out of `secrets:`")
+
     def ensure_database(self) -> None:
         """Nothing to do: the database is outside the cluster (RDS) or a StatefulSet of the overlay."""
 

@@ -179,6 +179,12 @@ class DeployTarget(Protocol):
         """Run `argv` (migrations) once in `image` with the service's settings; its output, or RolloutAborted."""
         ...
 
+    def use_secrets(self, values: Mapping[str, Mapping[str, SecretStr]]) -> None:
+        """The values of the services' `secrets:` (service → variable → value), resolved by the flow before anything
+        starts, for every container the target starts from now on; kept in memory only (never a label, a state or
+        an argv). Refuses (PipelineError) a target that cannot hand them to its containers."""
+        ...
+
     def ensure_database(self) -> None:
         """Make the environment's database reachable where the target runs it (docker); nothing elsewhere."""
         ...

@@ -197,6 +197,16 @@ data "aws_iam_policy_document" "cd" {
     actions   = ["eks:DescribeCluster"]
     resources = [var.eks_cluster_arn]
   }
+
+  # The services' `secrets:` (aws-sm://NAME): CD reads the listed secrets at deploy time, nothing else
+  dynamic "statement" {
+    for_each = length(var.service_secret_arns) > 0 ? [1] : []
+    content {
+      sid       = "ServiceSecretsRead"
+      actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+      resources = var.service_secret_arns
+    }
+  }
 }
 
 resource "aws_iam_role_policy" "cd" {

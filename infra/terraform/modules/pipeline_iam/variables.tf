@@ -72,3 +72,9 @@ variable "tags" {
   description = "Tags added to every resource."
   default     = {}
 }
+
+variable "service_secret_arns" {
+  type        = list(string)
+  description = "ARNs of the AWS Secrets Manager secrets the services' `secrets:` name (aws-sm://NAME): the CD role reads only these."
+  default     = []
+}
