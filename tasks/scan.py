@@ -153,7 +153,9 @@ def audit_dependencies(checkout: Checkout, contexts: dict[str, str], policy: Sca
     """
     settings = Settings.from_env()
     tracked = run(["git", "-C", checkout.path, "ls-files", "-z"], timeout=60).stdout.split("\0")
-    if not lockfiles_in(tracked):
+    skipped = tuple(d.strip("/") + "/" for d in policy.skip_dirs)
+    found = [path for path in lockfiles_in(tracked) if not path.startswith(skipped)]
+    if not found:
         progress("dependency audit: no lockfiles in the repository; nothing to audit")
         return DependencyAudit(ScanReport(()), {})
     try:
@@ -182,8 +184,9 @@ def audit_dependencies(checkout: Checkout, contexts: dict[str, str], policy: Sca
     report = parse_trivy_json(report_json, policy)  # the gate is applied afresh, cached report or not
     if cached is None:
         keep_report(key, report_json, sarif.read_text())
+    # the lockfiles found and those Trivy reported (one without packages has no result of its own)
     targets = [str(r.get("Target")) for r in json.loads(report_json).get("Results") or [] if r.get("Target")]
-    audit = DependencyAudit(report, {t: service_of(t, contexts) for t in sorted(set(targets))}, str(sarif))
+    audit = DependencyAudit(report, {t: service_of(t, contexts) for t in sorted({*found, *targets})}, str(sarif))
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no vulnerabilities"
     reused = " (report reused: same lockfiles, same DB)" if cached is not None else ""
     progress(f"dependency audit of {len(audit.lockfiles)} lockfile(s): {counts} (DB of {updated:%Y-%m-%d}); "

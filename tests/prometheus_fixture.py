@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from adapters.prometheus import write_config
 from tests.conftest import free_port
 
 
@@ -40,11 +42,11 @@ def running_prometheus(home: Path, config: dict[str, Any]) -> Iterator[str]:
 
 
 def platform_config() -> dict[str, Any]:
-    """The platform's Prometheus configuration (infra/local/prometheus.yml), its relative paths made absolute."""
-    source = Path(__file__).resolve().parent.parent / "infra" / "local" / "prometheus.yml"
-    config = yaml.safe_load(source.read_text())
-    config["rule_files"] = [str((source.parent / rule).resolve()) for rule in config.get("rule_files", [])]
-    return dict(config)
+    """The platform's Prometheus configuration (infra/local/prometheus.yml) as `make server` writes it
+    (adapters/prometheus.py `write_config`: rule paths absolute, the databases announced under this session's
+    SUNDAY_ENV_ROOT)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return dict(yaml.safe_load(write_config(Path(scratch) / "prometheus.yml").read_text()))
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:

@@ -37,6 +37,7 @@ from sunday_release import validate
 from sunday_release.bluegreen import Color, EnvState, render_router_config
 from sunday_release.config import Environment, PipelineConfig
 from sunday_release.errors import ConfigError, InputError, PipelineError, RolloutAborted
+from sunday_release.prometheus import prometheus_url
 from sunday_release.registry import INDEX_TYPES, RegistryClient, RegistryUnavailable
 from sunday_release.runner import run, tail
 from sunday_release.targets import env_record
@@ -243,10 +244,12 @@ class DockerTarget:
         return out.stdout.strip() or "172.17.0.1"
 
     def ensure_database(self) -> None:
-        """Start (creating once) the environment's PostgreSQL, its release record database and its exporter."""
+        """Start (creating once) the environment's PostgreSQL and its release record database; and, where the
+        platform has a Prometheus (SUNDAY_PROMETHEUS_URL), the database's exporter."""
         self.db.ensure(self.bridge_ip())
         self.prepare_record()
-        self.db_exporter.ensure()
+        if prometheus_url() is not None:  # the platform's Prometheus reads it; without one nobody would
+            self.db_exporter.ensure()
 
     def use_secrets(self, values: Mapping[str, Mapping[str, SecretStr]]) -> None:
         """The services' secrets for the containers started from now on: written only to their 0600 env files."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sunday_release.prometheus import Prometheus, selector
 from tests.alerting_fixture import Mail, Receivers, running_alertmanager
 from tests.app_variants import Users, inject_user_fault
 from tests.conftest import APP, free_port
@@ -113,8 +114,21 @@ def test_a_release_failing_its_users_is_rolled_back_by_the_analysis_and_a_health
     assert after and all(code == 200 for code in after), after[-20:]
     assert _heard(alerting) == []  # a release rolled back within seconds alerts nobody
     _exporter_matches_dora(env, prefect_api)
+    _database_scraped(env, prometheus)
     print(json.dumps({"detected_after_switch_s": round(detected, 1),
                       "failed_requests": users.failed_between(last["timings"]["switched_at"], back)}))
+
+
+def _database_scraped(env: Env, prometheus: str) -> None:
+    """The environment's PostgreSQL, through the exporter its deploy started, is in the platform's Prometheus (job
+    sunday-databases, found through the file the deploy wrote), labelled with its project and env."""
+    deadline, seen = time.monotonic() + 40, []
+    while time.monotonic() < deadline:
+        seen = Prometheus(prometheus).query(f'pg_up{{job="sunday-databases", {selector(env.project, env.name)}}}')
+        if seen:
+            break
+        time.sleep(1)
+    assert [(labels["instance"], value) for labels, value in seen] == [(f"{env.project}/{env.name}", 1.0)], seen
 
 
 def _exporter_matches_dora(env: Env, api: str) -> None:
