@@ -17,7 +17,6 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,25 +25,26 @@ import yaml
 
 __all__ = ["JsonLines", "bind", "fields_of", "write_prefect_logging_config"]
 
-# what a flow knows of where it acts (project, env); task runs inherit it (Prefect copies the context to them)
-_BOUND: ContextVar[Mapping[str, str] | None] = ContextVar("sunday_log_fields", default=None)
+# what a flow run knows of where it acts (project, env), by flow run id: its tasks' lines find it by their run's
+# id, and a run that ended leaves nothing behind for the next one in the same process (the CLI, the tests)
+_BOUND: dict[str, dict[str, str]] = {}
 
 
-def bind(**fields: str | None) -> None:
-    """Say `project=…, env=…` on every JSON line of this flow run (and its tasks) from now on."""
-    _BOUND.set({**(_BOUND.get() or {}), **{key: value for key, value in fields.items() if value}})
-
-
-def _run_parameters() -> Mapping[str, Any]:
+def _flow_run() -> Any:
     try:
         from prefect.context import FlowRunContext
 
         context = FlowRunContext.get()
     except Exception:  # Prefect not importable or not set up: a line without the run's fields
-        return {}
-    if context is None or context.flow_run is None:
-        return {}
-    return context.flow_run.parameters or {}
+        return None
+    return context.flow_run if context is not None else None
+
+
+def bind(**fields: str | None) -> None:
+    """Say `project=…, env=…` on every JSON line of the current flow run (and its tasks) from now on."""
+    run = _flow_run()
+    if run is not None:
+        _BOUND.setdefault(str(run.id), {}).update({key: value for key, value in fields.items() if value})
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
@@ -52,13 +52,14 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     task = getattr(record, "task_run_name", None)
     task = re.sub(r"-[0-9a-f]{3}$", "", task) if isinstance(task, str) else None
     step, _, rest = (task or "").partition("[")
-    parameters = _run_parameters()
-    fields = {"run_id": str(getattr(record, "flow_run_id", "") or "") or None,
-              "flow": getattr(record, "flow_name", None), "task": task, "step": step or None,
+    run = _flow_run()
+    run_id = str(getattr(record, "flow_run_id", "") or "") or (str(run.id) if run is not None else None)
+    parameters: Mapping[str, Any] = (run.parameters or {}) if run is not None and str(run.id) == run_id else {}
+    fields = {"run_id": run_id, "flow": getattr(record, "flow_name", None), "task": task, "step": step or None,
               "service": rest.rstrip("]").split(" ")[0] or None if rest else None,
               "project": parameters.get("project") if isinstance(parameters.get("project"), str) else None,
               "env": parameters.get("env") if isinstance(parameters.get("env"), str) else None}
-    return {**fields, **(_BOUND.get() or {})}
+    return {**fields, **_BOUND.get(run_id or "", {})}
 
 
 class JsonLines(logging.Formatter):

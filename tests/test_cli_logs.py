@@ -68,7 +68,13 @@ def ci(env: str = "staging") -> None:
     get_run_logger().warning("line one\\nline two")
 
 
+@flow(name="other")
+def other() -> None:
+    get_run_logger().info("the next run")
+
+
 ci()
+other()  # the same process: what the first run bound is not this one's
 '''
 
 
@@ -90,6 +96,9 @@ def test_a_workers_flow_run_logs_json_lines_with_prefects_logging_config(prefect
     (warned,) = [line for line in lines if line["level"] == "warning" and "line one" in line["message"]]
     assert warned["message"] == "line one\nline two" and warned["run_id"] == built["run_id"] and "task" not in warned
     assert any("Finished in state Completed" in line["message"] for line in lines)  # Prefect's own lines too
+    (following,) = [line for line in lines if line["message"] == "the next run"]
+    assert following["flow"] == "other" and following["run_id"] != built["run_id"]
+    assert "project" not in following and "env" not in following
 
 
 def test_make_server_refuses_a_log_format_it_does_not_know(tmp_path: Path) -> None:
