@@ -218,7 +218,8 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
     import flows  # importing Prefect configures its logging: attach the printer after
 
     module, _, attr = {"ci": "flows.ci:ci", "cd": "flows.cd:cd", "rollback": "flows.cd:rollback",
-                       "scale": "flows.cd:scale", "e2e": "flows.e2e:e2e", "gc": "flows.gc:gc",
+                       "scale": "flows.cd:scale", "backup": "flows.cd:backup", "e2e": "flows.e2e:e2e",
+                       "gc": "flows.gc:gc",
                        "preview": "flows.preview:preview", "preview-close": "flows.preview:close_preview",
                        "previews-gc": "flows.preview:previews_gc",
                        }[name].partition(":")
@@ -286,6 +287,29 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     code, result, error = _run_flow("rollback", args.verbose, f"rollback of {args.env}", env=args.env, to=args.to,
                                     project=project)
     return _finish(code, result, error, args.json, "rollback")
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    validate.name(args.env, "--env")
+    project = _project(args)
+    Settings.from_env().resolve_project(args.env, project)  # exit 2 before a run: unknown or ambiguous
+    code, result, error = _run_flow("backup", args.verbose, f"backup of {args.env}", env=args.env, project=project)
+    return _finish(code, result, error, args.json, "backup")
+
+
+def cmd_backups(args: argparse.Namespace) -> int:
+    validate.name(args.env, "--env")
+    project = Settings.from_env().resolve_project(args.env, _project(args))
+    from tasks.backup import backups_of_environment
+
+    found = backups_of_environment(project, args.env)
+    if args.json:
+        _print_json(found)
+    elif not found:
+        print(f"no backups of {project}/{args.env}")
+    for backup in [] if args.json else found:
+        print(f"{backup['stored']:<32} {backup['size']:>12}  {backup['key']}")
+    return EXIT_OK
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -511,6 +535,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, default=None, metavar="REVISION")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("backup", help="an emergency backup of an environment's database now (verified, to S3)")
+    p.add_argument("--env", required=True)
+    p.add_argument("--project", help="the project (`project:` of its config); needed when several have --env")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("backups", help="the verified backups of an environment in S3, newest first")
+    p.add_argument("--env", required=True)
+    p.add_argument("--project", help="the project (`project:` of its config); needed when several have --env")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backups)
 
     p = sub.add_parser("scale", help="set the replicas of a service in the live color")
     p.add_argument("--env", required=True)

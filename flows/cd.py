@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import FlowPauseTimeout, ObjectAlreadyExists, ObjectNotFound
@@ -440,6 +441,28 @@ def rollback(env: str, to: int | None = None, project: str | None = None) -> dic
         publish_rollout(f"rollout-{config.project}-{env}", where, release, evidence)
         return {"project": config.project, "env": env, "revision": release.revision, "version": wanted.version,
                 "color": idle, "rejected": [str(paused) for paused in rejected]}
+
+
+@flow(name="backup", flow_run_name="backup-{env}", persist_result=True)
+def backup(env: str, project: str | None = None) -> dict[str, Any]:
+    """An emergency backup of `env` (of `project`), now: the deploy step's verified backup (dump → restore check
+    in a scratch database → S3 → retention) on demand. It takes no environment slot: it only reads the database
+    (one consistent snapshot), so it never waits behind a deploy paused for approval."""
+    from tasks.backup import backup_for_environment
+
+    env = validate.name(env, "--env")
+    config = saved_config(env, project)
+    target = target_for(config, env)
+    record = backup_for_environment(env, target)
+    rows = sum(record.table_counts.values())
+    create_markdown_artifact(
+        key=f"backup-{config.project}-{env}",
+        markdown=f"# Backup of {config.project}/{env}\n\n`s3://{record.bucket}/{record.key}` — {record.size} bytes, "
+                 f"sha256 `{record.sha256}`, {rows} rows in {len(record.table_counts)} tables, restore-checked.\n",
+        description=f"on-demand backup of {config.project}/{env}")
+    return {"project": config.project, "env": env, "bucket": record.bucket, "key": record.key, "size": record.size,
+            "sha256": record.sha256, "created": record.created, "table_counts": record.table_counts,
+            "verified": record.verified}
 
 
 @flow(name="scale", flow_run_name="scale-{env}-{service}-{replicas}", persist_result=True)

@@ -46,6 +46,7 @@ __all__ = [
     "S3Unreachable",
     "backup_key",
     "compare_counts",
+    "describe_backups",
     "dump_database",
     "file_digest",
     "libpq_env",
@@ -399,6 +400,18 @@ def list_backups(client: S3Client, bucket: str, prefix: str) -> list[str]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
             keys += [obj["Key"] for obj in page.get("Contents", []) if _KEY.match(obj["Key"][len(base):])]
     return sorted(keys, key=lambda k: k[len(base):], reverse=True)
+
+
+def describe_backups(client: S3Client, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """The backups under `prefix` (`{prefix}/{env}`), newest first: key, size in bytes and when S3 stored it."""
+    base = prefix.strip("/") + "/"
+    found: list[dict[str, Any]] = []
+    with _s3_errors(client, f"listing of s3://{bucket}/{base}"):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+            found += [{"key": obj["Key"], "size": int(obj.get("Size", 0)), "stored": obj["LastModified"].isoformat()
+                       if hasattr(obj.get("LastModified"), "isoformat") else str(obj.get("LastModified", ""))}
+                      for obj in page.get("Contents", []) if _KEY.match(obj["Key"][len(base):])]
+    return sorted(found, key=lambda b: b["key"][len(base):], reverse=True)
 
 
 def plan_prune(keys: list[str], keep: int, protect: Collection[str] = ()) -> list[str]:

@@ -18,6 +18,7 @@ from sunday_release.backup import (
     S3Client,
     S3Unreachable,
     backup_key,
+    describe_backups,
     dump_database,
     prune,
     s3_client,
@@ -29,7 +30,7 @@ from sunday_release.errors import PipelineError
 from sunday_release.targets.protocol import DeployTarget
 from tasks._common import RETRY_DELAYS, progress
 
-__all__ = ["backup_database", "backup_for_environment", "upload_with_retries"]
+__all__ = ["backup_database", "backup_for_environment", "backups_of_environment", "upload_with_retries"]
 
 RETRY_JITTER = 0.5
 
@@ -170,7 +171,21 @@ def backup_for_environment(env: str, target: DeployTarget) -> BackupRecord:
     workdir = target.root / "backups"
     workdir.mkdir(parents=True, exist_ok=True)
     progress(f"backing up {database.name}")
-    prefix = f"{os.environ.get('SUNDAY_BACKUP_PREFIX', 'db').strip('/')}/{target.config.project}"  # per project
+    prefix = _project_prefix(target.config.project)
     return backup_database(env, dsn, bucket, prefix,
                            target.env.backup_keep, os.environ.get("SUNDAY_S3_ENDPOINT") or None, str(workdir),
                            region=os.environ.get("AWS_REGION", "us-east-1"))
+
+
+def _project_prefix(project: str) -> str:
+    """`SUNDAY_BACKUP_PREFIX/PROJECT` (default prefix `db`): a project's backups, never another's."""
+    return f"{os.environ.get('SUNDAY_BACKUP_PREFIX', 'db').strip('/')}/{project}"
+
+
+def backups_of_environment(project: str, env: str) -> list[dict[str, Any]]:
+    """The verified backups of `project/env` in SUNDAY_BACKUP_BUCKET, newest first (key, size, stored)."""
+    bucket = os.environ.get("SUNDAY_BACKUP_BUCKET")
+    if not bucket:
+        raise PipelineError("SUNDAY_BACKUP_BUCKET is not set: it names the bucket the backups are in")
+    client = _s3(os.environ.get("SUNDAY_S3_ENDPOINT") or None, os.environ.get("AWS_REGION", "us-east-1"))
+    return describe_backups(client, bucket, f"{_project_prefix(project)}/{validate.name(env, '--env')}")

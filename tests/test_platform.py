@@ -37,6 +37,9 @@ def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: P
     assert ci.concurrency_options.collision_strategy == "ENQUEUE"  # queued, not dropped
     for name in ("cd-staging", "cd-production", "rollback"):  # one queue for every project and env: none
         assert deployments[name].global_concurrency_limit is None, name  # the flows hold deploy:PROJECT:ENV
+    backup = deployments["backup"]  # the emergency backup's button in the UI
+    assert (backup.entrypoint, backup.work_pool_name, backup.global_concurrency_limit) == (
+        "flows/cd.py:backup", "sunday-deploy", None)
     nightly = deployments["e2e-nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]  # type: ignore[union-attr]
     gc = deployments["gc-nightly"]

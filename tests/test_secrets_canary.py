@@ -4,8 +4,9 @@ anywhere a person or a process can read (security issue 12, point 7).
 Secret places: the webhook HMAC secret, the S3 key pair of backups, the notification webhook URL, the
 environment's database password, a git token (in a `--repo` URL and in a signed push's clone URL), and a
 service's `secrets:` value in AWS Secrets Manager (moto), rotated between the two deploys.
-Runs, all through the CLI: CI, a failing CI, CD (with a verified backup), a second CD, a rollback, E2E,
-`status`, the webhook receiver, and CI/CD given a URL with a token. Searched: every stdout and stderr; through
+Runs, all through the CLI: CI, a failing CI, CD (with a verified backup), a second CD, a rollback, an emergency
+`backup` and `backups`, a CD whose secret is gone, E2E, `status`, the webhook receiver, and CI/CD given a URL with
+a token. Searched: every stdout and stderr; through
 the Prefect API every log, artifact, flow run (parameters, name, every state and its message), task run,
 event, variable and block document; the manifests and image configs (labels, history) of every image CI
 pushed and the local images the containers run; `docker inspect` of the environment's containers (all but
@@ -198,6 +199,11 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
                    expect=(1,))
         assert f"{REF}: no such secret in AWS Secrets Manager" in gone.stderr, gone.stderr
         assert env.container_ids() == before and httpx.get(f"{env.url}/").status_code == 200
+        emergency = json.loads(cli("backup", "backup", "--env", env.name, "--json").stdout)  # on demand, now
+        assert emergency["verified"] and emergency["key"].startswith(f"db/sunday/{env.name}/"), emergency
+        assert "boards" in emergency["table_counts"], emergency  # the app's tables, counted in the dump
+        listed = json.loads(cli("backups", "backups", "--env", env.name, "--json").stdout)
+        assert len(listed) == 3 and listed[0]["key"] == emergency["key"], listed  # newest first
         e2e = cli("e2e", "e2e", "--env", env.name, "--json", expect=(0, 1))  # k6 numbers on a busy box may fail
         cli("status", "status", "--env", env.name, "--json")
         token_url = f"https://x-access-token:{canaries.git_token}@127.0.0.1:9/acme/shop.git"
@@ -218,9 +224,9 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
         assert notify.received and {path for path, _ in notify.received} == {notify.path}
         assert {"start", "success", "rollback"} <= set(notify.events()), notify.events()
         backups = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"db/sunday/{env.name}/").get("Contents", [])
-        assert len(backups) == 2, backups  # one verified backup per deploy
+        assert len(backups) == 3, backups  # one verified backup per deploy, and the emergency one
         uploads = [r for r in s3.requests() if r["method"] == "PUT" and f"/{BUCKET}/db/sunday/{env.name}/" in r["url"]]
-        assert len(uploads) == 2 and all(
+        assert len(uploads) == 3 and all(
             sigv4_signed_with(r, canaries.s3_access_key_id, canaries.s3_secret_access_key) for r in uploads), uploads
         import psycopg
 
