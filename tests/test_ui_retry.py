@@ -105,10 +105,10 @@ def open_run(page: Any, url: str, badge: str) -> None:
     The UI's module script runs before its stylesheet (linked after it) has loaded, so under load the run's page
     renders unstyled for a while: one long column whose controls move as log lines arrive above them, so a click
     never finds them still. Under load the bundle or the stylesheet can also fail to load (a grey shell, or an
-    unstyled page that stays so): a reload is what an operator does. A request of the UI's own that fails (Chromium
-    cancels those in flight with ERR_NETWORK_CHANGED when a network interface comes or goes: a build host's
-    dockerd making its bridge) leaves the shell grey for good, so the page is reloaded at once then. The error
-    names every asset that failed.
+    unstyled page that stays so): a reload is what an operator does. The page or an asset of its bundle that fails
+    to load (Chromium cancels requests in flight with ERR_NETWORK_CHANGED when a network interface comes or goes:
+    a build host's dockerd making its bridge) leaves the shell grey for good, so the page is reloaded at once then.
+    The error names every asset that failed.
     """
     from playwright.sync_api import TimeoutError as PageTimeout
 
@@ -117,8 +117,8 @@ def open_run(page: Any, url: str, badge: str) -> None:
     page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
     page.on("response", lambda r: r.status >= 400 and "/assets/" in r.url and failed.append(f"{r.url}: {r.status}"))
 
-    def own_failures(since: int) -> list[str]:
-        return [f for f in failed[since:] if f.startswith(origin)]
+    def own_failures(since: int) -> list[str]:  # the page or its bundle; the UI cancels API calls of its own
+        return [f for f in failed[since:] if f.startswith(origin) and ("/assets/" in f or f.startswith(f"{url}:"))]
 
     page.goto(url)
     for reloads in range(3):
