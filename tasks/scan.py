@@ -7,7 +7,7 @@ import contextlib
 import fcntl
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,6 +141,25 @@ def _offline_db(settings: Settings, what: str, policy: ScanPolicy) -> datetime:
     return check_db_fresh(settings.trivy_cache, policy.db_max_age_days, datetime.now(UTC))
 
 
+def _judged_with_sarif(key: str | None, sarif: Path, policy: ScanPolicy,
+                       scan: Callable[[], str]) -> tuple[ScanReport, str, bool]:
+    """The policy's verdict on Trivy's report under `key` (`kept_report`), with its SARIF written to `sarif`; without
+    one kept, `scan()`'s report, converted to SARIF (`trivy convert`) and kept. Returns (report, Trivy's JSON,
+    reused). The gate is applied afresh either way, so an allow-list entry that expired since still blocks."""
+    cached = kept_report(key)
+    if cached is not None and "sarif" in cached:  # a report without its SARIF (a repository scan's): scan
+        sarif.write_text(cached["sarif"])
+        return parse_trivy_json(cached["json"], policy), cached["json"], True
+    report_json = scan()
+    raw = sarif.with_suffix(".json")
+    raw.write_text(report_json)
+    run([Settings.from_env().trivy, "convert", "--format", "sarif", "--output", str(sarif), str(raw)], timeout=300)
+    raw.unlink()
+    report = parse_trivy_json(report_json, policy)
+    keep_report(key, report_json, sarif.read_text())
+    return report, report_json, False
+
+
 @task(name="audit-dependencies", task_run_name="audit-dependencies", persist_result=True)
 def audit_dependencies(checkout: Checkout, contexts: dict[str, str], policy: ScanPolicy,
                        sarif_dir: str) -> DependencyAudit:
@@ -165,32 +184,21 @@ def audit_dependencies(checkout: Checkout, contexts: dict[str, str], policy: Sca
     tree = run(["git", "-C", checkout.path, "rev-parse", "--verify", "--end-of-options", "HEAD^{tree}"],
                timeout=60).stdout.strip()
     key = audit_cache_key(tree, settings.trivy, settings.trivy_cache, audit_argv("trivy", "", "", policy))
-    cached = kept_report(key)
-    if cached is not None and "sarif" not in cached:
-        cached = None
     Path(sarif_dir).mkdir(parents=True, exist_ok=True)
     sarif = Path(sarif_dir) / "dependencies.sarif"
-    if cached is not None:
-        report_json = cached["json"]
-        sarif.write_text(cached["sarif"])
-    else:
+
+    def run_trivy() -> str:
         progress("trivy fs (vuln: lockfiles) started")
-        report_json = run(audit_argv(settings.trivy, str(settings.trivy_cache), checkout.path, policy),
-                          timeout=900).stdout
-        raw = sarif.with_suffix(".json")
-        raw.write_text(report_json)
-        run([settings.trivy, "convert", "--format", "sarif", "--output", str(sarif), str(raw)], timeout=300)
-        raw.unlink()
-    report = parse_trivy_json(report_json, policy)  # the gate is applied afresh, cached report or not
-    if cached is None:
-        keep_report(key, report_json, sarif.read_text())
+        return run(audit_argv(settings.trivy, str(settings.trivy_cache), checkout.path, policy), timeout=900).stdout
+
+    report, report_json, reused = _judged_with_sarif(key, sarif, policy, run_trivy)
     # the lockfiles found and those Trivy reported (one without packages has no result of its own)
     targets = [str(r.get("Target")) for r in json.loads(report_json).get("Results") or [] if r.get("Target")]
     audit = DependencyAudit(report, {t: service_of(t, contexts) for t in sorted({*found, *targets})}, str(sarif))
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no vulnerabilities"
-    reused = " (report reused: same lockfiles, same DB)" if cached is not None else ""
+    again = " (report reused: same lockfiles, same DB)" if reused else ""
     progress(f"dependency audit of {len(audit.lockfiles)} lockfile(s): {counts} (DB of {updated:%Y-%m-%d}); "
-             f"gate {'passed' if report.passed else 'FAILED'}{reused}")
+             f"gate {'passed' if report.passed else 'FAILED'}{again}")
     if not report.passed:
         lines = audit.blocking_lines()
         raise GateFailed(f"dependency audit: {len(lines)} blocking vulnerabilit{'y' if len(lines) == 1 else 'ies'}: "
@@ -267,26 +275,16 @@ def scan_image(service: str, platform: str, image: str, policy: ScanPolicy, sari
     sarif = Path(sarif_dir) / f"{service}-{platform.replace('/', '-')}.sarif"
     key = scan_cache_key(image, settings.trivy, settings.trivy_cache,
                          image_scan_argv("trivy", "", "", policy, insecure))
-    cached = kept_report(key)
-    if cached is not None and "sarif" not in cached:
-        cached = None  # a report without its SARIF (not an image scan's): scan
-    if cached is not None:
-        report_json = cached["json"]
-        sarif.write_text(cached["sarif"])
-    else:
+
+    def run_trivy() -> str:
         with layer_cache_turn(settings.trivy_cache, timeout=1800):
-            report_json = run(image_scan_argv(settings.trivy, str(settings.trivy_cache), image, policy, insecure),
-                              timeout=1800).stdout
-        raw = sarif.with_suffix(".json")
-        raw.write_text(report_json)
-        run([settings.trivy, "convert", "--format", "sarif", "--output", str(sarif), str(raw)], timeout=300)
-        raw.unlink()
-    report = parse_trivy_json(report_json, policy)  # the gate is applied afresh, cached report or not
-    if cached is None:
-        keep_report(key, report_json, sarif.read_text())
+            return run(image_scan_argv(settings.trivy, str(settings.trivy_cache), image, policy, insecure),
+                       timeout=1800).stdout
+
+    report, _, reused = _judged_with_sarif(key, sarif, policy, run_trivy)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.counts.items() if n) or "no vulnerabilities"
-    reused = " (report reused: same digest, same DB)" if cached is not None else ""
-    progress(f"{counts} (DB of {updated:%Y-%m-%d}); gate {'passed' if report.passed else 'FAILED'}{reused}")
+    again = " (report reused: same digest, same DB)" if reused else ""
+    progress(f"{counts} (DB of {updated:%Y-%m-%d}); gate {'passed' if report.passed else 'FAILED'}{again}")
     scan = ImageScan(service, platform, image, report, str(sarif))
     if not report.passed:
         worst = ", ".join(f"{f.id} in {f.package} {f.installed}" for f in report.blocking[:3])
