@@ -218,7 +218,8 @@ def _run_flow(name: str, verbose: bool, banner: str, **params: Any) -> tuple[int
     import flows  # importing Prefect configures its logging: attach the printer after
 
     module, _, attr = {"ci": "flows.ci:ci", "cd": "flows.cd:cd", "rollback": "flows.cd:rollback",
-                       "scale": "flows.cd:scale", "backup": "flows.cd:backup", "e2e": "flows.e2e:e2e",
+                       "scale": "flows.cd:scale", "backup": "flows.cd:backup",
+                       "restore": "flows.cd:restore", "e2e": "flows.e2e:e2e",
                        "gc": "flows.gc:gc",
                        "preview": "flows.preview:preview", "preview-close": "flows.preview:close_preview",
                        "previews-gc": "flows.preview:previews_gc",
@@ -295,6 +296,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
     Settings.from_env().resolve_project(args.env, project)  # exit 2 before a run: unknown or ambiguous
     code, result, error = _run_flow("backup", args.verbose, f"backup of {args.env}", env=args.env, project=project)
     return _finish(code, result, error, args.json, "backup")
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from sunday_release.backup import check_backup_key
+    from tasks.backup import backup_prefix
+
+    validate.name(args.env, "--env")
+    project = Settings.from_env().resolve_project(args.env, _project(args))  # exit 2 before a run
+    check_backup_key(args.key, backup_prefix(project, args.env))
+    code, result, error = _run_flow("restore", args.verbose, f"restore of {args.env} from {args.key}", env=args.env,
+                                    key=args.key, project=project)
+    return _finish(code, result, error, args.json, "restore")
 
 
 def cmd_backups(args: argparse.Namespace) -> int:
@@ -547,6 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", help="the project (`project:` of its config); needed when several have --env")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backups)
+
+    p = sub.add_parser("restore", help="restore a backup into a new database and move the environment onto it")
+    p.add_argument("--env", required=True)
+    p.add_argument("--from", dest="key", required=True, metavar="KEY", help="the backup's key (sunday-release backups)")
+    p.add_argument("--project", help="the project (`project:` of its config); needed when several have --env")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("scale", help="set the replicas of a service in the live color")
     p.add_argument("--env", required=True)

@@ -39,7 +39,8 @@ from sunday_release.run_tags import parse_project_tag
 
 __all__ = ["PIPELINE_FLOWS", "collect", "deploy_runs", "failure_cause", "metrics_server", "router_metrics", "serve"]
 
-PIPELINE_FLOWS = ("ci", "cd", "rollback", "scale", "e2e", "preview", "preview-close", "previews-gc", "gc")
+PIPELINE_FLOWS = ("ci", "cd", "rollback", "scale", "backup", "restore", "e2e", "preview", "preview-close",
+                  "previews-gc", "gc")
 WINDOW_HOURS = 24
 
 

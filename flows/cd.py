@@ -1,4 +1,4 @@
-"""CD flows: deploy a version to an environment (blue-green), roll back, scale.
+"""CD flows: deploy a version to an environment (blue-green), roll back, scale, back up and restore its database.
 
 An environment is `(project, env)`: the project comes from the config's `project` (cd) or from the
 environments deployed on this machine (rollback and scale: `project` may be left out when only one
@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
@@ -26,6 +27,7 @@ from prefect.runtime import flow_run
 from adapters.logs import bind
 from adapters.secrets import read_secret_block, resolve_secret_ref
 from sunday_release import validate
+from sunday_release.backup import check_backup_key
 from sunday_release.bluegreen import Color, EnvState, Release, now_iso, other
 from sunday_release.config import PipelineConfig
 from sunday_release.errors import InputError, RolloutAborted
@@ -34,7 +36,7 @@ from sunday_release.release import Phase, advance, failure_outcome, reconcile_ac
 from sunday_release.run_tags import approval_timeout_message, rejection_message, rejection_reason
 from sunday_release.settings import Settings
 from sunday_release.targets import last_config, make_target
-from sunday_release.targets.protocol import DeployTarget
+from sunday_release.targets.protocol import DeployTarget, RestorableDatabase
 from tasks._common import progress
 from tasks.approvals import PausedRun, find_paused_deploys, reject_deploy, resume_timed_out_run, tag_run
 from tasks.deploy import (
@@ -68,7 +70,7 @@ from tasks.slot import (
 )
 from tasks.source import Checkout, clone_repo, load_pipeline_config
 
-__all__ = ["Approval", "cd", "environment_slot", "limit_name", "release", "rollback", "scale"]
+__all__ = ["Approval", "backup", "cd", "environment_slot", "limit_name", "release", "restore", "rollback", "scale"]
 
 LEASE_SECONDS = 60  # the server's minimum; renewed while held: only a killed run's slot on another machine waits it out
 WAIT_POLL_SECONDS = 5  # a run with something to do while it waits for the slot does it this often
@@ -196,6 +198,17 @@ def _save_config(target: DeployTarget) -> None:
     target.save_config()
 
 
+def _on_live_database(target: DeployTarget, live: Release | None) -> tuple[str, str]:
+    """Point the target's new containers (and its backup step) at the database the live release uses: another one
+    than the first after a restore. Returns that database and the backup it was restored from ("" for none)."""
+    owner = target.restorable()
+    if owner is None:
+        return "", ""
+    if live is not None and live.database:
+        owner.use_database(live.database)
+    return owner.database_name(), live.restored_from if live is not None else ""
+
+
 def reconcile(target: DeployTarget, health_timeout: float) -> EnvState:
     """After a crash: make the router's color (the truth) serve again, as a task; close interrupted releases."""
     state = target.load_state()
@@ -261,17 +274,13 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
         _save_config(target)
         live = state.live
         idle: Color = other(live) if live else "blue"
+        database, restored_from = _on_live_database(target, state.live_release())
         release = Release(revision=state.next_revision(), version=version, digests=images, color=idle,
-                          started=now_iso(), commit=checkout.commit, committed_at=checkout.committed_at)
+                          started=now_iso(), commit=checkout.commit, committed_at=checkout.committed_at,
+                          database=database, restored_from=restored_from)
         state.history.append(release)
         target.save_state(state)
         evidence: list[str] = [order]
-
-        def move(phase: Phase, save: bool = True) -> None:
-            release.phase = advance(release.phase, phase)
-            if save:  # one upsert in the environment's database
-                target.save_state(state)
-
         _notify(where, "start", f"deploying {version} to {where} (revision {release.revision}, {idle})", evidence)
         failure: BaseException | None = None
         try:
@@ -280,71 +289,14 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
 
                 backup = backup_for_environment(env, target)
                 evidence.append(f"backup {backup.key} verified ({backup.size} bytes, sha256 {backup.sha256[:12]})")
-            for service, spec in config.services.items():
-                if spec.migrate:
-                    run_migrations(target, service, images[service], spec.migrate, version)
-            move("migrated")
-            started = time.monotonic()
-            move("idle-started")
-            start_color(target, idle, images, version, environment.health_timeout)
-            move("healthy")
-            healthy_at = time.monotonic()
-            evidence.append(f"{idle} healthy in {healthy_at - started:.1f}s")
-            smoke = smoke_test(target, idle, list(config.smoke))
-            evidence += [f"smoke {s.service} {s.path} at {s.endpoint}: {s.status} in {s.elapsed_ms:.0f} ms"
-                         for s in smoke]
-            analyzer, how = start_analysis(config, env, live, color_started=started)
-            evidence.append(how)
-            if analyzer is not None:
-                analyzer.measure(idle, "smoke")  # the new color on its smoke requests alone, before any traffic
-            # between healthy and switched the switch waits on no write: the phase is recorded with
-            # "switched" (a crash before it is reconciled from the router), or before an approval's pause
-            move("smoke-passed", save=environment.approval)
-            if environment.approval:
-                try:
-                    decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
-                                              poll_interval=APPROVAL_POLL_SECONDS)
-                except FlowPauseTimeout:  # nobody answered: a rejection, undone like one (traffic never moved)
-                    timed_out = approval_timeout_message(environment.approval_timeout)
-                    resume_timed_out_run(timed_out)  # the undo's tasks and the run's Failed state need a Running run
-                    raise RolloutAborted(timed_out) from None
-                if not decision.approve:  # by a person, or by an emergency rollback of this environment
-                    raise RolloutAborted(rejection_message(decision.reason))
-                evidence.append(f"approved: {decision.reason or 'no reason given'}")
-                move("approved", save=False)
-            took = switch_traffic(target, idle)
-            # the moment traffic moved (the router reloaded), before the state write that records it
-            release.timings |= {"healthy_to_switch": time.monotonic() - healthy_at, "switched_at": time.time()}
-            move("switched")
-            evidence.append(f"traffic switched {release.timings['healthy_to_switch']:.2f}s after healthy "
-                            f"(reload {took * 1000:.0f} ms)")
-            verdict = watch_live(target, idle, list(config.smoke), environment.watch_seconds,
-                                 environment.max_error_rate, analyzer)
-            evidence.append(f"watch: {verdict.requests} requests, {verdict.errors} errors")
-            if analyzer is not None:
-                evidence += analyzer.evidence()
-            move("watched")
-            time.sleep(environment.drain_seconds)  # in-flight requests of the old color finish
-            if live is not None:
-                stop_color(target, live)
-                for old in state.history:
-                    if old.outcome == "live":
-                        old.outcome = "superseded"
-            release.phase = advance(release.phase, "live")
-            release.outcome, release.finished = "live", now_iso()
-            state.live, state.revision = idle, release.revision
+            _roll_out(target, config, env, state, release, live, evidence)
         except BaseException as exc:
             failure = exc
             evidence += getattr(exc, "evidence", ())  # what decided it (the analysis's measurements)
             _undo(target, release, live, evidence, exc)
         finally:
-            target.save_state(state)
-            if failure is None:
-                _notify(where, "success", f"{version} is live on {where} (revision {release.revision}) at "
-                        f"{target.url}", evidence)
-            else:
-                _notify(where, "rollback", f"{version} on {where} {release.outcome}: {release.reason}", evidence)
-            publish_rollout(f"rollout-{config.project}-{env}", where, release, evidence)
+            _conclude(target, state, release, where, evidence, failure,
+                      f"{version} is live on {where} (revision {release.revision}) at {target.url}")
         if isinstance(failure, Exception):
             what = "rolled back" if live is not None else "failed (nothing was live before)"
             raise RolloutAborted(f"deploy of {version} to {where} {what}: {describe(failure)}") from failure
@@ -355,6 +307,86 @@ def release(config: PipelineConfig, env: str, version: str, checkout: Checkout, 
                 "color": idle, "url": target.url, "images": images, "flow_run_id": run_id,
                 "committed_at": checkout.committed_at,
                 "warnings": [e for e in evidence if e.startswith("notification ")]}
+
+
+def _roll_out(target: DeployTarget, config: PipelineConfig, env: str, state: EnvState, release: Release,
+              live: Color | None, evidence: list[str]) -> None:
+    """Put `release` live on its (idle) color, the steps every release takes: migrations → start the idle color →
+    health → smoke → analysis → approval (where required) → switch traffic → watch → drain → keep the old color
+    stopped. Each step moves the release's phase (`sunday_release.release`); a step that fails raises, and the
+    caller runs the undo steps the machine names for the phase reached (`_undo`)."""
+    environment = config.environments[env]
+    idle, version, images = release.color, release.version, release.digests
+
+    def move(phase: Phase, save: bool = True) -> None:
+        release.phase = advance(release.phase, phase)
+        if save:  # one upsert in the environment's database
+            target.save_state(state)
+
+    for service, spec in config.services.items():
+        if spec.migrate:
+            run_migrations(target, service, images[service], spec.migrate, version)
+    move("migrated")
+    started = time.monotonic()
+    move("idle-started")
+    start_color(target, idle, images, version, environment.health_timeout)
+    move("healthy")
+    healthy_at = time.monotonic()
+    evidence.append(f"{idle} healthy in {healthy_at - started:.1f}s")
+    smoke = smoke_test(target, idle, list(config.smoke))
+    evidence += [f"smoke {s.service} {s.path} at {s.endpoint}: {s.status} in {s.elapsed_ms:.0f} ms" for s in smoke]
+    analyzer, how = start_analysis(config, env, live, color_started=started)
+    evidence.append(how)
+    if analyzer is not None:
+        analyzer.measure(idle, "smoke")  # the new color on its smoke requests alone, before any traffic
+    # between healthy and switched the switch waits on no write: the phase is recorded with
+    # "switched" (a crash before it is reconciled from the router), or before an approval's pause
+    move("smoke-passed", save=environment.approval)
+    if environment.approval:
+        try:
+            decision = pause_flow_run(wait_for_input=Approval, timeout=environment.approval_timeout,
+                                      poll_interval=APPROVAL_POLL_SECONDS)
+        except FlowPauseTimeout:  # nobody answered: a rejection, undone like one (traffic never moved)
+            timed_out = approval_timeout_message(environment.approval_timeout)
+            resume_timed_out_run(timed_out)  # the undo's tasks and the run's Failed state need a Running run
+            raise RolloutAborted(timed_out) from None
+        if not decision.approve:  # by a person, or by an emergency rollback of this environment
+            raise RolloutAborted(rejection_message(decision.reason))
+        evidence.append(f"approved: {decision.reason or 'no reason given'}")
+        move("approved", save=False)
+    took = switch_traffic(target, idle)
+    # the moment traffic moved (the router reloaded), before the state write that records it
+    release.timings |= {"healthy_to_switch": time.monotonic() - healthy_at, "switched_at": time.time()}
+    move("switched")
+    evidence.append(f"traffic switched {release.timings['healthy_to_switch']:.2f}s after healthy "
+                    f"(reload {took * 1000:.0f} ms)")
+    verdict = watch_live(target, idle, list(config.smoke), environment.watch_seconds, environment.max_error_rate,
+                         analyzer)
+    evidence.append(f"watch: {verdict.requests} requests, {verdict.errors} errors")
+    if analyzer is not None:
+        evidence += analyzer.evidence()
+    move("watched")
+    time.sleep(environment.drain_seconds)  # in-flight requests of the old color finish
+    if live is not None:
+        stop_color(target, live)
+        for old in state.history:
+            if old.outcome == "live":
+                old.outcome = "superseded"
+    release.phase = advance(release.phase, "live")
+    release.outcome, release.finished = "live", now_iso()
+    state.live, state.revision = idle, release.revision
+
+
+def _conclude(target: DeployTarget, state: EnvState, release: Release, where: str, evidence: list[str],
+              failure: BaseException | None, success: str) -> None:
+    """Whatever happened: the state saved, the notification sent (`success`, or what the release ended as) and the
+    rollout artifact published."""
+    target.save_state(state)
+    if failure is None:
+        _notify(where, "success", success, evidence)
+    else:
+        _notify(where, "rollback", f"{release.version} on {where} {release.outcome}: {release.reason}", evidence)
+    publish_rollout(f"rollout-{target.config.project}-{target.env_name}", where, release, evidence)
 
 
 def _undo(target: DeployTarget, release: Release, live: Color | None, evidence: list[str], exc: BaseException) -> None:
@@ -415,8 +447,10 @@ def rollback(env: str, to: int | None = None, project: str | None = None) -> dic
         idle = other(live)
         kept_there = target.replicas(idle, include_stopped=True)
         if wanted.color == idle and kept_there and target.version_of(idle) == wanted.version:
-            restart_color(target, idle, environment.health_timeout)
-        else:
+            restart_color(target, idle, environment.health_timeout)  # as they were: on the database they used
+            database, restored_from = wanted.database, wanted.restored_from
+        else:  # new containers of the wanted version, on the database the environment uses now
+            database, restored_from = _on_live_database(target, state.live_release())
             start_color(target, idle, wanted.digests, wanted.version, environment.health_timeout)
         smoke_test(target, idle, list(config.smoke))
         switch_traffic(target, idle)
@@ -425,7 +459,7 @@ def rollback(env: str, to: int | None = None, project: str | None = None) -> dic
         release = Release(revision=state.next_revision(), version=wanted.version, digests=wanted.digests,
                           color=idle, started=now_iso(), finished=now_iso(), outcome="live", phase="live",
                           reason=f"rollback to revision {wanted.revision}", commit=wanted.commit,
-                          committed_at=wanted.committed_at)
+                          committed_at=wanted.committed_at, database=database, restored_from=restored_from)
         for old in state.history:
             if old.outcome == "live":
                 old.outcome = "superseded"
@@ -453,6 +487,8 @@ def backup(env: str, project: str | None = None) -> dict[str, Any]:
     env = validate.name(env, "--env")
     config = saved_config(env, project)
     target = target_for(config, env)
+    prepare_database(target)
+    _on_live_database(target, target.load_state().live_release())  # the database the live color uses
     record = backup_for_environment(env, target)
     rows = sum(record.table_counts.values())
     create_markdown_artifact(
@@ -463,6 +499,97 @@ def backup(env: str, project: str | None = None) -> dict[str, Any]:
     return {"project": config.project, "env": env, "bucket": record.bucket, "key": record.key, "size": record.size,
             "sha256": record.sha256, "created": record.created, "table_counts": record.table_counts,
             "verified": record.verified}
+
+
+def restored_database_name(key: str, when: datetime) -> str:
+    """The new database of a restore: `restored_YYYYMMDDTHHMMSS_SHA8` (when it was restored, the backup's sha256)."""
+    return validate.database_name(f"restored_{when.astimezone(UTC).strftime('%Y%m%dt%H%M%S')}_"
+                                  f"{key.removesuffix('.dump')[-12:][:8]}", "database")
+
+
+@flow(name="restore", flow_run_name="restore-{env}", persist_result=True)
+def restore(env: str, key: str, project: str | None = None) -> dict[str, Any]:
+    """Restore backup `key` of `env` (of `project`) into a new database and move the environment onto it, blue-green.
+
+    The backup is checked before anything else (one of this environment's, with a manifest), then restored into a
+    new database of the same server and its table counts compared with the backup's (`tasks.backup.restore_database`):
+    until then nothing the environment runs has changed. The live release's images then start on the idle color
+    connected to the new database and go through every step of a deploy (migrations, health, smoke, approval where
+    the environment requires one, the switch, the watch), so a failure rolls back the same way: traffic stays on
+    (or returns to) the old color and its database, and the new database is dropped. The old database is kept
+    (a rollback to the revision before the restore returns to it); `status` names the database the environment runs
+    on and the backup it was restored from.
+    """
+    from tasks.backup import backup_prefix, restore_for_environment
+
+    env = validate.name(env, "--env")
+    config = saved_config(env, project)
+    where = f"{config.project}/{env}"
+    key = check_backup_key(key, backup_prefix(config.project, env))
+    target = with_secrets(target_for(config, env))  # the idle color's containers need them
+    owner = target.restorable()
+    if owner is None:
+        raise InputError(f"--env {where}: the {config.environments[env].target} target does not point services at "
+                         "another database; restore its database with the platform's tools (docs/backups.md)")
+    environment = config.environments[env]
+    bind(project=config.project, env=env)
+    tag_run(config.project, env)
+    with environment_slot(config.project, env):
+        prepare_database(target)
+        state = reconcile(target, environment.health_timeout)
+        current = state.live_release()
+        if state.live is None or current is None:
+            raise InputError(f"--env {where}: nothing is live: a restore starts the live release on the restored "
+                             "database (deploy it first with cd)")
+        old_database, _ = _on_live_database(target, current)
+        database = restored_database_name(key, datetime.now(UTC))
+        restored = restore_for_environment(env, key, target, owner, database)
+        rows = sum(restored["table_counts"].values())
+        owner.use_database(database)
+        live, idle = state.live, other(state.live)
+        release = Release(revision=state.next_revision(), version=current.version, digests=current.digests,
+                          color=idle, started=now_iso(), commit=current.commit, committed_at=current.committed_at,
+                          database=database, restored_from=key, reason=f"restore of {key}")
+        state.history.append(release)
+        target.save_state(state)
+        evidence = [f"restored {key} into database {database}: {rows} rows in {len(restored['table_counts'])} "
+                    "tables, as the backup's manifest says", f"the old database {old_database} is kept"]
+        _notify(where, "start", f"restoring {key} on {where} (revision {release.revision}, {idle}, database "
+                f"{database})", evidence)
+        failure: BaseException | None = None
+        try:
+            _roll_out(target, config, env, state, release, live, evidence)
+        except BaseException as exc:
+            failure = exc
+            evidence += getattr(exc, "evidence", ())
+            _undo(target, release, live, evidence, exc)
+            _forget_restored(target, owner, idle, database, evidence)
+        finally:
+            _conclude(target, state, release, where, evidence, failure,
+                      f"{where} runs on database {database}, restored from {key} (revision {release.revision})")
+        if isinstance(failure, Exception):
+            raise RolloutAborted(f"restore of {key} on {where} rolled back (it still runs on database {old_database}): "
+                                 f"{describe(failure)}") from failure
+        if failure is not None:
+            raise failure
+        progress(f"{where}: revision {release.revision} ({current.version}) live on {idle} with database {database}, "
+                 f"restored from {key}; the old database {old_database} is kept")
+        return {"project": config.project, "env": env, "revision": release.revision, "version": current.version,
+                "color": idle, "database": database, "previous_database": old_database, "restored_from": key,
+                "table_counts": restored["table_counts"], "url": target.url}
+
+
+def _forget_restored(target: DeployTarget, owner: RestorableDatabase, idle: Color, database: str,
+                     evidence: list[str]) -> None:
+    """After a failed restore: remove the idle color's containers (they name the new database) and drop it."""
+    from sunday_release.backup import drop_database
+
+    try:
+        target.remove_color(idle)
+        drop_database(owner.owner_dsn().get_secret_value(), database)
+        evidence.append(f"dropped the restored database {database}")
+    except Exception as exc:  # what is left is said; the release's own failure is what the run reports
+        evidence.append(f"cleaning up the restored database {database} failed: {describe(exc)}")
 
 
 @flow(name="scale", flow_run_name="scale-{env}-{service}-{replicas}", persist_result=True)

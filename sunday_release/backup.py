@@ -3,9 +3,12 @@
     dump_database    one REPEATABLE READ transaction exports its snapshot; the rows of every user
                      table are counted in it and pg_dump --snapshot dumps exactly that state
     verify_restore   pg_restore into a scratch database (always dropped) and compare the counts
+    restore_into     pg_restore into a new database that is kept when its counts are the backup's
     upload           put the dump to S3 with its sha256 (S3 checks it), read back with head_object
     prune            keep the newest N backups of a prefix; never touches other objects
     list_backups     the backups of a prefix, newest first
+    manifest         each backup's table counts, in a JSON object beside it (`manifest_key`)
+    download         fetch a backup and check it is the object that was stored (sha256)
 
 Passwords never reach argv or a message: the DSN is split into libpq's PG* environment variables
 for pg_dump/pg_restore, and every message built from a database error is scrubbed of the password.
@@ -16,16 +19,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -45,20 +49,27 @@ __all__ = [
     "S3Client",
     "S3Unreachable",
     "backup_key",
+    "check_backup_key",
     "compare_counts",
     "describe_backups",
+    "download",
+    "drop_database",
     "dump_database",
     "file_digest",
     "libpq_env",
     "list_backups",
+    "manifest_key",
     "pg_tool",
     "plan_prune",
     "prune",
+    "read_manifest",
+    "restore_into",
     "s3_client",
     "table_counts",
     "upload",
     "utc_now",
     "verify_restore",
+    "write_manifest",
 ]
 
 # libpq connection keywords and the environment variables pg_dump / pg_restore read them from.
@@ -72,6 +83,7 @@ _LIBPQ_ENV = {
     "krbsrvname": "PGKRBSRVNAME", "channel_binding": "PGCHANNELBINDING", "require_auth": "PGREQUIREAUTH",
     "target_session_attrs": "PGTARGETSESSIONATTRS", "load_balance_hosts": "PGLOADBALANCEHOSTS",
 }
+T = TypeVar("T")
 _KEY = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{12}\.dump$")
 _SINGLE_PUT_MAX = 5 * 1024**3  # S3's limit for one PUT; larger dumps go up in parts
 _COUNT_TABLES = """
@@ -256,6 +268,63 @@ def compare_counts(restored: Mapping[str, int], expected: Mapping[str, int]) -> 
     return problems
 
 
+def _restore_counts(dump: Path, admin_dsn: str, dbname: str, timeout: float, what: str, *,
+                    keep: bool) -> dict[str, int]:
+    """Create `dbname` (from template0), pg_restore `dump` into it and count its rows; the database is dropped
+    afterwards unless `keep`, and whenever something failed.
+
+    Raises:
+        BackupFailed: the database could not be created, pg_restore failed or the rows could not be counted;
+            `what` begins the message.
+    """
+    with _connect(admin_dsn) as admin:
+        try:
+            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname)))
+        except psycopg.Error as exc:
+            label = f"database {dbname}" if keep else f"a scratch database ({dbname})"
+            raise BackupFailed(f"{what} failed: cannot create {label} on {_where(admin_dsn)}: "
+                               f"{_scrub(str(exc).strip(), admin_dsn)}") from None
+        kept = False
+        try:
+            argv = [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
+                    f"--dbname={dbname}", str(dump)]
+            try:
+                run(argv, env=libpq_env(admin_dsn, dbname=dbname), timeout=timeout)
+            except CommandFailed as exc:
+                raise BackupFailed(f"{what} failed: pg_restore into {dbname} ({_status(exc)}): "
+                                   f"{_scrub(exc.stderr_tail, admin_dsn)}") from exc
+            with _connect(admin_dsn, dbname=dbname) as copy:
+                try:
+                    counts = table_counts(copy)
+                except psycopg.Error as exc:
+                    raise BackupFailed(f"{what} failed: counting rows in {dbname}: "
+                                       f"{_scrub(str(exc).strip(), admin_dsn)}") from None
+            kept = keep
+            return counts
+        finally:
+            if not kept:
+                _drop(admin, dbname)
+
+
+def _drop(admin: psycopg.Connection[Any], dbname: str) -> None:
+    """DROP DATABASE IF EXISTS `dbname` WITH (FORCE) on `admin`'s server (its sessions are ended)."""
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def drop_database(admin_dsn: str, dbname: str) -> None:
+    """Drop `dbname` (if it exists, its sessions ended) on the server of `admin_dsn`, a role that owns it.
+
+    Raises:
+        BackupFailed: no connection, or the server refused.
+    """
+    with _connect(admin_dsn) as admin:
+        try:
+            _drop(admin, dbname)
+        except psycopg.Error as exc:
+            raise BackupFailed(f"cannot drop database {dbname} on {_where(admin_dsn)}: "
+                               f"{_scrub(str(exc).strip(), admin_dsn)}") from None
+
+
 def verify_restore(dump: Path, admin_dsn: str, expected: Mapping[str, int], *, timeout: float = 3600) -> None:
     """Restore `dump` into a scratch database and check that every table has the expected rows.
 
@@ -272,32 +341,35 @@ def verify_restore(dump: Path, admin_dsn: str, expected: Mapping[str, int], *, t
         BackupFailed: pg_restore failed, or the counts differ (each differing table is named).
     """
     scratch = f"sunday_verify_{uuid.uuid4().hex[:12]}"
-    name = sql.Identifier(scratch)
-    with _connect(admin_dsn) as admin:
-        try:
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
-        except psycopg.Error as exc:
-            raise BackupFailed(f"restore check failed: cannot create a scratch database on {_where(admin_dsn)}: "
-                               f"{_scrub(str(exc).strip(), admin_dsn)}") from None
-        try:
-            argv = [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
-                    f"--dbname={scratch}", str(dump)]
-            try:
-                run(argv, env=libpq_env(admin_dsn, dbname=scratch), timeout=timeout)
-            except CommandFailed as exc:
-                raise BackupFailed(f"restore check failed: pg_restore into {scratch} ({_status(exc)}): "
-                                   f"{_scrub(exc.stderr_tail, admin_dsn)}") from exc
-            with _connect(admin_dsn, dbname=scratch) as copy:
-                try:
-                    restored = table_counts(copy)
-                except psycopg.Error as exc:
-                    raise BackupFailed(f"restore check failed: counting rows in {scratch}: "
-                                       f"{_scrub(str(exc).strip(), admin_dsn)}") from None
-        finally:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+    restored = _restore_counts(dump, admin_dsn, scratch, timeout, "restore check", keep=False)
     problems = compare_counts(restored, expected)
     if problems:
         raise BackupFailed("restore check failed: " + "; ".join(problems))
+
+
+def restore_into(dump: Path, admin_dsn: str, dbname: str, expected: Mapping[str, int], *,
+                 timeout: float = 3600) -> dict[str, int]:
+    """Restore `dump` into the new database `dbname`, kept only when every table has the backup's rows.
+
+    Args:
+        dump: a custom-format dump (pg_dump -Fc).
+        admin_dsn: the role that will own the new database (allowed to CREATE DATABASE).
+        dbname: the database to create; it must not exist.
+        expected: the table counts taken with the dump (its manifest).
+        timeout: seconds pg_restore may take.
+
+    Returns:
+        The restored database's table counts (the backup's).
+
+    Raises:
+        BackupFailed: it exists already, pg_restore failed or the counts differ; the new database is dropped.
+    """
+    restored = _restore_counts(dump, admin_dsn, dbname, timeout, "restore", keep=True)
+    problems = compare_counts(restored, expected)
+    if problems:
+        drop_database(admin_dsn, dbname)
+        raise BackupFailed(f"restore into {dbname} failed (dropped): " + "; ".join(problems))
+    return restored
 
 
 # ------------------------------------------------------------------------------------------------ S3
@@ -389,6 +461,101 @@ def upload(client: S3Client, bucket: str, key: str, path: Path, sha256: str, *,
         raise BackupFailed(f"S3 object s3://{bucket}/{key} has checksum {stored_checksum}, expected {checksum}")
 
 
+def _missing_is_none(call: Callable[[], T]) -> T | None:
+    """`call()`, or None when S3 answers that the object does not exist (other errors propagate)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return call()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+
+
+def manifest_key(key: str) -> str:
+    """The key of a backup's manifest (its table counts): `…-SHA.dump` → `…-SHA.json`, beside it."""
+    return key.removesuffix(".dump") + ".json"
+
+
+def check_backup_key(key: str, prefix: str) -> str:
+    """`key` when it names a backup of the environment whose backups are under `prefix` (`{prefix}/{env}`).
+
+    Raises:
+        InputError: another environment's or project's key, or not a backup's name (`backup_key`); the message
+            says which keys are.
+    """
+    base = prefix.strip("/") + "/"
+    if not isinstance(key, str) or not key.startswith(base) or not _KEY.fullmatch(key[len(base):]):
+        shown = key if isinstance(key, str) and len(key) <= 200 and key.isprintable() else "(not shown)"
+        raise InputError(f"--from: {shown!r} is not a backup of this environment: its backups are "
+                         f"{base}YYYYMMDDTHHMMSS.ffffffZ-SHA12.dump (sunday-release backups lists them)")
+    return key
+
+
+def write_manifest(client: S3Client, bucket: str, key: str, sha256: str, counts: Mapping[str, int],
+                   created: str) -> None:
+    """Store the backup's table counts beside it (`manifest_key`): what a restore checks the new database against.
+
+    Raises:
+        S3Unreachable: the endpoint did not answer.
+        BackupFailed: S3 refused it.
+    """
+    body = json.dumps({"backup": key, "sha256": sha256, "created": created, "table_counts": dict(counts)},
+                      sort_keys=True).encode()
+    with _s3_errors(client, f"upload of s3://{bucket}/{manifest_key(key)}"):
+        client.put_object(Bucket=bucket, Key=manifest_key(key), Body=body, ContentType="application/json")
+
+
+def read_manifest(client: S3Client, bucket: str, key: str) -> dict[str, Any]:
+    """The manifest of backup `key`: {backup, sha256, created, table_counts}.
+
+    Raises:
+        BackupFailed: there is none (a backup taken before manifests existed cannot be checked, so it is not
+            restored), or it does not describe `key`.
+    """
+    where = f"s3://{bucket}/{manifest_key(key)}"
+    with _s3_errors(client, f"download of {where}"):
+        body = _missing_is_none(lambda: client.get_object(Bucket=bucket, Key=manifest_key(key))["Body"].read())
+    if body is None:
+        raise BackupFailed(f"{key} has no manifest ({where}): its table counts are unknown, so a restore could not "
+                           "be checked; take a new backup (sunday-release backup)")
+    try:
+        manifest = json.loads(body)
+        counts = {str(t): int(n) for t, n in manifest["table_counts"].items()}
+        if manifest["backup"] != key:
+            raise ValueError(f"it describes {manifest['backup']}")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupFailed(f"the manifest {where} is not valid: {exc}") from None
+    return {**manifest, "table_counts": counts}
+
+
+def download(client: S3Client, bucket: str, key: str, out: Path) -> tuple[str, int]:
+    """Fetch backup `key` to `out` and check it is what was stored: its sha256 is the object's `sha256`
+    metadata and begins as its name says.
+
+    Returns:
+        (sha256 hex, size in bytes).
+
+    Raises:
+        S3Unreachable: the endpoint did not answer.
+        BackupFailed: no such backup, or the bytes are not the backup's (the file is removed).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _s3_errors(client, f"download of s3://{bucket}/{key}"):
+        head = _missing_is_none(lambda: client.head_object(Bucket=bucket, Key=key))
+        if head is None:
+            raise BackupFailed(f"there is no backup {key} in s3://{bucket} (sunday-release backups lists them)")
+        client.download_file(bucket, key, str(out))
+    sha256, size = file_digest(out)
+    stored = head.get("Metadata", {}).get("sha256", "")
+    if sha256 != stored or not key.removesuffix(".dump").endswith(sha256[:12]):
+        out.unlink(missing_ok=True)
+        raise BackupFailed(f"s3://{bucket}/{key} is not the backup that was stored: its bytes have sha256 {sha256}, "
+                           f"the object says {stored or 'nothing'}")
+    return sha256, size
+
+
 def list_backups(client: S3Client, bucket: str, prefix: str) -> list[str]:
     """The keys of the backups directly under `prefix` (`{prefix}/{env}`), newest first.
 
@@ -439,11 +606,12 @@ def prune(client: S3Client, bucket: str, prefix: str, keep: int, *, protect: Col
         BackupFailed: S3 refused a deletion.
     """
     doomed = plan_prune(list_backups(client, bucket, prefix), keep, protect)
-    for start in range(0, len(doomed), 1000):
-        batch = doomed[start:start + 1000]
+    for start in range(0, len(doomed), 500):
+        batch = doomed[start:start + 500]
         with _s3_errors(client, f"deletion under s3://{bucket}/{prefix}"):
-            answer = client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch],
-                                                                  "Quiet": True})
+            answer = client.delete_objects(  # each backup with its manifest
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for key in batch for k in (key, manifest_key(key))],
+                                       "Quiet": True})
         if answer.get("Errors"):
             failed = ", ".join(f"{e.get('Key')} ({e.get('Code')})" for e in answer["Errors"])
             raise BackupFailed(f"retention could not delete {failed}")

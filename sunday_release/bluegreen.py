@@ -67,6 +67,8 @@ class Release(BaseModel):
     reason: str = ""
     commit: str = ""
     committed_at: str = ""
+    database: str = ""  # the application database its containers use ("": the environment's first)
+    restored_from: str = ""  # a restore: the backup (S3 key) that database was restored from
     # healthy_to_switch (s), switched_at (epoch s), rollback_seconds (s), failed_at (epoch s)
     timings: dict[str, float] = Field(default_factory=dict)
 

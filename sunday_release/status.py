@@ -40,6 +40,8 @@ def environment_status(env: str, project: str | None = None) -> dict[str, Any]:
     return {
         "project": project, "env": env, "url": target.url, "live_color": live, "revision": state.revision,
         "version": release.version if release else None,
+        "database": release.database or None if release else None,
+        "restored_from": release.restored_from or None if release else None,
         "serving": answered and bool(replicas) and all(r["health"] == "healthy" for r in replicas),
         "replicas": replicas,
         "metrics": live_metrics(project, env, live),
@@ -87,6 +89,9 @@ def render_status(status: dict[str, Any]) -> str:
     serving = "serving" if status["serving"] else "NOT SERVING"
     lines = [f"{status['project']}/{status['env']}: {serving} at {status['url']}",
              f"  live color {status['live_color']}, revision {status['revision']}, version {status['version']}"]
+    if status.get("database"):
+        restored = f", restored from {status['restored_from']}" if status.get("restored_from") else ""
+        lines.append(f"  database {status['database']}{restored}")
     lines += [f"  {r['name']:<40} {r['health']:<10} {r['endpoint']}" for r in status["replicas"]]
     lines += _render_metrics(status["metrics"])
     lines += ["  history:"] + [f"    r{h['revision']:<3} {h['version'][:12]:<12} {h['color']:<5} {h['outcome']:<12} "

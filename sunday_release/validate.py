@@ -32,6 +32,7 @@ __all__ = [
     "NAME_PATTERN",
     "ROUTE_PATTERN",
     "ROUTE_RULE",
+    "database_name",
     "env_key",
     "inside",
     "is_env_key",
@@ -52,6 +53,7 @@ ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 _ROUTE = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*[A-Za-z0-9._~-]*")
+_DATABASE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _SHA = re.compile(r"[0-9a-f]{7,40}|[0-9a-f]{64}")
 _REF_CHARS = re.compile(r"[A-Za-z0-9._/+@#,=-]+")
@@ -231,6 +233,15 @@ def name(value: str, arg: str = "--env") -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise _refuse(arg, f"{_shown(value)} is not a valid name (expected a lower-case letter, then up to 39 "
                            "lower-case letters, digits or '-')")
+    return value
+
+
+def database_name(value: str, arg: str = "database") -> str:
+    """Return `value` if it is a PostgreSQL database name the pipeline makes or uses (`^[a-z_][a-z0-9_]{0,62}$`:
+    an unquoted identifier, at most 63 bytes); else InputError."""
+    if not isinstance(value, str) or not _DATABASE.fullmatch(value):
+        raise _refuse(arg, f"{_shown(value)} is not a valid database name (expected a lower-case letter or '_', then "
+                           "up to 62 lower-case letters, digits or '_')")
     return value
 
 

@@ -16,12 +16,15 @@ from pydantic import SecretStr
 
 import sunday_release.backup as backup_module
 import tasks.backup as backup_task
+from flows.cd import restored_database_name
 from sunday_release.backup import (
     BackupFailed,
     backup_key,
+    check_backup_key,
     dump_database,
     libpq_env,
     list_backups,
+    manifest_key,
     pg_tool,
     plan_prune,
     s3_client,
@@ -29,7 +32,7 @@ from sunday_release.backup import (
 )
 from sunday_release.errors import CommandFailed, InputError
 from sunday_release.runner import run
-from tasks.backup import backup_database
+from tasks.backup import backup_database, restore_database
 from tests.conftest import free_port
 from tests.pg import APP_PASSWORD, S3, Postgres, postgres, s3  # noqa: F401  (fixtures)
 
@@ -205,7 +208,7 @@ def test_retention_keeps_the_newest(postgres: Postgres, s3: S3, tmp_path: Path) 
     assert list_backups(client, s3.bucket, "db/staging") == [records[3].key, records[2].key]
     left = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket)["Contents"])
     assert left == sorted(["db/staging/README.txt", "db/production/20000101T000000.000000Z-0123456789ab.dump",
-                           records[2].key, records[3].key])
+                           records[2].key, records[3].key, manifest_key(records[2].key), manifest_key(records[3].key)])
 
 
 def test_retention_plan() -> None:
@@ -284,3 +287,93 @@ def test_dsn_becomes_libpq_environment() -> None:
                    "PGDATABASE": "scratch", "PGSSLMODE": "require"}
     with pytest.raises(BackupFailed, match="sslpassword"):
         libpq_env("host=x sslpassword=secret")
+
+
+def databases(pg: Postgres) -> list[object]:
+    return [r[0] for r in pg.sql("SELECT datname FROM pg_database WHERE datname NOT LIKE 'template%' ORDER BY 1")]
+
+
+def test_a_backup_restores_into_a_new_database_checked_against_its_manifest(
+        postgres: Postgres, s3: S3, tmp_path: Path, caplog: pytest.LogCaptureFixture,  # noqa: F811
+        recorded_runs: list[tuple[list[str], dict[str, str]]]) -> None:
+    caplog.set_level(logging.DEBUG)
+    record = backup_database.fn(env="staging", dsn=SecretStr(postgres.dsn), bucket=s3.bucket, prefix="db", keep=5,
+                                endpoint_url=s3.endpoint_url, workdir=str(tmp_path / "work"))
+    client = s3_client(s3.endpoint_url, "us-east-1")
+    manifest = backup_module.read_manifest(client, s3.bucket, record.key)
+    assert manifest["table_counts"] == record.table_counts and manifest["sha256"] == record.sha256
+    postgres.sql("INSERT INTO items (board_id, title) SELECT 1, 'after the backup' FROM generate_series(1, 7)")
+    before = databases(postgres)
+
+    def restore(key: str, database: str) -> dict[str, Any]:
+        result: dict[str, Any] = restore_database.fn(
+            env="staging", key=key, prefix="db", owner_dsn=SecretStr(postgres.dsn), database=database,
+            bucket=s3.bucket, endpoint_url=s3.endpoint_url, workdir=str(tmp_path / "work"))
+        return result
+
+    restored = restore(record.key, "restored_one")
+    assert restored["table_counts"] == record.table_counts and record.table_counts["items"] > 0
+    assert (restored["database"], restored["key"], restored["sha256"]) == ("restored_one", record.key, record.sha256)
+    with psycopg.connect(postgres.dsn, dbname="restored_one", autocommit=True) as conn:
+        assert backup_module.table_counts(conn) == record.table_counts  # the backup's rows, not the 7 written since
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'restored_one'")
+        assert owner.fetchone() == ("sunday",)  # the application's role owns it, as it owns the first
+    assert live_counts(postgres)["items"] == record.table_counts["items"] + 7  # the environment's: untouched
+    assert not list((tmp_path / "work").iterdir())  # the downloaded dump is removed
+    assert all(env["PGPASSWORD"] == APP_PASSWORD for _, env in recorded_runs)
+    assert_no_password(caplog, *(" ".join(argv) for argv, _ in recorded_runs), str(restored))
+
+    # a database of that name exists: refused, the existing one left as it is
+    with pytest.raises(BackupFailed, match="cannot create database restored_one"):
+        restore(record.key, "restored_one")
+    # bytes that are not the stored backup's: refused before pg_restore, no database made
+    stored = client.get_object(Bucket=s3.bucket, Key=record.key)
+    client.put_object(Bucket=s3.bucket, Key=record.key, Body=stored["Body"].read() + b"tampered",
+                      Metadata=stored["Metadata"])
+    with pytest.raises(BackupFailed, match="is not the backup that was stored"):
+        restore(record.key, "restored_two")
+    # no manifest (a backup of an older version): its counts are unknown, so it is not restored
+    client.delete_object(Bucket=s3.bucket, Key=manifest_key(record.key))
+    with pytest.raises(BackupFailed, match="has no manifest"):
+        restore(record.key, "restored_three")
+    # a key that is not this environment's backup, or a name that is not a database's: input errors
+    other = record.key.replace("db/staging/", "db/production/")
+    with pytest.raises(InputError, match=r"--from: .* is not a backup of this environment"):
+        restore(other, "restored_four")
+    with pytest.raises(InputError, match=r"database: .* is not a valid database name"):
+        restore(record.key, "Restored; DROP DATABASE sunday")
+    missing = record.key.replace(record.key[-17:-5], "0" * 12)
+    with pytest.raises(BackupFailed, match=r"no manifest|there is no backup"):
+        restore(missing, "restored_five")
+    assert databases(postgres) == sorted([*before, "restored_one"])  # every failed restore left nothing
+    assert not list((tmp_path / "work").iterdir())
+
+
+def test_a_restore_whose_counts_differ_drops_its_new_database(postgres: Postgres, tmp_path: Path) -> None:  # noqa: F811
+    counts, _, _ = dump_database(postgres.dsn, tmp_path / "db.dump")
+    before = databases(postgres)
+    with pytest.raises(BackupFailed, match="restore into restored_x failed \\(dropped\\): items has"):
+        backup_module.restore_into(tmp_path / "db.dump", postgres.dsn, "restored_x", {**counts, "items": 1})
+    assert databases(postgres) == before
+
+
+@pytest.mark.parametrize("key", [
+    "db/sunday/staging/20261206T101010.123456Z-0123456789ab.json",  # a manifest, not a backup
+    "db/sunday/production/20261206T101010.123456Z-0123456789ab.dump",  # another environment's
+    "db/other/staging/20261206T101010.123456Z-0123456789ab.dump",  # another project's
+    "db/sunday/staging/../production/20261206T101010.123456Z-0123456789ab.dump",
+    "db/sunday/staging/20261206T101010.123456Z-0123456789ab.dump\n",
+    "", "s3://bucket/db/sunday/staging/20261206T101010.123456Z-0123456789ab.dump",
+])
+def test_only_a_backup_of_the_environment_is_restored(key: str) -> None:
+    with pytest.raises(InputError, match=r"^--from: "):
+        check_backup_key(key, "db/sunday/staging")
+
+
+def test_a_restored_database_is_named_by_when_and_which_backup() -> None:
+    from datetime import UTC, datetime
+
+    key = "db/sunday/staging/20261206T101010.123456Z-0123456789ab.dump"
+    assert check_backup_key(key, "db/sunday/staging/") == key
+    when = datetime(2026, 12, 6, 17, 5, 9, tzinfo=UTC)
+    assert restored_database_name(key, when) == "restored_20261206t170509_01234567"

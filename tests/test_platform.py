@@ -40,6 +40,9 @@ def test_prefect_deploy_all_registers_the_platform(prefect_api: str, tmp_path: P
     backup = deployments["backup"]  # the emergency backup's button in the UI
     assert (backup.entrypoint, backup.work_pool_name, backup.global_concurrency_limit) == (
         "flows/cd.py:backup", "sunday-deploy", None)
+    restore = deployments["restore"]  # the restore's, asking for the environment and the backup
+    assert (restore.entrypoint, restore.work_pool_name, restore.parameters) == (
+        "flows/cd.py:restore", "sunday-deploy", {})
     nightly = deployments["e2e-nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]  # type: ignore[union-attr]
     gc = deployments["gc-nightly"]

@@ -82,6 +82,7 @@ class DockerTarget:
         self.db = LocalDatabase(db_root / self.project / env_name, env.db_port or env.port + 1000)
         self.db_exporter = DatabaseExporter(self.db, self.project, env_name, env_root)
         self._secrets: dict[str, dict[str, SecretStr]] = {}
+        self._database = self.db.name  # the application's database: another one after a restore
 
     @property
     def key(self) -> str:
@@ -263,7 +264,7 @@ class DockerTarget:
         values = {**self.config.services[service].env, "APP_VERSION": version,
                   "SUNDAY_PROJECT": self.project, "SUNDAY_ENV": self.env_name, "SUNDAY_COLOR": color}
         if self.db.data.exists():
-            values["DATABASE_URL"] = self.db.dsn(host="sunday-db")
+            values["DATABASE_URL"] = self.db.dsn(host="sunday-db", database=self._database)
         values |= {name: value.get_secret_value() for name, value in self._secrets.get(service, {}).items()}
         missing = sorted(set(self.config.services[service].secrets) - set(values))
         if missing:  # a flow that did not resolve them: never a container without its secrets
@@ -474,9 +475,24 @@ class DockerTarget:
 
     # ---------------------------------------------------------------- database and traffic
     def database(self) -> DatabaseAccess:
-        """The environment's own PostgreSQL cluster (SUNDAY_DB_ROOT/PROJECT/ENV), for the backup step."""
-        local = self.db
-        return DatabaseUrl(f"the PostgreSQL of {self.key} (port {local.port})", lambda: SecretStr(local.dsn()))
+        """The application's database in the environment's own PostgreSQL cluster (SUNDAY_DB_ROOT/PROJECT/ENV), for
+        the backup step: the one its containers use (`use_database`)."""
+        local, name = self.db, self._database
+        return DatabaseUrl(f"the PostgreSQL of {self.key} (port {local.port}, database {name})",
+                           lambda: SecretStr(local.dsn(database=name)))
+
+    def restorable(self) -> DockerTarget:
+        """The restore capability: the cluster holds several databases, the containers' env files name one."""
+        return self
+
+    def owner_dsn(self) -> SecretStr:
+        return SecretStr(self.db.dsn())
+
+    def database_name(self) -> str:
+        return self._database
+
+    def use_database(self, name: str) -> None:
+        self._database = validate.database_name(name, "database")
 
     def traffic_log(self) -> TrafficLog:
         """The router's access log: the watch window counts the live color's 5xx in it."""

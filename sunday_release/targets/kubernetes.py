@@ -571,6 +571,11 @@ class KubernetesTarget:
         """None: no router log here; the watch window relies on its smoke checks (error rates are in Prometheus)."""
         return None
 
+    def restorable(self) -> None:
+        """None: the services' database URL is the environment's Secret, which a restore on the cluster changes
+        (docs/backups.md); the pipeline does not point pods at another database."""
+        return None
+
     def teardown(self) -> None:
         """Close the API connection. Nothing in the cluster is deleted (the overlay owns the objects)."""
         self.api.close()

@@ -42,9 +42,9 @@ class LocalDatabase:
             secret.chmod(0o600)
         return secret.read_text().strip()
 
-    def dsn(self, host: str = "127.0.0.1") -> str:
-        """The application's connection string (contains the password: never log it)."""
-        return f"postgresql://{self.user}:{self.password()}@{host}:{self.port}/{self.name}"
+    def dsn(self, host: str = "127.0.0.1", database: str | None = None) -> str:
+        """The application's connection string to `database` (default `name`); it holds the password: never log it."""
+        return f"postgresql://{self.user}:{self.password()}@{host}:{self.port}/{database or self.name}"
 
     def _as_postgres(self, *argv: str, check: bool = True) -> str:
         return run(["runuser", "-u", "postgres", "--", *argv], timeout=120, check=check).stdout

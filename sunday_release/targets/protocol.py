@@ -8,6 +8,7 @@ never an attribute that might not be there:
     database()     the environment's PostgreSQL for the backup step (`DatabaseAccess`), or None
     ports()        the ports of this machine it listens on, claimed before a deploy (`HostPorts`), or None
     traffic_log()  the entry point's access log for the watch window (`TrafficLog`), or None
+    restorable()   the environment's databases a restore creates and switches between (`RestorableDatabase`), or None
 
 Pure: no Prefect, no Docker or Kubernetes client; mypy checks it with `disallow_any_explicit`.
 """
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 from sunday_release.bluegreen import Color, EnvState
 from sunday_release.config import Environment, PipelineConfig
 
-__all__ = ["DatabaseAccess", "DatabaseUrl", "DeployTarget", "HostPorts", "Replica", "TrafficLog"]
+__all__ = ["DatabaseAccess", "DatabaseUrl", "DeployTarget", "HostPorts", "Replica", "RestorableDatabase", "TrafficLog"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,23 @@ class TrafficLog(Protocol):
 
     def statuses_since(self, offset: int, color: Color) -> list[int]:
         """HTTP statuses logged for `color` after `offset`."""
+        ...
+
+
+class RestorableDatabase(Protocol):
+    """An environment whose application database can be another one of the same server: a restore creates a new
+    database from a backup and starts the idle color on it; the old one is kept."""
+
+    def owner_dsn(self) -> SecretStr:
+        """The application's role (allowed to CREATE DATABASE): it creates and owns a restored database."""
+        ...
+
+    def database_name(self) -> str:
+        """The database the containers started from now on connect to (and the backup step dumps)."""
+        ...
+
+    def use_database(self, name: str) -> None:
+        """Connect the containers started from now on to `name` (a database of the same server), and back it up."""
         ...
 
 
@@ -200,4 +218,8 @@ class DeployTarget(Protocol):
 
     def traffic_log(self) -> TrafficLog | None:
         """The entry point's access log; None when the target has none (the watch relies on its smoke checks)."""
+        ...
+
+    def restorable(self) -> RestorableDatabase | None:
+        """The databases a restore switches between; None when the target cannot point its services at another."""
         ...
