@@ -5,9 +5,9 @@ Secret places: the webhook HMAC secret, the S3 key pair of backups, the notifica
 environment's database password, a git token (in a `--repo` URL and in a signed push's clone URL), and a
 service's `secrets:` value in AWS Secrets Manager (moto), rotated between the two deploys.
 Runs, all through the CLI: CI, a failing CI, CD (with a verified backup), a second CD, a rollback, an emergency
-`backup` and `backups`, a CD whose secret is gone, E2E, `status`, the webhook receiver, and CI/CD given a URL with
-a token. Searched: every stdout and stderr; through
-the Prefect API every log, artifact, flow run (parameters, name, every state and its message), task run,
+`backup` and `backups`, a CD whose secret is gone, a `restore` of the emergency backup under load, E2E, `status`,
+the webhook receiver, and CI/CD given a URL with a token. Searched: every stdout and stderr; through the Prefect API
+every log, artifact, flow run (parameters, name, every state and its message), task run,
 event, variable and block document; the manifests and image configs (labels, history) of every image CI
 pushed and the local images the containers run; `docker inspect` of the environment's containers (all but
 Config.Env, where the app's DATABASE_URL belongs); every file and file name under SUNDAY_HOME,
@@ -24,13 +24,16 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from adapters.webhook import sign
@@ -41,6 +44,8 @@ from tests.test_ci_flow import CLI, _break_a_backend_test, images_for, sunday
 from tests.waiting import wait_for_healthz
 
 BUCKET = "sunday-backups"
+K6 = str(Path(sys.executable).parent / "k6")
+K6_SCRIPT = ROOT / "infra" / "local" / "k6" / "constant_load.js"
 SECRET = "sunday/api"  # in AWS Secrets Manager (moto): a JSON object, the backend's API_TOKEN under "token"
 REF = f"aws-sm://{SECRET}#token"
 
@@ -52,6 +57,47 @@ def _backend_env(env_name: str, color: str) -> str:
     assert ids, f"no backend container of {color}"
     return subprocess.run(["docker", "inspect", "-f", "{{json .Config.Env}}", *ids], capture_output=True,
                           text=True, check=True).stdout
+
+
+def _restore_under_load(cli: Callable[..., subprocess.CompletedProcess[str]], env: Env, secrets: Any,
+                        canaries: Canaries, backup: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """Issue 18's acceptance: `restore` of the emergency backup on the environment under constant k6 load: no request
+    fails, the new database holds exactly the backup's rows (not a row written after it), the old one is kept and
+    `status` names the database and the backup."""
+    # the deploys' secret, back in the manager (the restore starts the live release's containers: they need it)
+    secrets.create_secret(Name=SECRET, SecretString=json.dumps({"token": canaries.service_secret_rotated}))
+    first = f"postgresql://sunday:{canaries.db_password}@127.0.0.1:{env.db_port}/sunday"
+    with psycopg.connect(first, autocommit=True) as conn:  # written after the backup: not in what is restored
+        conn.execute("INSERT INTO boards (name) VALUES ('written after the backup')")
+        after = conn.execute("SELECT count(*) FROM boards").fetchone()
+    summary = tmp_path / "k6-restore.json"
+    load = subprocess.Popen([K6, "run", "--quiet", "-e", f"BASE_URL={env.url}", "-e", "VUS=10", "-e", "DURATION=10m",
+                             "--summary-export", str(summary), str(K6_SCRIPT)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        done = json.loads(cli("restore", "restore", "--env", env.name, "--from", backup["key"], "--json").stdout)
+        time.sleep(2)
+    finally:
+        load.send_signal(signal.SIGINT)
+        _, err = load.communicate(timeout=60)
+    metrics = json.loads(summary.read_text())["metrics"]
+    requests, failed = metrics["http_reqs"]["count"], metrics["http_req_failed"]["passes"]
+    assert requests > 100 and failed == 0, f"{failed} of {requests} requests failed during the restore\n{err}"
+    assert done["restored_from"] == backup["key"] and done["table_counts"] == backup["table_counts"], done
+    database = done["database"]
+    with psycopg.connect(first, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM boards").fetchone() == after  # the old database: kept as it was
+    with psycopg.connect(first.removesuffix("/sunday") + f"/{database}") as conn:
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+                  for t in ("boards", "items")}
+    assert counts == {t: backup["table_counts"][t] for t in counts}, (counts, backup["table_counts"])
+    boards = httpx.get(f"{env.url}/api/boards").json()["boards"]
+    assert [b["name"] for b in boards] == ["in the backup"], boards  # the app reads the restored database
+    status = json.loads(cli("status after restore", "status", "--env", env.name, "--json").stdout)
+    assert (status["database"], status["restored_from"]) == (database, backup["key"]), status
+    print(f"\nrestore under load: {requests} requests, {failed} failed; restored {backup['key']} into {database}")
+    return dict(done)
 
 
 def _push(sha: str, clone_url: str) -> bytes:
@@ -199,11 +245,16 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
                    expect=(1,))
         assert f"{REF}: no such secret in AWS Secrets Manager" in gone.stderr, gone.stderr
         assert env.container_ids() == before and httpx.get(f"{env.url}/").status_code == 200
+        with psycopg.connect(f"postgresql://sunday:{canaries.db_password}@127.0.0.1:{env.db_port}/sunday",
+                             autocommit=True) as conn:  # a row the backup holds, which the restore brings back
+            conn.execute("INSERT INTO boards (name) VALUES ('in the backup')")
         emergency = json.loads(cli("backup", "backup", "--env", env.name, "--json").stdout)  # on demand, now
         assert emergency["verified"] and emergency["key"].startswith(f"db/sunday/{env.name}/"), emergency
         assert "boards" in emergency["table_counts"], emergency  # the app's tables, counted in the dump
         listed = json.loads(cli("backups", "backups", "--env", env.name, "--json").stdout)
         assert len(listed) == 3 and listed[0]["key"] == emergency["key"], listed  # newest first
+        restored = _restore_under_load(cli, env, secrets, canaries, emergency, tmp_path)
+        assert len(json.loads(cli("backups again", "backups", "--env", env.name, "--json").stdout)) == 3, restored
         e2e = cli("e2e", "e2e", "--env", env.name, "--json", expect=(0, 1))  # k6 numbers on a busy box may fail
         cli("status", "status", "--env", env.name, "--json")
         token_url = f"https://x-access-token:{canaries.git_token}@127.0.0.1:9/acme/shop.git"
@@ -223,13 +274,14 @@ def test_no_secret_reaches_a_log_an_artifact_a_label_or_a_file(
         assert (with_token.status_code, with_token.json()["field"]) == (400, "repository.clone_url"), with_token.text
         assert notify.received and {path for path, _ in notify.received} == {notify.path}
         assert {"start", "success", "rollback"} <= set(notify.events()), notify.events()
-        backups = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"db/sunday/{env.name}/").get("Contents", [])
-        assert len(backups) == 3, backups  # one verified backup per deploy, and the emergency one
+        stored = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"db/sunday/{env.name}/").get("Contents", [])
+        backups = sorted(o["Key"] for o in stored if o["Key"].endswith(".dump"))
+        assert len(backups) == 3, stored  # one verified backup per deploy, and the emergency one
+        assert sorted(o["Key"] for o in stored if o["Key"].endswith(".json")) == [  # each with its manifest
+            key.removesuffix(".dump") + ".json" for key in backups], stored
         uploads = [r for r in s3.requests() if r["method"] == "PUT" and f"/{BUCKET}/db/sunday/{env.name}/" in r["url"]]
-        assert len(uploads) == 3 and all(
+        assert len(uploads) == 6 and all(
             sigv4_signed_with(r, canaries.s3_access_key_id, canaries.s3_secret_access_key) for r in uploads), uploads
-        import psycopg
-
         with psycopg.connect(f"postgresql://sunday:{canaries.db_password}@127.0.0.1:{env.db_port}/sunday") as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)  # the role's password is the canary
 
