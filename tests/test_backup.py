@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ from sunday_release.backup import (
 from sunday_release.errors import CommandFailed, InputError
 from sunday_release.runner import run
 from tasks.backup import backup_database, restore_database
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 from tests.pg import APP_PASSWORD, S3, Postgres, postgres, s3  # noqa: F401  (fixtures)
 
 KEY_RE = r"^db/staging/\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{12}\.dump$"
@@ -377,3 +379,19 @@ def test_a_restored_database_is_named_by_when_and_which_backup() -> None:
     assert check_backup_key(key, "db/sunday/staging/") == key
     when = datetime(2026, 12, 6, 17, 5, 9, tzinfo=UTC)
     assert restored_database_name(key, when) == "restored_20261206t170509_01234567"
+
+
+@pytest.mark.parametrize(("key", "says"), [
+    ("db/sunday/production/20261206T101010.123456Z-0123456789ab.dump", "is not a backup of this environment"),
+    ("../20261206T101010.123456Z-0123456789ab.dump", "is not a backup of this environment"),
+])
+def test_the_cli_refuses_a_backup_of_another_environment_before_any_run(tmp_path: Path, key: str, says: str) -> None:
+    (tmp_path / "envs" / "sunday" / "staging").mkdir(parents=True)
+    (tmp_path / "envs" / "sunday" / "staging" / "config.json").write_text("{}")  # staging was deployed here
+    cli = str(ROOT / ".venv" / "bin" / "sunday-release")
+    done = subprocess.run([cli, "restore", "--env", "staging", "--from", key], capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={**os.environ, "SUNDAY_HOME": str(tmp_path), "SUNDAY_ENV_ROOT": str(tmp_path / "envs"),
+                               "PREFECT_API_URL": "http://127.0.0.1:9/api"})  # nothing answers there: no run started
+    assert done.returncode == 2, done.stderr
+    assert f"--from: {key!r} {says}: its backups are db/sunday/staging/" in done.stderr, done.stderr

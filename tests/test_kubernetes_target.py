@@ -324,7 +324,7 @@ def test_state_file_and_docker_duties(h: Harness, tmp_path: Path) -> None:
     (t.root / "state.json").unlink()  # the local file is a copy for people: the cluster's history counts
     assert t.load_state().replicas == {"backend": 2}
     t.ensure_database()
-    assert t.traffic_log() is None and t.ports() is None  # capabilities it lacks answer None
+    assert t.traffic_log() is None and t.ports() is None and t.restorable() is None  # capabilities it lacks
     t.start_color("green", {"backend": V2["backend"]}, "v1.4.0", t.load_state())
     assert h.api.obj("Deployment", "backend-green")["spec"]["replicas"] == 2  # the scale flow's count wins
     t.scale_service("green", "backend", V2["backend"], "v1.4.0", 4)
