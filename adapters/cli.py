@@ -16,7 +16,7 @@ from typing import Any
 
 from sunday_release import validate
 from sunday_release.config import CONFIG_FILE, load_config
-from sunday_release.errors import InputError, PipelineError, StageFailed
+from sunday_release.errors import ConfigError, InputError, PipelineError, StageFailed
 from sunday_release.refs import validate_ref, validate_repo, validate_sha
 from sunday_release.settings import Settings
 
@@ -461,6 +461,66 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    """The local development stack of the application at --repo (docs/dev-stack.md)."""
+    from sunday_release.devstack import ENV_FILE, is_our_env_file, plan
+
+    root = Path(args.repo)
+    if not root.is_dir():
+        raise InputError(f"--repo: {args.repo!r} is not a directory")
+    if args.volumes and args.action != "down":
+        raise InputError(f"--volumes: only with `dev down` (it removes the stack's data), not `dev {args.action}`")
+    config = load_config(root, check_files=False)
+    _LOG["project"] = config.project
+    env_file = root.resolve() / ENV_FILE
+    ours = env_file.is_file() and is_our_env_file(env_file.read_text(encoding="utf-8", errors="replace"))
+    from adapters.devstack import DevStackEngine, write_private
+
+    engine = DevStackEngine(config.project, config.base_image, say=_say)
+    if args.action == "down":
+        containers, volumes = engine.down(volumes=args.volumes)
+        if ours:
+            env_file.unlink()
+        if args.json:
+            _print_json({"project": config.project, "containers": containers, "volumes": volumes})
+        else:
+            print(f"removed {len(containers)} container(s) of {config.project}'s dev stack"
+                  + (f" and {len(volumes)} volume(s): its data is gone" if args.volumes
+                     else "; its data stays in its volumes (`dev down --volumes` removes them)"))
+        return EXIT_OK
+    if config.dev is None:
+        raise ConfigError(str(root / CONFIG_FILE), "dev", "no `dev:` section: declare what the application needs, "
+                          "e.g. `dev: {postgres: {}, redis: {}, s3: {buckets: [uploads]}}` (docs/dev-stack.md)")
+    services = plan(config.project, config.dev)
+    if args.action == "status":
+        rows = engine.status(services)
+        if args.json:
+            _print_json({"project": config.project, "services": [vars(row) for row in rows]})
+        else:
+            for row in rows:
+                health = "healthy" if row.healthy else (row.problem or "-")
+                print(f"{row.kind:<11} {row.container:<40} {row.state:<13} {health:<8}  {row.url or ''}".rstrip())
+        return EXIT_OK if all(row.healthy for row in rows) else EXIT_FAILED
+    if env_file.exists() and not ours:
+        raise InputError(f"{env_file} exists and was not written by `sunday-release dev up`: move it away first")
+    from sunday_release.devstack import env_file_text, urls, variables
+
+    started = engine.up(services)
+    endpoints = [endpoint for endpoint, _ in started]
+    write_private(env_file, env_file_text(config.project, variables(endpoints)))
+    shown = urls(endpoints)
+    if args.json:
+        _print_json({"project": config.project, "env_file": str(env_file),
+                     "services": [{"kind": e.kind, "container": s.container, "action": action, "url": shown[e.kind]}
+                                  for (e, action), s in zip(started, services, strict=True)]})
+    else:
+        for (endpoint, action), service in zip(started, services, strict=True):
+            print(f"{endpoint.kind:<11} {shown[endpoint.kind]:<52} {service.container} ({action}, healthy)")
+        print(f"environment (passwords included, mode 0600): {env_file}\n"
+              f"  set -a; . {env_file}; set +a")
+    return EXIT_OK
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from adapters.server import LocalServer
 
@@ -604,6 +664,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=".", help="--expire: the repository (its commits get the statuses)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_previews)
+
+    p = sub.add_parser("dev", help="the local development stack: the dependencies the config's `dev:` declares "
+                       "(postgres, redis, s3, prometheus, mail) in containers, with a .env.dev of their URLs")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--repo", default=".", help="the application repository (default: .); .env.dev is written there")
+    p.add_argument("--volumes", action="store_true", help="down: also remove the volumes, that is the data")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("server", help="the local Prefect server used when PREFECT_API_URL is not set")
     p.add_argument("action", choices=["start", "stop", "status"])
