@@ -507,7 +507,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     started = engine.up(services)
     endpoints = [endpoint for endpoint, _ in started]
-    write_private(env_file, env_file_text(config.project, variables(endpoints)))
+    try:
+        write_private(env_file, env_file_text(config.project, variables(endpoints)))
+    except OSError as exc:
+        raise PipelineError(f"the stack runs, but {env_file} could not be written: {exc}") from None
     shown = urls(endpoints)
     if args.json:
         _print_json({"project": config.project, "env_file": str(env_file),

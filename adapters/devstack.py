@@ -54,6 +54,7 @@ class Observed:
 
     name: str
     kind: str
+    state: str  # Docker's: running, exited, created, restarting, ...
     running: bool
     spec: str | None
     port: int | None  # the host port of 127.0.0.1 it answers on, when it runs
@@ -146,6 +147,8 @@ class DevStackEngine:
         engine has it. The key (`content_key`) is stale when a file of the context, the base image (reference or
         id) or, for an image that downloads, the extra CAs change; the images it supersedes are removed."""
         found = self._docker("image", "inspect", "--format", "{{.Id}}", self.base_image, check=False)
+        if not found.ok and "no such image" not in found.stderr.lower():
+            found.check_returncode()  # the engine did not answer: CommandFailed names the command and its stderr
         if not found.ok:
             raise PipelineError(f"the base image {self.base_image} is not on the Docker engine: `make setup` builds "
                                 "it (infra/local/setup.sh base), or pull the one `base_image` names; the dev stack "
@@ -183,8 +186,9 @@ class DevStackEngine:
             labels = info["Config"]["Labels"] or {}
             ports = [binding for bindings in (info["NetworkSettings"]["Ports"] or {}).values() for binding in
                      bindings or []]
-            found.append(Observed(info["Name"].lstrip("/"), labels.get(KIND_LABEL, "?"), bool(info["State"]["Running"]),
-                                  labels.get(SPEC_LABEL), int(ports[0]["HostPort"]) if ports else None))
+            found.append(Observed(info["Name"].lstrip("/"), labels.get(KIND_LABEL, "?"), str(info["State"]["Status"]),
+                                  bool(info["State"]["Running"]), labels.get(SPEC_LABEL),
+                                  int(ports[0]["HostPort"]) if ports else None))
         return found
 
     def _password(self, service: DevService) -> SecretStr | None:
@@ -286,7 +290,7 @@ class DevStackEngine:
         for service in services:
             seen = observed.pop(service.container, None)
             if seen is None or not seen.running or seen.port is None:
-                out.append(ServiceStatus(service.kind, service.container, "absent" if seen is None else "exited",
+                out.append(ServiceStatus(service.kind, service.container, "absent" if seen is None else seen.state,
                                          False, None))
                 continue
             endpoint = self._endpoint(service, seen.port, self._password(service))
