@@ -12,13 +12,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sunday_release import validate
 from sunday_release.config import CONFIG_FILE, load_config
 from sunday_release.errors import ConfigError, InputError, PipelineError, StageFailed
 from sunday_release.refs import validate_ref, validate_repo, validate_sha
 from sunday_release.settings import Settings
+
+if TYPE_CHECKING:
+    from adapters.devstack import DevStackEngine
+    from sunday_release.devstack import DevService
 
 __all__ = ["main"]
 
@@ -463,6 +467,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """The local development stack of the application at --repo (docs/dev-stack.md)."""
+    from adapters.devstack import DevStackEngine
     from sunday_release.devstack import ENV_FILE, is_our_env_file, plan
 
     root = Path(args.repo)
@@ -474,53 +479,64 @@ def cmd_dev(args: argparse.Namespace) -> int:
     _LOG["project"] = config.project
     env_file = root.resolve() / ENV_FILE
     ours = env_file.is_file() and is_our_env_file(env_file.read_text(encoding="utf-8", errors="replace"))
-    from adapters.devstack import DevStackEngine, write_private
-
     engine = DevStackEngine(config.project, config.base_image, say=_say)
-    if args.action == "down":
-        containers, volumes = engine.down(volumes=args.volumes)
-        if ours:
-            env_file.unlink()
-        if args.json:
-            _print_json({"project": config.project, "containers": containers, "volumes": volumes})
-        else:
-            print(f"removed {len(containers)} container(s) of {config.project}'s dev stack"
-                  + (f" and {len(volumes)} volume(s): its data is gone" if args.volumes
-                     else "; its data stays in its volumes (`dev down --volumes` removes them)"))
-        return EXIT_OK
+    if args.action == "down":  # without a `dev:` section too: what its project's label marks goes
+        return _dev_down(engine, env_file if ours else None, args.volumes, args.json)
     if config.dev is None:
         raise ConfigError(str(root / CONFIG_FILE), "dev", "no `dev:` section: declare what the application needs, "
                           "e.g. `dev: {postgres: {}, redis: {}, s3: {buckets: [uploads]}}` (docs/dev-stack.md)")
     services = plan(config.project, config.dev)
     if args.action == "status":
-        rows = engine.status(services)
-        if args.json:
-            _print_json({"project": config.project, "services": [vars(row) for row in rows]})
-        else:
-            for row in rows:
-                health = "healthy" if row.healthy else (row.problem or "-")
-                print(f"{row.kind:<11} {row.container:<40} {row.state:<13} {health:<8}  {row.url or ''}".rstrip())
-        return EXIT_OK if all(row.healthy for row in rows) else EXIT_FAILED
+        return _dev_status(engine, services, args.json)
     if env_file.exists() and not ours:
         raise InputError(f"{env_file} exists and was not written by `sunday-release dev up`: move it away first")
+    return _dev_up(engine, services, env_file, args.json)
+
+
+def _dev_up(engine: DevStackEngine, services: Sequence[DevService], env_file: Path, as_json: bool) -> int:
+    from adapters.devstack import write_private
     from sunday_release.devstack import env_file_text, urls, variables
 
     started = engine.up(services)
     endpoints = [endpoint for endpoint, _ in started]
     try:
-        write_private(env_file, env_file_text(config.project, variables(endpoints)))
+        write_private(env_file, env_file_text(engine.project, variables(endpoints)))
     except OSError as exc:
         raise PipelineError(f"the stack runs, but {env_file} could not be written: {exc}") from None
     shown = urls(endpoints)
-    if args.json:
-        _print_json({"project": config.project, "env_file": str(env_file),
-                     "services": [{"kind": e.kind, "container": s.container, "action": action, "url": shown[e.kind]}
-                                  for (e, action), s in zip(started, services, strict=True)]})
+    rows = [(endpoint.kind, shown[endpoint.kind], service.container, action)
+            for (endpoint, action), service in zip(started, services, strict=True)]
+    if as_json:
+        _print_json({"project": engine.project, "env_file": str(env_file),
+                     "services": [dict(zip(("kind", "url", "container", "action"), row, strict=True))
+                                  for row in rows]})
+        return EXIT_OK
+    for kind, url, container, action in rows:
+        print(f"{kind:<11} {url:<52} {container} ({action}, healthy)")
+    print(f"environment (passwords included, mode 0600): {env_file}\n  set -a; . {env_file}; set +a")
+    return EXIT_OK
+
+
+def _dev_status(engine: DevStackEngine, services: Sequence[DevService], as_json: bool) -> int:
+    rows = engine.status(services)
+    if as_json:
+        _print_json({"project": engine.project, "services": [vars(row) for row in rows]})
+    for row in [] if as_json else rows:
+        health = "healthy" if row.healthy else (row.problem or "-")
+        print(f"{row.kind:<11} {row.container:<40} {row.state:<13} {health:<8}  {row.url or ''}".rstrip())
+    return EXIT_OK if all(row.healthy for row in rows) else EXIT_FAILED
+
+
+def _dev_down(engine: DevStackEngine, env_file: Path | None, volumes: bool, as_json: bool) -> int:
+    containers, removed = engine.down(volumes=volumes)
+    if env_file is not None:
+        env_file.unlink()
+    if as_json:
+        _print_json({"project": engine.project, "containers": containers, "volumes": removed})
     else:
-        for (endpoint, action), service in zip(started, services, strict=True):
-            print(f"{endpoint.kind:<11} {shown[endpoint.kind]:<52} {service.container} ({action}, healthy)")
-        print(f"environment (passwords included, mode 0600): {env_file}\n"
-              f"  set -a; . {env_file}; set +a")
+        print(f"removed {len(containers)} container(s) of {engine.project}'s dev stack"
+              + (f" and {len(removed)} volume(s): its data is gone" if volumes
+                 else "; its data stays in its volumes (`dev down --volumes` removes them)"))
     return EXIT_OK
 
 
