@@ -1,6 +1,7 @@
 """The local development stack (`sunday-release dev`): its config, plan and .env (fast), and one real run on a copy
-of the sample app (docker): up, the backend's tests from the host against it, reuse, status, data kept by a plain
-down, then down --volumes leaving nothing labelled with the test's project."""
+of the sample app, with prometheus and mail added to its postgres, redis and s3 (docker): up, the backend's tests
+from the host against it, reuse, status, data kept by a plain down, then down --volumes leaving nothing labelled
+with the test's project."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import secrets
 import shutil
+import smtplib
 import stat
 import subprocess
 import sys
@@ -168,7 +170,9 @@ def sample_app(docker_engine: str, tmp_path: Path) -> Iterator[tuple[Path, str]]
     repo = tmp_path / "app"
     shutil.copytree(APP, repo, ignore=shutil.ignore_patterns("node_modules", "__pycache__", ".*_cache", ".env.dev"))
     config = repo / "sunday-release.yaml"
-    config.write_text(re.sub(r"(?m)^project: .*$", f"project: {project}", config.read_text()))
+    text = re.sub(r"(?m)^project: .*$", f"project: {project}", config.read_text())
+    # the kinds the sample app does not use, started beside its own (a few CPU-seconds more)
+    config.write_text(text.replace("\ndev:\n", "\ndev:\n  prometheus: {}\n  mail:\n", 1))
     try:
         yield repo, project
     finally:
@@ -193,13 +197,15 @@ def test_dev_stack_of_the_sample_app(sample_app: tuple[Path, str]) -> None:
     up = _dev("up", "--repo", str(repo))
     assert up.returncode == 0, up.stderr
     assert re.findall(r"(?m)^(\w+) .*\((start), healthy\)$", up.stdout) == [
-        ("postgres", "start"), ("redis", "start"), ("s3", "start")]
+        (kind, "start") for kind in ("postgres", "redis", "s3", "prometheus", "mail")]
     env_file = repo / ".env.dev"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     env = _env(env_file)
     password = env["PGPASSWORD"]
     assert len(password) >= 32 and password not in up.stdout + up.stderr
     assert env["S3_BUCKETS"] == "uploads" and env["REDIS_URL"].startswith("redis://:")
+    with smtplib.SMTP(env["SMTP_HOST"], int(env["SMTP_PORT"]), timeout=10) as smtp:
+        smtp.sendmail("app@sunday.test", ["dev@sunday.test"], "Subject: hello\r\n\r\nfrom the dev stack\r\n")
 
     # the backend's test suite from the host (Debian's python3, as in its image) against the dev PostgreSQL
     tests = subprocess.run(["/usr/bin/python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests"],
@@ -210,19 +216,19 @@ def test_dev_stack_of_the_sample_app(sample_app: tuple[Path, str]) -> None:
 
     again = _dev("up", "--repo", str(repo), "--json")  # idempotent: everything reused, same ports
     assert again.returncode == 0, again.stderr
-    assert [s["action"] for s in json.loads(again.stdout)["services"]] == ["reuse"] * 3
+    assert [s["action"] for s in json.loads(again.stdout)["services"]] == ["reuse"] * 5
     assert _env(env_file) == env
 
     status = _dev("status", "--repo", str(repo))
     assert status.returncode == 0, status.stdout + status.stderr
-    assert len(re.findall(r"(?m) running +healthy ", status.stdout)) == 3 and password not in status.stdout
+    assert len(re.findall(r"(?m) running +healthy ", status.stdout)) == 5 and password not in status.stdout
 
     with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
         conn.execute("CREATE TABLE kept (note text)")
         conn.execute("INSERT INTO kept VALUES ('survives a plain down')")
     down = _dev("down", "--repo", str(repo))
     assert down.returncode == 0 and _labelled("container", project) == [] and not env_file.exists()
-    assert len(_labelled("volume", project)) == 2  # postgres and redis keep their data; s3 has none
+    assert len(_labelled("volume", project)) == 4  # all keep their data but s3 (moto: in memory)
 
     back = _dev("up", "--repo", str(repo))
     assert back.returncode == 0, back.stderr
@@ -230,10 +236,13 @@ def test_dev_stack_of_the_sample_app(sample_app: tuple[Path, str]) -> None:
     assert env["PGPASSWORD"] == password
     with psycopg.connect(env["DATABASE_URL"]) as conn:
         assert conn.execute("SELECT note FROM kept").fetchall() == [("survives a plain down",)]
+    mails = subprocess.run([DOCKER, "exec", f"sunday-dev-{project}-mail", "ls", "/data/maildir/new"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(mails) == 1  # the message sent before the down, kept in its Maildir
 
     gone = _dev("down", "--volumes", "--repo", str(repo))
     assert gone.returncode == 0, gone.stderr
-    assert "3 container(s)" in gone.stdout and "2 volume(s)" in gone.stdout
+    assert "5 container(s)" in gone.stdout and "4 volume(s)" in gone.stdout
     assert _labelled("container", project) == [] and _labelled("volume", project) == []
     assert not env_file.exists()
     print(f"dev stack round trip: {time.monotonic() - started:.1f} s")
