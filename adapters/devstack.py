@@ -30,7 +30,7 @@ from sunday_release.devstack import (
     Endpoint,
     decide,
     run_argv,
-    variables,
+    server_url,
 )
 from sunday_release.errors import CommandFailed, PipelineError
 from sunday_release.runner import CommandResult, run
@@ -86,13 +86,14 @@ def write_private(path: Path, text: str) -> None:
 
 def probe(endpoint: Endpoint) -> str | None:
     """None when the dependency answers a real request from the host, else what went wrong: PostgreSQL a
-    `SELECT 1` as its user, Redis AUTH and PING, S3 a ListBuckets, Prometheus /-/ready, mail an SMTP NOOP."""
+    `SELECT 1` as `dev` in its `postgres` database, Redis AUTH and PING, S3 a ListBuckets, Prometheus /-/ready,
+    mail an SMTP NOOP."""
     where = ("127.0.0.1", endpoint.port)
     try:
         if endpoint.kind == "postgres":
             import psycopg
 
-            with psycopg.connect(variables([endpoint])["DATABASE_URL"], connect_timeout=3) as conn:
+            with psycopg.connect(server_url(endpoint), connect_timeout=3) as conn:
                 row = conn.execute("SELECT 1").fetchone()
             return None if row == (1,) else f"SELECT 1 answered {row}"
         if endpoint.kind == "redis":
@@ -209,7 +210,8 @@ class DevStackEngine:
 
     def up(self, services: Sequence[DevService]) -> list[tuple[Endpoint, str]]:
         """Start what is not running as declared, reuse what is, wait until every dependency answers, make the
-        declared buckets; return each one's endpoint and what was done (`start`, `replace`, `reuse`)."""
+        declared database and buckets; return each one's endpoint and what was done (`start`, `replace`,
+        `reuse`)."""
         images = {s.kind: self.image(s.kind) for s in services}
         observed = {o.name: o for o in self.observe()}
         done: list[tuple[DevService, int, str]] = []
@@ -231,6 +233,8 @@ class DevStackEngine:
             done.append((service, int(bound[0].rsplit(":", 1)[1]), action))
         endpoints = self._wait_healthy([(service, port) for service, port, _ in done])
         for endpoint in endpoints:
+            if endpoint.kind == "postgres":
+                self._make_database(endpoint)
             if endpoint.kind == "s3":
                 self._make_buckets(endpoint)
         return [(endpoint, action) for endpoint, (_, _, action) in zip(endpoints, done, strict=True)]
@@ -272,6 +276,15 @@ class DevStackEngine:
                 raise PipelineError(f"{', '.join(s.kind for s in failed)} {why} (`sunday-release dev status`; "
                                     f"`docker logs CONTAINER`):\n{logs.rstrip()}")
             time.sleep(0.25)
+
+    def _make_database(self, endpoint: Endpoint) -> None:
+        import psycopg
+        from psycopg import sql
+
+        database = endpoint.settings["database"]
+        with psycopg.connect(server_url(endpoint), connect_timeout=10, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER dev").format(sql.Identifier(database)))
 
     def _make_buckets(self, endpoint: Endpoint) -> None:
         for bucket in filter(None, endpoint.settings.get("buckets", "").split(",")):

@@ -30,6 +30,7 @@ __all__ = [
     "is_our_env_file",
     "plan",
     "run_argv",
+    "server_url",
     "urls",
     "variables",
 ]
@@ -53,7 +54,6 @@ class DevService:
     port: int  # the port it listens on inside its container; the host's is free and chosen by Docker
     volume: str | None  # the named volume on /data, or None when it keeps nothing on disk (s3: moto's memory)
     args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()  # never a secret: it shows in `docker inspect`
     host_gateway: bool = False  # host.docker.internal resolves to the host (Prometheus scraping its services)
     password: bool = False  # it makes a password of its own on a new volume, in /data/password
     settings: tuple[tuple[str, str], ...] = ()  # what the application is told besides the URL (Endpoint.settings)
@@ -64,7 +64,7 @@ class DevService:
 
     def spec(self, image: str) -> str:
         """A digest of how the container is started from `image`: a container with another one is replaced."""
-        started = [image, self.port, self.volume, list(self.args), [list(e) for e in self.env], self.host_gateway]
+        started = [image, self.port, self.volume, list(self.args), self.host_gateway]
         return hashlib.sha256(json.dumps(started).encode()).hexdigest()[:16]
 
 
@@ -77,16 +77,14 @@ def plan(project: str, stack: DevStack) -> tuple[DevService, ...]:
     for kind, spec in stack.kinds().items():
         volume = None if kind == "s3" else f"sunday-dev-{project}-{kind}"
         args: tuple[str, ...] = ()
-        env: tuple[tuple[str, str], ...] = ()
         settings: tuple[tuple[str, str], ...] = ()
         if isinstance(spec, DevPostgres):
-            env = (("SUNDAY_DEV_DATABASE", spec.database),)
             settings = (("database", spec.database),)
         if isinstance(spec, DevS3):
             settings = (("buckets", ",".join(spec.buckets)),)
         if isinstance(spec, DevPrometheus):
             args = tuple(spec.targets)
-        services.append(DevService(project, kind, _PORTS[kind], volume, args, env,
+        services.append(DevService(project, kind, _PORTS[kind], volume, args,
                                    host_gateway=kind == "prometheus", password=kind in ("postgres", "redis"),
                                    settings=settings))
     return tuple(services)
@@ -103,8 +101,6 @@ def run_argv(service: DevService, image: str) -> list[str]:
         argv += ["--volume", f"{service.volume}:/data"]
     if service.host_gateway:
         argv += ["--add-host", "host.docker.internal:host-gateway"]
-    for key, value in service.env:
-        argv += ["--env", f"{key}={value}"]
     return [*argv, image, *service.args]
 
 
@@ -130,16 +126,22 @@ class Endpoint:
     settings: dict[str, str] = field(default_factory=dict)  # postgres: database; s3: buckets (comma-separated)
 
 
-def _url(endpoint: Endpoint, reveal: bool) -> str:
+def _url(endpoint: Endpoint, reveal: bool, database: str | None = None) -> str:
     secret = "***" if endpoint.password is None or not reveal else endpoint.password.get_secret_value()
     where = f"127.0.0.1:{endpoint.port}"
     if endpoint.kind == "postgres":
-        return f"postgresql://dev:{secret}@{where}/{endpoint.settings.get('database', 'dev')}"
+        return f"postgresql://dev:{secret}@{where}/{database or endpoint.settings.get('database', 'dev')}"
     if endpoint.kind == "redis":
         return f"redis://:{secret}@{where}/0"
     if endpoint.kind == "mail":
         return f"smtp://{where}"
     return f"http://{where}"
+
+
+def server_url(endpoint: Endpoint) -> str:
+    """The URL of the server itself, password included: PostgreSQL's `postgres` database, where `dev up` probes
+    it and makes the declared database."""
+    return _url(endpoint, reveal=True, database="postgres")
 
 
 def urls(endpoints: list[Endpoint]) -> dict[str, str]:

@@ -95,7 +95,7 @@ def test_the_plan_names_and_labels_by_project_and_binds_only_loopback() -> None:
     argv = run_argv(pg, "sunday-dev/postgres:k1")
     assert argv[:4] == ["run", "--detach", "--pull", "never"]
     assert "sunday.dev=shop" in argv and "127.0.0.1::5432" in argv and "sunday-dev-shop-postgres:/data" in argv
-    assert "SUNDAY_DEV_DATABASE=shop" in argv and argv[-1] == "sunday-dev/postgres:k1"
+    assert argv[-1] == "sunday-dev/postgres:k1" and pg.settings == (("database", "shop"),)
     assert run_argv(prom, "img")[-2:] == ["img", "host.docker.internal:8000"]
     assert "host.docker.internal:host-gateway" in run_argv(prom, "img")
     assert plan("other", stack)[0].container == "sunday-dev-other-postgres"  # two projects never share one

@@ -1,10 +1,9 @@
 #!/bin/sh
-# On a new volume: a password of its own (/data/password, 0600: read by `dev up` with `docker exec`), a cluster
-# whose superuser is `dev` with it, a database SUNDAY_DEV_DATABASE. Then postgres as the postgres user, PID 1.
+# On a new volume: a password of its own (/data/password, 0600: read by `dev up` with `docker exec`) and a cluster
+# whose superuser is `dev` with it (`dev up` makes the declared database). Then postgres as the postgres user, PID 1.
 set -eu
 BIN=/usr/lib/postgresql/15/bin
 PGDATA=/data/pgdata
-DATABASE=${SUNDAY_DEV_DATABASE:-dev}
 if [ ! -s /data/password ]; then
   (umask 077 && od -An -N18 -tx1 /dev/urandom | tr -d ' \n' > /data/password.new)
   chown postgres:postgres /data/password.new && mv /data/password.new /data/password
@@ -14,8 +13,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   setpriv --reuid=postgres --regid=postgres --init-groups "$BIN/initdb" -D "$PGDATA" -U dev \
     --pwfile=/data/password --auth-local=peer --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >/dev/null
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
-  echo "CREATE DATABASE \"$DATABASE\" OWNER dev" \
-    | setpriv --reuid=postgres --regid=postgres --init-groups "$BIN/postgres" --single -D "$PGDATA" postgres >/dev/null
 fi
 # a development database: durability traded for speed (a crash of the machine may lose the last writes)
 exec setpriv --reuid=postgres --regid=postgres --init-groups "$BIN/postgres" -D "$PGDATA" \
