@@ -23,6 +23,7 @@ import pytest
 from pydantic import SecretStr
 
 from adapters import cli
+from adapters.devstack import probe, write_private
 from sunday_release.config import load_config, parse_config
 from sunday_release.devstack import (
     PROJECT_LABEL,
@@ -36,7 +37,7 @@ from sunday_release.devstack import (
     variables,
 )
 from sunday_release.errors import ConfigError
-from tests.conftest import APP, DOCKER, ROOT
+from tests.conftest import APP, DOCKER, ROOT, free_port
 
 _BASE = {"project": "shop", "services": {"api": {"context": "api", "port": 8000}}}
 
@@ -126,6 +127,21 @@ def test_passwords_reach_the_env_file_and_nothing_printed() -> None:
     text = env_file_text("shop", values)
     assert is_our_env_file(text) and "PGPASSWORD=pw-0c7e\n" in text and not is_our_env_file("A=1\n")
     assert "pw-0c7e" not in repr(endpoints)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis", "s3", "prometheus", "mail"])
+def test_a_probe_of_nothing_says_why_and_raises_nothing(kind: str) -> None:
+    problem = probe(Endpoint(kind, free_port(), SecretStr("pw-5e2d"), {"database": "dev"}))
+    assert problem and "pw-5e2d" not in problem
+
+
+def test_the_env_file_is_private_from_its_first_byte(tmp_path: Path) -> None:
+    path = tmp_path / ".env.dev"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    write_private(path, "A=1\n")
+    assert path.read_text() == "A=1\n" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [".env.dev"]
 
 
 # --- bad input: exit 2, nothing started (the fast tier refuses any docker call) ---------------------------------
