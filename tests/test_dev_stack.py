@@ -174,9 +174,10 @@ def test_bad_input_exits_2_before_anything_starts(tmp_path: Path, capsys: pytest
 # --- the real thing ----------------------------------------------------------------------------------------------
 
 def _labelled(kind: str, project: str) -> list[str]:
-    argv = [DOCKER, kind, "ls", "--quiet", "--filter", f"label={PROJECT_LABEL}={project}"]
-    return subprocess.run([*argv[:3], *(["--all"] if kind == "container" else []), *argv[3:]], check=True,
-                          capture_output=True, text=True).stdout.split()
+    """The ids of the containers (running or not) or volumes labelled with `project`."""
+    listed = [DOCKER, kind, "ls", "--quiet", *(["--all"] if kind == "container" else [])]
+    return subprocess.run([*listed, "--filter", f"label={PROJECT_LABEL}={project}"], check=True, capture_output=True,
+                          text=True).stdout.split()
 
 
 @pytest.fixture
@@ -209,6 +210,11 @@ def _env(path: Path) -> dict[str, str]:
 
 def test_dev_stack_of_the_sample_app(sample_app: tuple[Path, str]) -> None:
     repo, project = sample_app
+    host = subprocess.run(["/usr/bin/python3", "-c", "import psycopg2, pytest, prometheus_client"],
+                          capture_output=True, text=True, check=False)
+    if host.returncode != 0:
+        pytest.fail(f"Debian's python3 cannot run the backend's tests ({host.stderr.strip().splitlines()[-1]}): "
+                    "`make setup` installs python3-pytest, python3-psycopg2 and python3-prometheus-client")
     started = time.monotonic()
     up = _dev("up", "--repo", str(repo))
     assert up.returncode == 0, up.stderr
