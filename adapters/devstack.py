@@ -33,7 +33,7 @@ from sunday_release.devstack import (
     server_url,
 )
 from sunday_release.errors import CommandFailed, PipelineError
-from sunday_release.runner import CommandResult, run
+from sunday_release.runner import CommandResult, run, tail
 from sunday_release.settings import Settings
 
 __all__ = ["IMAGES", "DevStackEngine", "Observed", "ServiceStatus", "probe", "write_private"]
@@ -229,8 +229,10 @@ class DevStackEngine:
                              f"{KIND_LABEL}={service.kind}", service.volume)
             self.say(f"starting {service.container} ({images[service.kind]})")
             self._docker(*run_argv(service, images[service.kind]))
-            bound = self._docker("container", "port", service.container, f"{service.port}/tcp").stdout.split()
-            done.append((service, int(bound[0].rsplit(":", 1)[1]), action))
+            bound = self._docker("container", "port", service.container, f"{service.port}/tcp", check=False)
+            if not bound.ok:  # it has no port once it stopped
+                raise self._failed([service], "stopped as it started", {})
+            done.append((service, int(bound.stdout.split()[0].rsplit(":", 1)[1]), action))
         endpoints = self._wait_healthy([(service, port) for service, port, _ in done])
         for endpoint in endpoints:
             if endpoint.kind == "postgres":
@@ -267,15 +269,20 @@ class DevStackEngine:
             if rounds % 8 == 0:  # every 2 s: a container that exited will not get healthy
                 running = {o.name for o in self.observe() if o.running}
                 stopped = [s for s, _ in started if s.kind not in ready and s.container not in running]
-            if stopped or time.monotonic() > deadline:
-                failed = stopped or [s for s, _ in started if s.kind not in ready]
-                logs = "\n".join(f"--- {s.container} ({problems.get(s.kind, 'stopped')}):\n"
-                                 + self._docker("container", "logs", "--tail", "15", s.container, check=False).stderr
-                                 for s in failed)
-                why = "stopped" if stopped else f"did not answer within {HEALTH_TIMEOUT:.0f} s"
-                raise PipelineError(f"{', '.join(s.kind for s in failed)} {why} (`sunday-release dev status`; "
-                                    f"`docker logs CONTAINER`):\n{logs.rstrip()}")
+            if stopped:
+                raise self._failed(stopped, "stopped", problems)
+            if time.monotonic() > deadline:
+                raise self._failed([s for s, _ in started if s.kind not in ready],
+                                   f"did not answer within {HEALTH_TIMEOUT:.0f} s", problems)
             time.sleep(0.25)
+
+    def _failed(self, failed: Sequence[DevService], why: str, problems: dict[str, str]) -> PipelineError:
+        """The error of dependencies that did not get healthy: what their probes last said, their logs' tails."""
+        logs = "\n".join(f"--- {s.container} ({problems.get(s.kind, why)}):\n"
+                         + tail(self._docker("container", "logs", "--tail", "15", s.container, check=False).stderr
+                                or "(no output)") for s in failed)
+        return PipelineError(f"{', '.join(s.kind for s in failed)} {why} (`sunday-release dev status`; "
+                             f"`docker logs CONTAINER`):\n{logs}")
 
     def _make_database(self, endpoint: Endpoint) -> None:
         import psycopg
