@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sunday_release import validate
 from sunday_release.errors import ConfigError, InputError
@@ -344,6 +354,12 @@ class DevStack(_Model):
         if isinstance(data, dict):
             return {kind: {} if value is None and kind in DEV_KINDS else value for kind, value in data.items()}
         return data
+
+    @model_serializer(mode="wrap")
+    def _declared_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the declared kinds: a kind dumped as None would be declared when the dump is read back (as the
+        release record's config is)."""
+        return {kind: spec for kind, spec in handler(self).items() if spec is not None}
 
     @model_validator(mode="after")
     def _something(self) -> DevStack:

@@ -54,6 +54,14 @@ def test_a_bare_kind_is_declared_with_its_defaults() -> None:
     assert stack.postgres is not None and stack.postgres.database == "dev"
 
 
+def test_a_dumped_config_reads_back_with_the_same_kinds() -> None:
+    config = parse_config({**_BASE, "dev": {"redis": None, "s3": {"buckets": ["uploads"]}}})
+    dumped = config.model_dump(mode="json")
+    assert dumped["dev"] == {"redis": {}, "s3": {"buckets": ["uploads"]}}
+    assert parse_config(dumped) == config and parse_config(json.loads(config.model_dump_json())) == config
+    assert parse_config(_BASE).model_dump(mode="json")["dev"] is None
+
+
 @pytest.mark.parametrize(("dev", "path", "says"), [
     ({"mysql": {}}, "dev.mysql", "unknown key 'mysql'; expected one of: postgres, redis, s3, prometheus, mail"),
     ({"redis": {"port": 1}}, "dev.redis.port", "unknown key 'port'; it takes none"),
