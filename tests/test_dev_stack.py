@@ -247,6 +247,7 @@ def test_dev_stack_of_the_sample_app(sample_app: tuple[Path, str]) -> None:
     again = _dev("up", "--repo", str(repo), "--json")  # idempotent: everything reused, same ports
     assert again.returncode == 0, again.stderr
     assert [s["action"] for s in json.loads(again.stdout)["services"]] == ["reuse"] * 5
+    assert "building" not in again.stderr and password not in again.stdout  # images kept by their content key
     assert _env(env_file) == env
 
     status = _dev("status", "--repo", str(repo))
