@@ -12,13 +12,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sunday_release import validate
 from sunday_release.config import CONFIG_FILE, load_config
-from sunday_release.errors import InputError, PipelineError, StageFailed
+from sunday_release.errors import ConfigError, InputError, PipelineError, StageFailed
 from sunday_release.refs import validate_ref, validate_repo, validate_sha
 from sunday_release.settings import Settings
+
+if TYPE_CHECKING:
+    from adapters.devstack import DevStackEngine
+    from sunday_release.devstack import DevService
 
 __all__ = ["main"]
 
@@ -474,6 +478,81 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    """The local development stack of the application at --repo (docs/dev-stack.md)."""
+    from adapters.devstack import DevStackEngine
+    from sunday_release.devstack import ENV_FILE, is_our_env_file, plan
+
+    root = Path(args.repo)
+    if not root.is_dir():
+        raise InputError(f"--repo: {args.repo!r} is not a directory")
+    if args.volumes and args.action != "down":
+        raise InputError(f"--volumes: only with `dev down` (it removes the stack's data), not `dev {args.action}`")
+    config = load_config(root, check_files=False)
+    _LOG["project"] = config.project
+    env_file = root.resolve() / ENV_FILE
+    ours = env_file.is_file() and is_our_env_file(env_file.read_text(encoding="utf-8", errors="replace"))
+    engine = DevStackEngine(config.project, config.base_image, say=_say)
+    if args.action == "down":  # without a `dev:` section too: what its project's label marks goes
+        return _dev_down(engine, env_file if ours else None, args.volumes, args.json)
+    if config.dev is None:
+        raise ConfigError(str(root / CONFIG_FILE), "dev", "no `dev:` section: declare what the application needs, "
+                          "e.g. `dev: {postgres: {}, redis: {}, s3: {buckets: [uploads]}}` (docs/dev-stack.md)")
+    services = plan(config.project, config.dev)
+    if args.action == "status":
+        return _dev_status(engine, services, args.json)
+    if env_file.exists() and not ours:
+        raise InputError(f"{env_file} exists and was not written by `sunday-release dev up`: move it away first")
+    return _dev_up(engine, services, env_file, args.json)
+
+
+def _dev_up(engine: DevStackEngine, services: Sequence[DevService], env_file: Path, as_json: bool) -> int:
+    from adapters.devstack import write_private
+    from sunday_release.devstack import env_file_text, urls, variables
+
+    started = engine.up(services)
+    endpoints = [endpoint for endpoint, _ in started]
+    try:
+        write_private(env_file, env_file_text(engine.project, variables(endpoints)))
+    except OSError as exc:
+        raise PipelineError(f"the stack runs, but {env_file} could not be written: {exc}") from None
+    shown = urls(endpoints)
+    rows = [(endpoint.kind, shown[endpoint.kind], service.container, action)
+            for (endpoint, action), service in zip(started, services, strict=True)]
+    if as_json:
+        _print_json({"project": engine.project, "env_file": str(env_file),
+                     "services": [dict(zip(("kind", "url", "container", "action"), row, strict=True))
+                                  for row in rows]})
+        return EXIT_OK
+    for kind, url, container, action in rows:
+        print(f"{kind:<11} {url:<52} {container} ({action}, healthy)")
+    print(f"environment (passwords included, mode 0600): {env_file}\n  set -a; . {env_file}; set +a")
+    return EXIT_OK
+
+
+def _dev_status(engine: DevStackEngine, services: Sequence[DevService], as_json: bool) -> int:
+    rows = engine.status(services)
+    if as_json:
+        _print_json({"project": engine.project, "services": [vars(row) for row in rows]})
+    for row in [] if as_json else rows:
+        health = "healthy" if row.healthy else (row.problem or "-")
+        print(f"{row.kind:<11} {row.container:<40} {row.state:<13} {health:<8}  {row.url or ''}".rstrip())
+    return EXIT_OK if all(row.healthy for row in rows) else EXIT_FAILED
+
+
+def _dev_down(engine: DevStackEngine, env_file: Path | None, volumes: bool, as_json: bool) -> int:
+    containers, removed = engine.down(volumes=volumes)
+    if env_file is not None:
+        env_file.unlink()
+    if as_json:
+        _print_json({"project": engine.project, "containers": containers, "volumes": removed})
+    else:
+        print(f"removed {len(containers)} container(s) of {engine.project}'s dev stack"
+              + (f" and {len(removed)} volume(s): its data is gone" if volumes
+                 else "; its data stays in its volumes (`dev down --volumes` removes them)"))
+    return EXIT_OK
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from adapters.server import LocalServer
 
@@ -624,6 +703,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=".", help="--expire: the repository (its commits get the statuses)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_previews)
+
+    p = sub.add_parser("dev", help="the local development stack: the dependencies the config's `dev:` declares "
+                       "(postgres, redis, s3, prometheus, mail) in containers, with a .env.dev of their URLs")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--repo", default=".", help="the application repository (default: .); .env.dev is written there")
+    p.add_argument("--volumes", action="store_true", help="down: also remove the volumes, that is the data")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("server", help="the local Prefect server used when PREFECT_API_URL is not set")
     p.add_argument("action", choices=["start", "stop", "status"])

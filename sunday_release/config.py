@@ -12,14 +12,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sunday_release import validate
 from sunday_release.errors import ConfigError, InputError
 
 __all__ = [
     "CONFIG_FILE",
+    "DEV_KINDS",
     "Checks",
+    "DevStack",
     "Environment",
     "PipelineConfig",
     "ScanPolicy",
@@ -286,6 +298,83 @@ class SmokeCheck(_Model):
     budget_ms: int = Field(1000, ge=1)
 
 
+
+
+def _bucket(value: str) -> str:
+    """An S3 bucket name by AWS's rules: 3-63 of a-z 0-9 . -, a letter or digit at each end, no `..`."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value) or ".." in value or value.startswith("xn--"):
+        raise ValueError("expected an S3 bucket name: 3 to 63 of a-z, 0-9, '.' and '-', starting and ending with a "
+                         "letter or digit, without '..'")
+    return value
+
+
+_HOST_PORT = r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})?:[0-9]{1,5}$"
+
+
+class DevPostgres(_Model):
+    """PostgreSQL 15: a superuser `dev` with a password of its own and this database (`DATABASE_URL`)."""
+
+    database: str = Field("dev", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class DevRedis(_Model):
+    """Redis 7 with a password of its own (`REDIS_URL`); its data is an append-only file."""
+
+
+class DevS3(_Model):
+    """An S3 endpoint (moto's server) with these buckets, made on every `dev up` (`AWS_ENDPOINT_URL_S3`)."""
+
+    buckets: list[Annotated[str, AfterValidator(_bucket)]] = Field(default_factory=list, max_length=100)
+
+
+class DevPrometheus(_Model):
+    """Prometheus 2 scraping itself and `targets` (host:port, `/metrics`; the host's own services are
+    `host.docker.internal:PORT`) every 15 s (`PROMETHEUS_URL`)."""
+
+    targets: list[Annotated[str, Field(pattern=_HOST_PORT)]] = Field(default_factory=list, max_length=50)
+
+
+class DevMail(_Model):
+    """An SMTP server that keeps every message in a Maildir instead of sending it (`SMTP_HOST`, `SMTP_PORT`)."""
+
+
+class DevStack(_Model):
+    """What the application needs on a developer's machine (`sunday-release dev up`, docs/dev-stack.md): one
+    container of each declared kind. A kind written without settings (`redis:`) is declared with its defaults."""
+
+    postgres: DevPostgres | None = None
+    redis: DevRedis | None = None
+    s3: DevS3 | None = None
+    prometheus: DevPrometheus | None = None
+    mail: DevMail | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_kind_is_declared(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {kind: {} if value is None and kind in DEV_KINDS else value for kind, value in data.items()}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _declared_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the declared kinds: a kind dumped as None would be declared when the dump is read back (as the
+        release record's config is)."""
+        return {kind: spec for kind, spec in handler(self).items() if spec is not None}
+
+    @model_validator(mode="after")
+    def _something(self) -> DevStack:
+        if not self.kinds():
+            raise ValueError(f"declares no dependency: expected one or more of {', '.join(DEV_KINDS)}")
+        return self
+
+    def kinds(self) -> dict[str, BaseModel]:
+        """The declared kinds and their settings, in the order of DEV_KINDS."""
+        return {kind: spec for kind in DEV_KINDS if (spec := getattr(self, kind)) is not None}
+
+
+DEV_KINDS = ("postgres", "redis", "s3", "prometheus", "mail")
+
+
 def _branch(name: str) -> str:
     """A branch name git and the pipeline take (`main`, `release/2.x`), not a full ref or an option."""
     try:
@@ -322,6 +411,8 @@ class PipelineConfig(_Model):
     )
     scan: ScanPolicy = Field(default_factory=ScanPolicy)
     smoke: list[SmokeCheck] = Field(default_factory=list)
+    dev: DevStack | None = None
+    """The local development stack (`sunday-release dev up`): None, the application declares none."""
 
     def branches_with_ci(self) -> tuple[str, ...]:
         """The branches whose pushes run CI: `ci_branches` (default `develop`) and the default branch."""
@@ -353,6 +444,8 @@ def _expected(err: Any) -> str:
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
         parent = _parent_model(loc[:-1])
+        if parent is not None and not parent.model_fields:
+            return f"unknown key {loc[-1]!r}; it takes none"
         if parent is not None:
             return f"unknown key {loc[-1]!r}; expected one of: {', '.join(parent.model_fields)}"
         return f"unknown key {loc[-1]!r}"

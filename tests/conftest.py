@@ -344,10 +344,12 @@ def _note_images_before() -> None:
 def _remove_images_made(session: pytest.Session) -> None:
     """Remove every tag that appeared on the engine while the tests ran (CI's `sunday-ci/*` check images, images
     tagged for the tests' registries), so runs do not pile them up: 2 300 tags after a few days. Their layers stay
-    in the build cache. A tag still used by a container is left, and named."""
+    in the build cache. A tag still used by a container is left, and named. The dev stack's `sunday-dev/*` images
+    stay: their tag is their content key, and building them again costs a minute of apt-get."""
     if not _IMAGES_BEFORE.exists() or (now := _image_tags()) is None:
         return
-    made = sorted(now - set(json.loads(_IMAGES_BEFORE.read_text())))
+    # but the dev stack's images (`sunday-release dev`): tagged by their content, built once and kept for the next run
+    made = sorted(t for t in now - set(json.loads(_IMAGES_BEFORE.read_text())) if not t.startswith("sunday-dev/"))
     problems = []
     for start in range(0, len(made), 200):
         done = subprocess.run([DOCKER, "image", "rm", *made[start:start + 200]], capture_output=True, text=True,

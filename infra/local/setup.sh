@@ -19,7 +19,10 @@ DOCKER=/usr/bin/docker
 TRIVY=${SUNDAY_TRIVY:-$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin/trivy}
 PACKAGES=(docker.io debootstrap docker-registry qemu-user-static binfmt-support
           postgresql-15 nginx git curl ca-certificates chromium redis-server
-          prometheus prometheus-alertmanager prometheus-postgres-exporter)
+          prometheus prometheus-alertmanager prometheus-postgres-exporter
+          python3-pytest python3-psycopg2 python3-prometheus-client)
+# the last three: the sample backend's tests run from the host against `sunday-release dev up` (app/README.md) with
+# Debian's python3 and the versions its image installs
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
