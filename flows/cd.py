@@ -419,7 +419,7 @@ def _reject_paused_deploys(tag: str, reason: str, rejected: list[PausedRun]) -> 
 def rollback(env: str, to: int | None = None, project: str | None = None) -> dict[str, Any]:
     """Emergency rollback of `env` (of `project`) to the previous live revision or to revision `to`.
 
-    A deploy of the same environment paused for approval (it holds the environment's slot) is
+    A deploy (or restore) of the same environment paused for approval (it holds the environment's slot) is
     rejected first, through its approval form, and again while the rollback waits for the slot:
     the deploy takes its rejection path (idle color stopped, traffic untouched) and frees the slot.
     Deploys of other projects or environments are left alone. The result's `rejected` names them.

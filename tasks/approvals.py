@@ -72,10 +72,11 @@ def _add_tag(tag: str) -> str:
 @task(name="find-paused-deploys", task_run_name="find-paused-deploys[{tag}]", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=RETRY_DELAYS[:2])
 def find_paused_deploys(tag: str) -> list[PausedRun]:
-    """The `cd` flow runs tagged exactly `tag` that are paused (waiting for approval), oldest first."""
+    """The `cd` and `restore` flow runs tagged exactly `tag` that are paused (waiting for approval, holding their
+    environment's slot), oldest first."""
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["cd"])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["cd", "restore"])),
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]), state=FlowRunFilterState(
                 type=FlowRunFilterStateType(any_=[StateType.PAUSED]))),
             limit=200)

@@ -19,6 +19,7 @@ import pytest
 
 from sunday_release.errors import InputError
 from sunday_release.run_tags import env_tag, parse_env_tag, rejection_message, rejection_reason
+from tests.canary import MotoS3
 from tests.conftest import APP, ROOT
 from tests.test_cd import Env, Receiver, ci_passed, status
 from tests.test_ci_flow import CLI, sunday
@@ -98,16 +99,16 @@ def test_a_production_slot_is_taken_at_once_while_staging_is_held(prefect_api: s
 # --- real: deploys paused for approval and an emergency rollback ------------------------------------------------
 
 
-class Deploy:
-    """`sunday-release cd` started in the background (it blocks while its run waits for approval).
+class Background:
+    """A `sunday-release` command started in the background (`cd` or `restore`: it blocks while its run waits for
+    approval).
 
     Its output goes to files: a pipe nobody reads while the run waits could fill.
     """
 
-    def __init__(self, env: Env, repo: Path, version: str, api: str) -> None:
+    def __init__(self, env: Env, api: str, *args: str) -> None:
         self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([*CLI, "cd", "--env", env.name, "--version", version, "--repo", str(repo),
-                                      "--json"], cwd=ROOT, stdout=self.out, stderr=self.err, text=True,
+        self.proc = subprocess.Popen([*CLI, *args, "--json"], cwd=ROOT, stdout=self.out, stderr=self.err, text=True,
                                      env={**os.environ, **env.env, "PREFECT_API_URL": api})
 
     def ended(self) -> bool:
@@ -121,8 +122,13 @@ class Deploy:
         return code, self.out.read(), self.err.read()
 
 
-def _runs(tag: str, *state_types: str) -> list[Any]:
-    """The `cd` flow runs tagged `tag` (in one of `state_types` if given), oldest first."""
+def _deploy(env: Env, repo: Path, version: str, api: str) -> Background:
+    """`sunday-release cd` of `version` in the background."""
+    return Background(env, api, "cd", "--env", env.name, "--version", version, "--repo", str(repo))
+
+
+def _runs(tag: str, *state_types: str, flow: str = "cd") -> list[Any]:
+    """The `flow` runs tagged `tag` (in one of `state_types` if given), oldest first."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -137,26 +143,26 @@ def _runs(tag: str, *state_types: str) -> list[Any]:
     state = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in state_types])) \
         if state_types else None
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["cd"])),
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
                                      flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]), state=state))
     return sorted(runs, key=lambda r: str(r.created))
 
 
-def _wait_for_run(tag: str, state_type: str, proc: Deploy | None = None, count: int = 1,
-                  timeout: float = 300) -> Any:
-    """The newest `cd` run tagged `tag` once `count` of them are in `state_type`; fails if `proc` ends first."""
+def _wait_for_run(tag: str, state_type: str, proc: Background | None = None, count: int = 1,
+                  timeout: float = 300, flow: str = "cd") -> Any:
+    """The newest `flow` run tagged `tag` once `count` of them are in `state_type`; fails if `proc` ends first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = _runs(tag, state_type)
+        runs = _runs(tag, state_type, flow=flow)
         if len(runs) >= count:
             return runs[-1]
         if proc is not None and proc.ended():
             pytest.fail(f"the deploy ended before its run was {state_type}:\n{proc.output()[2]}")
         time.sleep(0.5)
-    pytest.fail(f"no cd run tagged {tag} reached {state_type} in {timeout:.0f}s")
+    pytest.fail(f"no {flow} run tagged {tag} reached {state_type} in {timeout:.0f}s")
 
 
-def _wait_for_slot(env: Env, proc: Deploy, timeout: float = 120) -> None:
+def _wait_for_slot(env: Env, proc: Background, timeout: float = 120) -> None:
     """Until the deploy `proc` holds the environment's slot."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -181,7 +187,7 @@ def _approve(env: Env, repo: Path, version: str, api: str, revision: int) -> Non
     """A deploy approved in its form (as a person does in the UI), live at `revision`."""
     from prefect.flow_runs import resume_flow_run
 
-    proc = Deploy(env, repo, version, api)
+    proc = _deploy(env, repo, version, api)
     run = _wait_for_run(env_tag(env.project, env.name), "PAUSED", proc, count=1)
     resume_flow_run(run.id, run_input={"approve": True, "reason": f"revision {revision}"})
     code, out, err = proc.output()
@@ -230,7 +236,8 @@ def _rollout_markdowns(env: Env) -> list[str]:
 
 
 def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only(
-        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], git: Callable[..., str]) -> None:
+        prefect_api: str, docker_engine: str, make_repo: Callable[..., Path], git: Callable[..., str],
+        tmp_path: Path) -> None:
     from prefect.flow_runs import resume_flow_run
 
     env = Env(approval=True, project=f"rb-{secrets.token_hex(2)}")
@@ -238,7 +245,7 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
     env.env["SUNDAY_NOTIFY_URL"] = receiver.url
     stand_ins: list[threading.Thread] = []
     others = [env_tag(f"other-{secrets.token_hex(2)}", env.name), env_tag(env.project, f"{env.name}-qa")]
-    third: Deploy | None = None
+    third: Background | None = None
     try:
         repo = make_repo(APP, edit=env.edit)
         version = ci_passed(repo, prefect_api, git)  # one CI build: every revision deploys this commit
@@ -250,7 +257,7 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
         tag = env_tag(env.project, env.name)
         for other in others:
             _wait_for_run(other, "PAUSED")
-        third = Deploy(env, repo, version, prefect_api)  # revision 3, on blue: it will pause holding the slot
+        third = _deploy(env, repo, version, prefect_api)  # revision 3, on blue: it will pause holding the slot
         _wait_for_slot(env, third)
         # the rollback starts before the deploy pauses: it waits for the slot and rejects the deploy once it pauses
         back = sunday("rollback", "--env", env.name, "--project", env.project, "--json", api=prefect_api,
@@ -279,6 +286,7 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
 
         for other in others:  # deploys of another project or environment: still waiting for approval
             assert [r.state_type.value for r in _runs(other)] == ["PAUSED"], other
+        _a_paused_restore_is_rejected_too(env, prefect_api, tmp_path)
     finally:
         for other in others:
             for run in _runs(other, "PAUSED"):
@@ -290,3 +298,42 @@ def test_an_emergency_rollback_rejects_the_paused_deploy_of_its_environment_only
             third.proc.wait()
         receiver.server.shutdown()
         env.teardown()
+
+
+def _a_paused_restore_is_rejected_too(env: Env, api: str, tmp_path: Path) -> None:
+    """A restore (issue 18) asks for approval where the environment requires one, holding the environment's slot
+    like a deploy: an emergency rollback rejects it the same way, and the rejected restore leaves nothing: traffic
+    on the old database, its new database dropped."""
+    s3 = MotoS3(tmp_path / "moto.jsonl").start()
+    restore: Background | None = None
+    try:
+        s3.client().create_bucket(Bucket="rollback-backups")
+        env.env |= {"SUNDAY_BACKUP_BUCKET": "rollback-backups", "SUNDAY_S3_ENDPOINT": s3.endpoint_url,
+                    "AWS_ACCESS_KEY_ID": "test-harness-key", "AWS_SECRET_ACCESS_KEY": "test-harness-secret"}
+        backup = sunday("backup", "--env", env.name, "--project", env.project, "--json", api=api, env=env.env)
+        assert backup.returncode == 0, backup.stderr
+        key = json.loads(backup.stdout)["key"]
+        tag = env_tag(env.project, env.name)
+        restore = Background(env, api, "restore", "--env", env.name, "--project", env.project, "--from", key)
+        paused = _wait_for_run(tag, "PAUSED", restore, flow="restore")
+        back = sunday("rollback", "--env", env.name, "--project", env.project, "--json", api=api, env=env.env)
+        assert back.returncode == 0, back.stderr
+        assert json.loads(back.stdout)["rejected"] == [f"{paused.name} ({paused.id})"], back.stdout
+        code, _, err = restore.output(timeout=120)
+        assert code == 1 and f"rejected by emergency rollback rollback-{env.name} (" in err, err
+        assert "rolled back (it still runs on database sunday)" in err, err
+        st = status(env)
+        assert st["serving"] is True and (st["database"], st["restored_from"]) == ("sunday", None), st
+        rejected = st["history"][-2]  # type: ignore[index]
+        assert (rejected["outcome"], rejected["restored_from"]) == ("rolled-back", key), rejected
+        password = (env.db_root / env.project / env.name / "password").read_text().strip()
+        import psycopg
+
+        with psycopg.connect(f"postgresql://sunday:{password}@127.0.0.1:{env.db_port}/sunday") as conn:
+            left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'restored%'").fetchall()
+        assert left == [], left  # the rejected restore's database is dropped
+    finally:
+        if restore is not None and not restore.ended():
+            restore.proc.kill()
+            restore.proc.wait()
+        s3.stop()

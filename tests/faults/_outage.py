@@ -23,8 +23,9 @@ CLI = [sys.executable, "-m", "adapters.cli"]
 class FaultProxy:
     """A TCP relay on 127.0.0.1 in front of a real service; `outage(seconds)` closes it: connection refused.
 
-    With `cut_on=b"PUT "`, the first request that starts so is relayed in part, then cut on both sides
-    (the server saw a truncated request) and the outage starts: the service went away mid-request.
+    With `cut_on=b"PUT "`, the first request whose first line holds those bytes (`b".dump HTTP/1.1"`: a PUT of a
+    dump, not of its manifest) is relayed in part, then cut on both sides (the server saw a truncated request) and
+    the outage starts: the service went away mid-request.
     """
 
     def __init__(self, target: tuple[str, int], cut_on: bytes | None = None, seconds: float = 10) -> None:
@@ -62,7 +63,7 @@ class FaultProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while data := src.recv(65536):
-                if upstream and self.cut_on and data.startswith(self.cut_on) and not self._cut.is_set():
+                if upstream and self.cut_on and self.cut_on in data.split(b"\r\n", 1)[0] and not self._cut.is_set():
                     self._cut.set()
                     dst.sendall(data[: len(data) // 2])  # the server gets half a request
                     self.outage(self.seconds)

@@ -24,7 +24,7 @@ import pytest
 from pydantic import SecretStr
 
 from devtools.build_host import PrivateDockerd
-from sunday_release.backup import list_backups, s3_client
+from sunday_release.backup import list_backups, manifest_key, s3_client
 from tasks.backup import backup_database
 from tests.conftest import DOCKER, FIXTURES, Registry
 from tests.faults._outage import FaultProxy, Tmpfs, run_cli_with_fault
@@ -128,7 +128,8 @@ def test_s3_down_10s_mid_upload_is_retried_and_the_backup_is_whole(postgres: Pos
     started = time.monotonic()
     caplog.set_level(logging.INFO)
     moto = urlparse(s3.endpoint_url)
-    proxy = FaultProxy((moto.hostname or "127.0.0.1", moto.port or 80), cut_on=b"PUT ", seconds=OUTAGE)
+    # cut in the PUT of the dump (its manifest went up first: a backup is listed only once it has one)
+    proxy = FaultProxy((moto.hostname or "127.0.0.1", moto.port or 80), cut_on=b".dump HTTP/1.1", seconds=OUTAGE)
     try:
         record = backup_database.fn(env="staging", dsn=SecretStr(postgres.dsn), bucket=s3.bucket, prefix="db",
                                     keep=5, endpoint_url=proxy.url, workdir=str(tmp_path / "work"))
@@ -141,7 +142,7 @@ def test_s3_down_10s_mid_upload_is_retried_and_the_backup_is_whole(postgres: Pos
     client = s3_client(s3.endpoint_url, "us-east-1")
     assert list_backups(client, s3.bucket, "db/staging") == [record.key]  # the one good backup, no partial one
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])]
-    assert keys == [record.key]
+    assert sorted(keys) == sorted([record.key, manifest_key(record.key)])  # it and its manifest, nothing else
     body = client.get_object(Bucket=s3.bucket, Key=record.key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == record.sha256 and len(body) == record.size
     assert not list((tmp_path / "work").iterdir())
