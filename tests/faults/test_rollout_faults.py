@@ -24,7 +24,7 @@ import pytest
 from sunday_release.run_tags import env_tag
 from tests.conftest import APP, _git
 from tests.test_cd import Env, _rollout_markdown, ci_passed, status
-from tests.test_emergency_rollback import Deploy, _approve, _runs
+from tests.test_emergency_rollback import Background, _approve, _deploy, _runs
 
 pytestmark = pytest.mark.docker
 
@@ -117,8 +117,8 @@ def versions(prefect_api: str, docker_engine: str, tmp_path_factory: pytest.Temp
             env.teardown()
 
 
-def _cd(env: Env, versions: Versions, version: str, api: str) -> Deploy:
-    return Deploy(env, versions.repo, version, api)
+def _cd(env: Env, versions: Versions, version: str, api: str) -> Background:
+    return _deploy(env, versions.repo, version, api)
 
 
 def _history(env: Env) -> list[dict[str, Any]]:
