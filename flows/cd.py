@@ -526,11 +526,12 @@ def restore(env: str, key: str, project: str | None = None) -> dict[str, Any]:
     config = saved_config(env, project)
     where = f"{config.project}/{env}"
     key = check_backup_key(key, backup_prefix(config.project, env))
-    target = with_secrets(target_for(config, env))  # the idle color's containers need them
+    target = target_for(config, env)
     owner = target.restorable()
     if owner is None:
         raise InputError(f"--env {where}: the {config.environments[env].target} target does not point services at "
                          "another database; restore its database with the platform's tools (docs/backups.md)")
+    with_secrets(target)  # the idle color's containers need them
     environment = config.environments[env]
     bind(project=config.project, env=env)
     tag_run(config.project, env)
