@@ -158,9 +158,7 @@ def measure(args: argparse.Namespace, env: str, port: int, db: LocalDatabase, ho
         print(json.dumps(rows[-1]), flush=True)
 
     # through the CLI, under constant load: the requests that fail during the restore and its switch
-    cli_env = {**os.environ}
-    backup = subprocess.run([CLI, "backup", "--env", env, "--json"], capture_output=True, text=True, check=False,
-                            env=cli_env)
+    backup = subprocess.run([CLI, "backup", "--env", env, "--json"], capture_output=True, text=True, check=False)
     if backup.returncode != 0:
         sys.exit(f"sunday-release backup failed:\n{backup.stderr[-3000:]}")
     key = json.loads(backup.stdout)["key"]
@@ -172,7 +170,7 @@ def measure(args: argparse.Namespace, env: str, port: int, db: LocalDatabase, ho
         time.sleep(3)
         started = time.monotonic()
         done = subprocess.run([CLI, "restore", "--env", env, "--from", key, "--json"], capture_output=True, text=True,
-                              check=False, env=cli_env)
+                              check=False)
         took = time.monotonic() - started
         time.sleep(3)
     finally:

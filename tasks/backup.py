@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,6 +83,20 @@ def with_retries(call: Callable[[], T]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+@contextmanager
+def _step(what: str, dump: Path) -> Iterator[None]:
+    """A backup's or a restore's work on the local `dump`: a failure is BackupFailed naming `what`, and the file
+    (the data of the environment) is removed whatever happens."""
+    try:
+        yield
+    except BackupFailed as exc:
+        raise BackupFailed(f"{what} failed: {exc}") from exc.__cause__
+    except OSError as exc:  # the work directory: full, missing, not writable
+        raise BackupFailed(f"{what} failed: {exc}") from exc
+    finally:
+        dump.unlink(missing_ok=True)
+
+
 @task(name="backup-database", task_run_name="backup[{env}]", persist_result=True)
 def backup_database(
     env: str,
@@ -127,7 +142,7 @@ def backup_database(
     admin = _secret(admin_dsn) if admin_dsn is not None else database
     created = utc_now()
     dump = Path(workdir) / f"{env}-{created.strftime('%Y%m%dT%H%M%S%fZ')}.dump"
-    try:
+    with _step(f"backup of {env}", dump):
         started = time.monotonic()
         counts, sha256, size = dump_database(database, dump)
         progress(f"dumped {env}: {size} bytes, {sum(counts.values())} rows in {len(counts)} tables "
@@ -145,12 +160,6 @@ def backup_database(
         deleted = prune(client, bucket, f"{prefix.strip('/')}/{env}", keep, protect={key})
         if deleted:
             progress(f"retention kept {keep} backups of {env}, deleted {len(deleted)}: {', '.join(deleted)}")
-    except BackupFailed as exc:
-        raise BackupFailed(f"backup of {env} failed: {exc}") from exc.__cause__
-    except OSError as exc:  # the work directory: full, missing, not writable
-        raise BackupFailed(f"backup of {env} failed: {exc}") from exc
-    finally:
-        dump.unlink(missing_ok=True)
     return BackupRecord(env=env, key=key, bucket=bucket, sha256=sha256, size=size, created=created.isoformat(),
                         table_counts=counts, verified=True)
 
@@ -214,7 +223,7 @@ def restore_database(env: str, key: str, prefix: str, owner_dsn: SecretStr | str
     database = validate.database_name(database, "database")
     client = _s3(endpoint_url, region)
     dump = Path(workdir) / f"restore-{database}.dump"
-    try:
+    with _step(f"restore of {key}", dump):
         manifest = with_retries(lambda: read_manifest(client, bucket, key))
         started = time.monotonic()
         sha256, size = with_retries(lambda: download(client, bucket, key, dump))
@@ -226,12 +235,6 @@ def restore_database(env: str, key: str, prefix: str, owner_dsn: SecretStr | str
         counts = restore_into(dump, _secret(owner_dsn), database, manifest["table_counts"])
         progress(f"restored into {database}: {sum(counts.values())} rows in {len(counts)} tables, as the backup's "
                  f"manifest says ({time.monotonic() - started:.1f}s)")
-    except BackupFailed as exc:
-        raise BackupFailed(f"restore of {key} failed: {exc}") from exc.__cause__
-    except OSError as exc:  # the work directory: full, missing, not writable
-        raise BackupFailed(f"restore of {key} failed: {exc}") from exc
-    finally:
-        dump.unlink(missing_ok=True)
     return {"key": key, "database": database, "sha256": sha256, "size": size, "created": manifest.get("created", ""),
             "table_counts": counts}
 
