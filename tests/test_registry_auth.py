@@ -329,8 +329,9 @@ def _write_tag(address: str, tag: str, body: bytes, delay: float, lock: str, sta
         tag_lock: TagLock = _prefect_tag_lock
     else:
         tag_lock = host_tag_lock(Path(lock)) if lock else lambda *_: contextlib.nullcontext()
-    time.sleep(max(0.0, start_at - time.time()))
     with RegistryClient(address, transport=_SlowReads(delay), tag_lock=tag_lock) as client:
+        # made before the clock starts: building a client (its TLS context) is the slow part of a start under load
+        time.sleep(max(0.0, start_at - time.time()))
         if claim:
             return f"claimed {client.claim_tag('team/app', tag, body, MANIFEST)}"
         try:
@@ -342,7 +343,7 @@ def _write_tag(address: str, tag: str, body: bytes, delay: float, lock: str, sta
 def _race(registry: Registry, lock: str, *, claim: bool = False,
           pool: type[concurrent.futures.ProcessPoolExecutor | concurrent.futures.ThreadPoolExecutor]
           = concurrent.futures.ProcessPoolExecutor) -> tuple[list[str], str]:
-    """Writer A (0.5 s per read) and writer B (3 s per read) start together.
+    """Writer A (1 s per read) and writer B (4 s per read) start together.
 
     Unlocked, B checks before A writes and writes after A has checked its write: both "win".
     """
@@ -360,8 +361,8 @@ def _race(registry: Registry, lock: str, *, claim: bool = False,
                 return executor.submit(contextvars.copy_context().run, _write_tag, *args)
             return executor.submit(_write_tag, *args)
 
-        futures = [submit(registry.address, "v1", one, 0.5, lock, start_at, claim),
-                   submit(registry.address, "v1", two, 3.0, lock, start_at, claim)]
+        futures = [submit(registry.address, "v1", one, 1.0, lock, start_at, claim),
+                   submit(registry.address, "v1", two, 4.0, lock, start_at, claim)]
         results = [f.result(timeout=120) for f in futures]
     with RegistryClient(registry.address) as client:
         head = client.head("team/app", "v1")
