@@ -241,7 +241,8 @@ def main() -> None:
     parser.add_argument("--server-timeout", type=float, default=300,
                         help="seconds the Prefect server may take to start")
     parser.add_argument("--poll", type=float, default=0.5,
-                        help="the worker's PREFECT_WORKER_QUERY_SECONDS (make server: 0.5; Prefect's default is 10)")
+                        help="the worker's PREFECT_WORKER_QUERY_SECONDS (make server: SUNDAY_WORKER_QUERY_SECONDS, "
+                             "1 by default; Prefect's is 10)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sunday-bench-trigger-") as tmp, ExitStack() as stack:
         work = Path(tmp)

@@ -24,7 +24,10 @@
 # PostgreSQL's group only (0710), its logs and secrets are 0600.
 # Env: SUNDAY_APP_REPO (the application repository the deployments build; default: a copy of app/),
 #      SUNDAY_PLATFORM_DIR (default /var/lib/sunday-release/platform), PREFECT_PORT (4200), PREFECT_DB_PORT (5433),
-#      SUNDAY_S3_PORT (9000), SUNDAY_HEARTBEAT_SECONDS (60),
+#      SUNDAY_S3_PORT (9000), SUNDAY_HEARTBEAT_SECONDS (60), SUNDAY_WORKER_QUERY_SECONDS (1: how often each pool's
+#      worker asks for runs, PREFECT_WORKER_QUERY_SECONDS; a run waits half of it on average, and the polls of the
+#      three workers are much of what an idle platform costs: 15 CPU-s a minute at 1 s, 20 at 0.5 s; Prefect's
+#      default is 10),
 #      SUNDAY_CI_POOL_KIND (process, or docker: CI runs in containers of SUNDAY_PIPELINE_IMAGE, the pipeline's own
 #      image pinned by digest, through a prefect-docker worker; deployments/pools.py),
 #      SERVER_REPLICAS (1; 2 or more: the HA shape below), SUNDAY_REDIS_PORT (6380),
@@ -50,6 +53,7 @@ pg=/usr/lib/postgresql/15/bin
 bin=$top/.venv/bin
 pools=(sunday-ci sunday-deploy sunday-e2e)
 heartbeat=${SUNDAY_HEARTBEAT_SECONDS:-60}
+query=${SUNDAY_WORKER_QUERY_SECONDS:-1}
 ci_kind=${SUNDAY_CI_POOL_KIND:-process}
 replicas=${SERVER_REPLICAS:-1}
 redisport=${SUNDAY_REDIS_PORT:-6380}
@@ -407,7 +411,7 @@ EOF
   for pool in "${pools[@]}"; do
     if ! alive "$dir/pids/worker-$pool"; then
       PREFECT_RESULTS_PERSIST_BY_DEFAULT=true PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=$results_block \
-        SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=0.5 \
+        SUNDAY_BACKUP_BUCKET=sunday-backups SUNDAY_S3_ENDPOINT=$s3 PREFECT_WORKER_QUERY_SECONDS=$query \
         SUNDAY_PROMETHEUS_URL=$prometheus_url \
         SUNDAY_PREWARM_SOCKET=$dir/prewarm.sock PREFECT_FLOWS_HEARTBEAT_FREQUENCY=$heartbeat \
         nohup env --default-signal=INT "$bin/prefect" worker start --pool "$pool" --type "$(kind_of "$pool")" \
@@ -466,6 +470,9 @@ case "$heartbeat" in
 esac
 [ "$heartbeat" -ge 30 ] || { echo "SUNDAY_HEARTBEAT_SECONDS: expected a whole number of seconds >= 30 (Prefect's" \
   "minimum), got $heartbeat" >&2; exit 2; }
+if ! [[ "$query" =~ ^([1-9][0-9]?|0)(\.[0-9]{1,3})?$ ]] || awk "BEGIN { exit !($query < 0.1 || $query > 60) }"; then
+  echo "SUNDAY_WORKER_QUERY_SECONDS: expected seconds from 0.1 to 60 (e.g. 1, 0.5), got '$query'" >&2; exit 2
+fi
 case "${SUNDAY_ZOMBIE_SECONDS:-}" in
   '') ;;
   *[!0-9]*) echo "SUNDAY_ZOMBIE_SECONDS: expected a whole number of seconds, got '$SUNDAY_ZOMBIE_SECONDS'" >&2; exit 2 ;;
